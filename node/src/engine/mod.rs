@@ -1,0 +1,424 @@
+//! The span engine: one loaded span GGUF, many sessions, batched steps.
+//!
+//! A [`SpanEngine`] owns a llama.cpp model and one context whose KV cache holds a
+//! sequence per session. A step hands a session's input rows to the engine — token ids
+//! when the session starts at the model's first layer, hidden states otherwise — and
+//! gets back the hidden state of every row (when the session stops before the model's
+//! last layer) or the last row's logits and a sampled token (when it ends there).
+//!
+//! [`SpanEngine::step_batch`] takes the pending steps of many sessions, groups those
+//! that run the same layers with the same kind of input, and packs each group into as
+//! few llama.cpp decodes as the batch size allows. A step that is invalid (unknown
+//! session, wrong input kind or width, NaN, past its context) gets its own error and
+//! the others still run.
+
+mod ffi;
+mod sampling;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use nak_protocol::{Activation, ActivationDtype, ActivationError};
+
+pub use ffi::{init_backend, LoadedSpan, Model};
+use ffi::{Batch, Context, ContextParams};
+pub use sampling::{Sampler, SamplingParams};
+
+/// Errors of the span engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model or context could not be loaded.
+    #[error("load failed: {0}")]
+    Load(String),
+    /// The step's input is not acceptable.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// A hidden state failed its checks.
+    #[error("bad hidden state: {0}")]
+    Activation(#[from] ActivationError),
+    /// No session with this id.
+    #[error("unknown session {0}")]
+    UnknownSession(SessionId),
+    /// All session slots are taken.
+    #[error("no free session slot (limit {0})")]
+    TooManySessions(u32),
+    /// The step would pass the session's context length.
+    #[error("session {session} would reach {needed} tokens of context, its limit is {limit}")]
+    ContextFull {
+        /// The session.
+        session: SessionId,
+        /// Tokens it would hold.
+        needed: u32,
+        /// Its context length.
+        limit: u32,
+    },
+    /// llama.cpp found no room in the KV cache.
+    #[error("the KV cache has no room for this batch")]
+    CacheFull,
+    /// llama.cpp's decode failed.
+    #[error("llama.cpp decode failed with code {0}")]
+    Decode(i32),
+    /// The span has no tokenizer (a middle span).
+    #[error("this span carries no vocabulary")]
+    NoVocab,
+}
+
+/// Identifies a session within one engine.
+pub type SessionId = u64;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Context length of each session. Default 2048.
+    pub ctx_per_session: u32,
+    /// Sessions held at once. Default 4.
+    pub max_sessions: u32,
+    /// Rows in one llama.cpp decode (longer inputs are split). Default 512.
+    pub max_batch_rows: u32,
+    /// CPU threads. Default: all cores.
+    pub threads: i32,
+    /// Layers offloaded to an accelerator (0 = CPU only). Default 0.
+    pub gpu_layers: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            ctx_per_session: 2048,
+            max_sessions: 4,
+            max_batch_rows: 512,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
+            gpu_layers: 0,
+        }
+    }
+}
+
+/// How a session is opened.
+#[derive(Debug, Clone, Default)]
+pub struct SessionConfig {
+    /// Whole-model layers this session runs; `None` = all of the span's layers.
+    pub layers: Option<Range<u32>>,
+    /// Sampling, used when the session ends at the model's last layer.
+    pub sampling: SamplingParams,
+    /// Encoding of the hidden states it returns.
+    pub dtype: ActivationDtype,
+}
+
+/// Input of one step.
+#[derive(Debug, Clone)]
+pub enum StepInput {
+    /// Token ids (sessions that start at layer 0).
+    Tokens(Vec<i32>),
+    /// Hidden states of the layer before the session's first.
+    Hidden(Activation),
+}
+
+/// Output of one step.
+#[derive(Debug, Clone)]
+pub enum StepOutput {
+    /// Hidden state of every input row after the session's last layer.
+    Hidden(Activation),
+    /// The last row's logits and the token sampled from them.
+    Token {
+        /// Sampled token.
+        token: i32,
+        /// Logits of the last input row.
+        logits: Vec<f32>,
+    },
+}
+
+/// One step of one session, for [`SpanEngine::step_batch`].
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    /// The session.
+    pub session: SessionId,
+    /// Its input.
+    pub input: StepInput,
+}
+
+struct Session {
+    seq: i32,
+    /// Span-local layers.
+    layers: Range<u32>,
+    n_past: u32,
+    sampler: Sampler,
+    dtype: ActivationDtype,
+}
+
+/// A loaded span with its sessions. Field order matters: the context drops before the model.
+pub struct SpanEngine {
+    ctx: Context,
+    model: Model,
+    span: LoadedSpan,
+    n_embd: u32,
+    n_vocab: u32,
+    cfg: EngineConfig,
+    sessions: HashMap<SessionId, Session>,
+    free_seqs: Vec<i32>,
+    next_id: SessionId,
+}
+
+/// A request that passed validation, with its decoded rows.
+struct Prepared {
+    idx: usize,
+    session: SessionId,
+    seq: i32,
+    start_pos: u32,
+    rows: Rows,
+    emit_hidden: bool,
+}
+
+enum Rows {
+    Tokens(Vec<i32>),
+    Hidden(Vec<f32>),
+}
+
+impl Rows {
+    fn len(&self, width: usize) -> usize {
+        match self {
+            Rows::Tokens(t) => t.len(),
+            Rows::Hidden(h) => h.len() / width,
+        }
+    }
+}
+
+impl SpanEngine {
+    /// Loads a span (or whole-model) GGUF.
+    pub fn load(path: &Path, cfg: EngineConfig) -> Result<Self, EngineError> {
+        if cfg.max_sessions == 0 || cfg.ctx_per_session == 0 || cfg.max_batch_rows == 0 {
+            return Err(EngineError::Load("sessions, context and batch size must be positive".into()));
+        }
+        let model = Model::load(path, cfg.gpu_layers)?;
+        let span = model.span();
+        let n_ctx = cfg
+            .ctx_per_session
+            .checked_mul(cfg.max_sessions)
+            .ok_or_else(|| EngineError::Load("context × sessions overflows".into()))?;
+        let ctx = Context::new(
+            &model,
+            ContextParams {
+                n_ctx,
+                n_batch: cfg.max_batch_rows,
+                n_ubatch: cfg.max_batch_rows,
+                n_seq_max: cfg.max_sessions,
+                n_threads: cfg.threads,
+            },
+        )?;
+        let n_embd = model.n_embd();
+        let n_vocab = model.n_vocab();
+        let free_seqs = (0..cfg.max_sessions as i32).rev().collect();
+        Ok(SpanEngine { ctx, model, span, n_embd, n_vocab, cfg, sessions: HashMap::new(), free_seqs, next_id: 1 })
+    }
+
+    /// Where the loaded span sits in the whole model.
+    pub fn span(&self) -> LoadedSpan {
+        self.span
+    }
+
+    /// Hidden size.
+    pub fn n_embd(&self) -> u32 {
+        self.n_embd
+    }
+
+    /// The loaded model (tokenizer access for spans that carry a vocabulary).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Settings in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Number of open sessions.
+    pub fn n_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Opens a session over `cfg.layers` (whole-model indices, within this span).
+    pub fn open_session(&mut self, cfg: SessionConfig) -> Result<SessionId, EngineError> {
+        let first = self.span.first;
+        let all = first..first + self.span.n_layer;
+        let layers = cfg.layers.unwrap_or(all.clone());
+        if layers.start >= layers.end || layers.start < all.start || layers.end > all.end {
+            return Err(EngineError::Input(format!(
+                "session layers {}..{} are not a non-empty part of this span's {}..{}",
+                layers.start, layers.end, all.start, all.end
+            )));
+        }
+        let seq = self.free_seqs.pop().ok_or(EngineError::TooManySessions(self.cfg.max_sessions))?;
+        self.ctx.remove_from(seq, 0);
+        let id = self.next_id;
+        self.next_id += 1;
+        let local = layers.start - first..layers.end - first;
+        self.sessions.insert(id, Session { seq, layers: local, n_past: 0, sampler: Sampler::new(&cfg.sampling), dtype: cfg.dtype });
+        Ok(id)
+    }
+
+    /// Closes a session and frees its cache.
+    pub fn close_session(&mut self, id: SessionId) -> Result<(), EngineError> {
+        let s = self.sessions.remove(&id).ok_or(EngineError::UnknownSession(id))?;
+        self.ctx.remove_from(s.seq, 0);
+        self.free_seqs.push(s.seq);
+        Ok(())
+    }
+
+    /// Keeps the first `n_keep` positions of a session's cache and drops the rest.
+    pub fn truncate(&mut self, id: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        let s = self.sessions.get_mut(&id).ok_or(EngineError::UnknownSession(id))?;
+        if n_keep < s.n_past {
+            self.ctx.remove_from(s.seq, n_keep);
+            s.n_past = n_keep;
+        }
+        Ok(())
+    }
+
+    /// Tokens in a session's cache.
+    pub fn session_len(&self, id: SessionId) -> Result<u32, EngineError> {
+        self.sessions.get(&id).map(|s| s.n_past).ok_or(EngineError::UnknownSession(id))
+    }
+
+    /// Runs one step of one session.
+    pub fn step(&mut self, session: SessionId, input: StepInput) -> Result<StepOutput, EngineError> {
+        self.step_batch(vec![StepRequest { session, input }]).pop().unwrap_or(Err(EngineError::Decode(-1)))
+    }
+
+    /// Runs the steps of many sessions, batching those that share layers and input kind.
+    /// Results come back in request order.
+    pub fn step_batch(&mut self, requests: Vec<StepRequest>) -> Vec<Result<StepOutput, EngineError>> {
+        let mut results: Vec<Option<Result<StepOutput, EngineError>>> = (0..requests.len()).map(|_| None).collect();
+        let mut groups: Vec<((Range<u32>, bool), Vec<Prepared>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (idx, req) in requests.into_iter().enumerate() {
+            let prepared = if seen.insert(req.session) {
+                self.prepare(idx, req)
+            } else {
+                Err(EngineError::Input(format!("session {} has two steps in one batch", req.session)))
+            };
+            match prepared {
+                Ok(p) => {
+                    let key = (self.sessions[&p.session].layers.clone(), matches!(p.rows, Rows::Tokens(_)));
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, members)) => members.push(p),
+                        None => groups.push((key, vec![p])),
+                    }
+                }
+                Err(e) => results[idx] = Some(Err(e)),
+            }
+        }
+        for ((layers, tokens), members) in groups {
+            for (idx, out) in self.run_group(layers, tokens, members) {
+                results[idx] = Some(out);
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or(Err(EngineError::Decode(-1)))).collect()
+    }
+
+    fn prepare(&self, idx: usize, req: StepRequest) -> Result<Prepared, EngineError> {
+        let s = self.sessions.get(&req.session).ok_or(EngineError::UnknownSession(req.session))?;
+        let takes_tokens = s.layers.start == 0 && self.span.has_embedding;
+        let rows = match (req.input, takes_tokens) {
+            (StepInput::Tokens(t), true) => {
+                if let Some(bad) = t.iter().find(|&&t| t < 0 || t as u32 >= self.n_vocab) {
+                    return Err(EngineError::Input(format!("token id {bad} is outside the vocabulary of {}", self.n_vocab)));
+                }
+                Rows::Tokens(t)
+            }
+            (StepInput::Hidden(a), false) => Rows::Hidden(a.decode(self.n_embd)?),
+            (StepInput::Tokens(_), false) => {
+                return Err(EngineError::Input("this session starts past the embedding: send hidden states".into()))
+            }
+            (StepInput::Hidden(_), true) => return Err(EngineError::Input("this session starts at the embedding: send token ids".into())),
+        };
+        let n = rows.len(self.n_embd as usize) as u32;
+        if n == 0 {
+            return Err(EngineError::Input("a step needs at least one row".into()));
+        }
+        let needed = s.n_past.saturating_add(n);
+        if needed > self.cfg.ctx_per_session {
+            return Err(EngineError::ContextFull { session: req.session, needed, limit: self.cfg.ctx_per_session });
+        }
+        let emit_hidden = s.layers.end < self.span.n_layer || !self.span.has_head;
+        Ok(Prepared { idx, session: req.session, seq: s.seq, start_pos: s.n_past, rows, emit_hidden })
+    }
+
+    /// Decodes one group (same layers, same input kind) in as few batches as fit.
+    fn run_group(&mut self, layers: Range<u32>, tokens: bool, members: Vec<Prepared>) -> Vec<(usize, Result<StepOutput, EngineError>)> {
+        let width = self.n_embd as usize;
+        let emit_hidden = members[0].emit_hidden;
+        if let Err(e) = self.ctx.set_layers(layers.start, layers.end, emit_hidden) {
+            return members.into_iter().map(|p| (p.idx, Err(EngineError::Input(e.to_string())))).collect();
+        }
+        let cap = self.cfg.max_batch_rows as usize;
+        let mut done = vec![0usize; members.len()];
+        let mut hidden_out: Vec<Vec<f32>> = members.iter().map(|_| Vec::new()).collect();
+        let mut last_logits: Vec<Option<Vec<f32>>> = members.iter().map(|_| None).collect();
+        let mut failed: Option<EngineError> = None;
+
+        while failed.is_none() && members.iter().zip(&done).any(|(p, d)| *d < p.rows.len(width)) {
+            let mut batch = Batch::new(cap, if tokens { 0 } else { width });
+            let mut placed = Vec::new(); // (member, batch row of its first row, rows)
+            for (m, p) in members.iter().enumerate() {
+                let total = p.rows.len(width);
+                let take = (total - done[m]).min(cap - batch.len());
+                if take == 0 {
+                    continue;
+                }
+                let first_row = batch.len();
+                for r in done[m]..done[m] + take {
+                    let pos = p.start_pos + r as u32;
+                    let output = emit_hidden || r + 1 == total;
+                    match &p.rows {
+                        Rows::Tokens(t) => batch.push_token(t[r], pos, p.seq, output),
+                        Rows::Hidden(h) => batch.push_hidden(&h[r * width..(r + 1) * width], pos, p.seq, output),
+                    }
+                }
+                placed.push((m, first_row, take));
+            }
+            if let Err(e) = self.ctx.decode(&batch) {
+                failed = Some(e);
+                break;
+            }
+            for (m, first_row, take) in placed {
+                for r in 0..take {
+                    let row = (first_row + r) as i32;
+                    if emit_hidden {
+                        match self.ctx.hidden_row(row, width) {
+                            Ok(h) => hidden_out[m].extend_from_slice(h),
+                            Err(e) => failed = Some(e),
+                        }
+                    } else if done[m] + r + 1 == members[m].rows.len(width) {
+                        match self.ctx.logits_row(row, self.n_vocab as usize) {
+                            Ok(l) => last_logits[m] = Some(l.to_vec()),
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                }
+                done[m] += take;
+            }
+        }
+
+        let mut out = Vec::with_capacity(members.len());
+        for (m, p) in members.into_iter().enumerate() {
+            let Some(s) = self.sessions.get_mut(&p.session) else { continue };
+            if let Some(e) = &failed {
+                // Roll the cache back so the session can retry this step.
+                self.ctx.remove_from(p.seq, p.start_pos);
+                out.push((p.idx, Err(EngineError::Input(format!("step not applied: {e}")))));
+                continue;
+            }
+            s.n_past = p.start_pos + done[m] as u32;
+            let result = if emit_hidden {
+                Activation::encode(&hidden_out[m], self.n_embd, s.dtype).map(StepOutput::Hidden).map_err(EngineError::from)
+            } else {
+                match last_logits[m].take() {
+                    Some(logits) => Ok(StepOutput::Token { token: s.sampler.sample(&logits), logits }),
+                    None => Err(EngineError::Decode(-102)),
+                }
+            };
+            out.push((p.idx, result));
+        }
+        out
+    }
+}

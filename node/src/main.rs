@@ -1,0 +1,216 @@
+//! `nak-node`: the Nakshatra node's command line.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use nak_node::bench::{self, BenchOptions};
+use nak_node::chain::{GenerateOptions, LocalChain};
+use nak_node::engine::{EngineConfig, SamplingParams};
+use nak_protocol::ActivationDtype;
+use nak_shard_store::{span, GgufFile, SynthConfig, TensorType};
+
+#[derive(Parser)]
+#[command(name = "nak-node", version, about = "Run a span of a large language model in the Nakshatra swarm")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a whole model, or with it split into a local chain of spans.
+    Generate(GenerateArgs),
+    /// Write a span GGUF holding layers A:B (end exclusive) of a model.
+    Slice {
+        /// The whole model.
+        model: PathBuf,
+        /// Layers as A:B, end exclusive.
+        #[arg(long)]
+        layers: String,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Write a synthetic llama-family model with random weights.
+    Synth {
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        layers: u32,
+        #[arg(long, default_value_t = 64)]
+        embd: u32,
+        #[arg(long, default_value_t = 4)]
+        heads: u32,
+        #[arg(long, default_value_t = 2)]
+        kv_heads: u32,
+        #[arg(long, default_value_t = 128)]
+        ff: u32,
+        #[arg(long, default_value_t = 512)]
+        vocab: u32,
+        /// Weight type: f32, f16 or q8_0.
+        #[arg(long, default_value = "f32")]
+        weight_type: String,
+        /// Tie the output head to the token embedding.
+        #[arg(long)]
+        tied: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Measure the whole model against local chains of 1, 2 and 3 spans.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Layers to offload to the GPU (needs a GPU build).
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
+    /// Context length per session.
+    #[arg(long, default_value_t = 2048)]
+    ctx: u32,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        let mut cfg = EngineConfig { ctx_per_session: self.ctx, gpu_layers: self.gpu_layers, max_sessions: 1, ..EngineConfig::default() };
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        cfg
+    }
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (tokenized with special tokens added and parsed).
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Cut the model at these layer indices into a local chain of spans, e.g. 10,20.
+    #[arg(long, value_delimiter = ',')]
+    local_split: Vec<u32>,
+    /// Hidden-state encoding between spans: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    wire_dtype: ActivationDtype,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// Tokens generated per measurement.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Repetitions per configuration (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Prompt lengths in tokens (short and long context).
+    #[arg(long, value_delimiter = ',', default_value = "8,450")]
+    contexts: Vec<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NAK_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Generate(args) => generate(args),
+        Command::Slice { model, layers, output } => {
+            let range = span::parse_layer_range(&layers).with_context(|| format!("--layers {layers}: expected A:B with A < B"))?;
+            let src = GgufFile::open(&model)?;
+            let plan = span::write_span(&src, range, &output)?;
+            let size = std::fs::metadata(&output)?.len();
+            println!(
+                "wrote {} (layers {}..{} of {}, embedding: {}, head: {}, {} tensors, {size} bytes)",
+                output.display(),
+                plan.position.first,
+                plan.position.first + plan.position.n_layer,
+                plan.position.total,
+                plan.position.has_embedding,
+                plan.position.has_head,
+                plan.tensors.len()
+            );
+            Ok(())
+        }
+        Command::Synth { output, layers, embd, heads, kv_heads, ff, vocab, weight_type, tied, seed } => {
+            let weight_type = match weight_type.to_ascii_lowercase().as_str() {
+                "f32" => TensorType::F32,
+                "f16" => TensorType::F16,
+                "q8_0" => TensorType::Q8_0,
+                other => bail!("--weight-type {other}: expected f32, f16 or q8_0"),
+            };
+            let cfg = SynthConfig {
+                n_layer: layers,
+                n_embd: embd,
+                n_head: heads,
+                n_head_kv: kv_heads,
+                n_ff: ff,
+                n_vocab: vocab,
+                weight_type,
+                tied_embedding: tied,
+                seed,
+                ..SynthConfig::default()
+            };
+            let size = nak_shard_store::write_synthetic(&cfg, &output)?;
+            println!("wrote {} ({size} bytes)", output.display());
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let opts = BenchOptions { tokens: args.tokens, reps: args.reps, contexts: args.contexts, engine: args.engine.config() };
+            let report = bench::run(&args.model, &opts)?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let mut chain = LocalChain::from_model(&args.model, &args.local_split, &args.engine.config())
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let prompt = chain.tokenize(&args.prompt)?;
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams { temperature: args.temperature, seed: args.seed },
+        dtype: args.wire_dtype,
+        ignore_eos: false,
+    };
+    let out = chain.generate(&prompt, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("{}{}", args.prompt, out.text);
+        eprintln!(
+            "[{} span(s)] prompt {} tokens, prefill {:.1} ms, decode {:.1} tokens/s, {} tokens",
+            out.spans,
+            out.prompt_tokens,
+            out.prefill_ms,
+            out.decode_tokens_per_s,
+            out.tokens.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Nakshatra's model files: GGUF reading and writing, span slicing, synthetic models.
+//!
+//! - [`gguf`]: parse a GGUF header and stream tensor bytes; write a GGUF deterministically.
+//! - [`span`]: plan and write a span GGUF (a contiguous range of layers) from a whole model.
+//! - [`synth`]: random-weight llama-family models of any shape for tests and benchmarks.
+//!
+//! This crate knows nothing of llama.cpp or the network: it moves bytes and metadata.
+
+pub mod gguf;
+pub mod span;
+pub mod synth;
+pub mod tensor_type;
+
+pub use gguf::{GgufError, GgufFile, GgufWriter, TensorInfo, Value};
+pub use span::{plan_span, write_span, SpanError, SpanPlan, SpanPosition};
+pub use synth::{write_synthetic, SynthConfig};
+pub use tensor_type::TensorType;
