@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -62,8 +63,7 @@ impl ReferenceModel {
         self.model.vocab().tokenize(text.as_bytes(), true, true).into_iter().map(|t| t.0).collect()
     }
 
-    /// Greedy generation in one fresh context with the engine's context settings.
-    pub fn generate_greedy(&self, prompt: &[i32], max_tokens: usize, ignore_eos: bool, cfg: &EngineConfig) -> Result<ReferenceRun, ReferenceError> {
+    fn context(&self, cfg: &EngineConfig) -> Result<LlamaContext<'_>, ReferenceError> {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(cfg.ctx_per_session))
             .with_n_batch(cfg.max_batch_rows)
@@ -71,7 +71,22 @@ impl ReferenceModel {
             .with_n_seq_max(1)
             .with_n_threads(cfg.threads)
             .with_n_threads_batch(cfg.threads);
-        let mut ctx = self.model.new_context(backend()?, params).map_err(err)?;
+        self.model.new_context(backend()?, params).map_err(err)
+    }
+
+    /// Logits of the prompt's last token, in a fresh context.
+    pub fn prompt_logits(&self, prompt: &[i32], cfg: &EngineConfig) -> Result<Vec<f32>, ReferenceError> {
+        let mut ctx = self.context(cfg)?;
+        let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
+        let tokens: Vec<LlamaToken> = prompt.iter().map(|&t| LlamaToken(t)).collect();
+        batch.add_sequence(&tokens, 0, false).map_err(err)?;
+        ctx.decode(&mut batch).map_err(err)?;
+        Ok(ctx.get_logits_ith(batch.n_tokens() - 1).to_vec())
+    }
+
+    /// Greedy generation in one fresh context with the engine's context settings.
+    pub fn generate_greedy(&self, prompt: &[i32], max_tokens: usize, ignore_eos: bool, cfg: &EngineConfig) -> Result<ReferenceRun, ReferenceError> {
+        let mut ctx = self.context(cfg)?;
         let mut sampler = LlamaSampler::greedy();
         let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
         let prompt_tokens: Vec<LlamaToken> = prompt.iter().map(|&t| LlamaToken(t)).collect();

@@ -265,6 +265,11 @@ impl Batch {
         Batch { raw, capacity, width }
     }
 
+    /// Rows the batch can hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Number of rows added.
     pub(crate) fn len(&self) -> usize {
         self.raw.n_tokens as usize

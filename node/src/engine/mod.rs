@@ -357,11 +357,13 @@ impl SpanEngine {
         let mut failed: Option<EngineError> = None;
 
         while failed.is_none() && members.iter().zip(&done).any(|(p, d)| *d < p.rows.len(width)) {
-            let mut batch = Batch::new(cap, if tokens { 0 } else { width });
+            // Sized to what this round holds: a decode step is one row, not a whole batch's worth.
+            let pending: usize = members.iter().zip(&done).map(|(p, d)| p.rows.len(width) - d).sum();
+            let mut batch = Batch::new(pending.min(cap), if tokens { 0 } else { width });
             let mut placed = Vec::new(); // (member, batch row of its first row, rows)
             for (m, p) in members.iter().enumerate() {
                 let total = p.rows.len(width);
-                let take = (total - done[m]).min(cap - batch.len());
+                let take = (total - done[m]).min(batch.capacity() - batch.len());
                 if take == 0 {
                     continue;
                 }

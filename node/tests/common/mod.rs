@@ -1,0 +1,35 @@
+//! Helpers shared by the node's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use nak_node::engine::EngineConfig;
+use nak_shard_store::{write_synthetic, SynthConfig, TensorType};
+
+/// Engine settings small enough for fast tests.
+pub fn test_engine_config() -> EngineConfig {
+    EngineConfig { ctx_per_session: 256, max_sessions: 4, max_batch_rows: 64, threads: 2, gpu_layers: 0 }
+}
+
+/// Writes a synthetic model into `dir` and returns its path.
+pub fn synth_model(dir: &Path, cfg: &SynthConfig) -> PathBuf {
+    let path = dir.join(format!("synth-{}L-{}-{}.gguf", cfg.n_layer, cfg.n_embd, cfg.seed));
+    write_synthetic(cfg, &path).expect("synthetic model");
+    path
+}
+
+/// A 6-layer synthetic model with grouped-query attention and Q8_0 weights.
+pub fn small_synth(dir: &Path) -> PathBuf {
+    synth_model(
+        dir,
+        &SynthConfig { n_layer: 6, n_embd: 64, n_head: 4, n_head_kv: 2, n_ff: 160, n_vocab: 400, weight_type: TensorType::Q8_0, seed: 7, ..SynthConfig::default() },
+    )
+}
+
+/// The SmolLM2 test model: `NAK_TEST_MODEL`, or `models/SmolLM2-135M-Instruct.Q4_1.gguf` at the workspace root.
+pub fn smollm_path() -> PathBuf {
+    if let Ok(p) = std::env::var("NAK_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}

@@ -1,0 +1,81 @@
+//! SmolLM2-135M split into local chains gives token for token what one llama.cpp context gives.
+//!
+//! Needs `models/SmolLM2-135M-Instruct.Q4_1.gguf` (the README's test command fetches it)
+//! or `NAK_TEST_MODEL`.
+
+mod common;
+
+use common::{smollm_path, test_engine_config};
+use nak_node::chain::{GenerateOptions, LocalChain};
+use nak_node::engine::{EngineConfig, SpanEngine};
+use nak_node::reference::ReferenceModel;
+use nak_shard_store::{span, GgufFile};
+
+const PROMPTS: [&str; 5] = [
+    "The capital of France is",
+    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+    "List three primary colors:",
+];
+
+fn model() -> std::path::PathBuf {
+    let path = smollm_path();
+    assert!(path.exists(), "{} is missing: run the README's test command, or set NAK_TEST_MODEL", path.display());
+    path
+}
+
+fn config() -> EngineConfig {
+    EngineConfig { ctx_per_session: 512, max_sessions: 1, max_batch_rows: 512, ..test_engine_config() }
+}
+
+#[test]
+fn local_splits_match_the_whole_model_token_for_token() {
+    let model = model();
+    let cfg = config();
+    let reference = ReferenceModel::load(&model).unwrap();
+    let opts = GenerateOptions { max_tokens: 32, ..GenerateOptions::default() };
+    let expected: Vec<Vec<i32>> = PROMPTS
+        .iter()
+        .map(|p| reference.generate_greedy(&reference.tokenize(p), 32, false, &cfg).unwrap().tokens)
+        .collect();
+    assert!(expected.iter().any(|t| t.len() == 32), "the reference should generate full answers");
+
+    for cuts in [vec![15], vec![10, 20], vec![1, 2, 29], vec![7, 14, 21, 28]] {
+        let mut chain = LocalChain::from_model(&model, &cuts, &cfg).unwrap();
+        for (prompt, want) in PROMPTS.iter().zip(&expected) {
+            let tokens = chain.tokenize(prompt).unwrap();
+            let got = chain.generate(&tokens, &opts).unwrap();
+            assert_eq!(&got.tokens, want, "cuts {cuts:?}, prompt {prompt:?}");
+        }
+    }
+}
+
+#[test]
+fn middle_span_holds_only_its_layers() {
+    let model = model();
+    let src = GgufFile::open(&model).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layer_bytes = |range: std::ops::Range<u32>| -> u64 {
+        src.tensors
+            .iter()
+            .filter(|t| span::block_index(&t.name).is_some_and(|(i, _)| range.contains(&i)))
+            .map(|t| t.n_bytes().unwrap())
+            .sum()
+    };
+    for range in [10..20, 10..12] {
+        let out = dir.path().join("mid.gguf");
+        span::write_span(&src, range.clone(), &out).unwrap();
+        let mid = GgufFile::open(&out).unwrap();
+        assert!(mid.tensors.iter().all(|t| t.name.starts_with("blk.")), "a middle span carries only blocks");
+        assert!(mid.get("tokenizer.ggml.tokens").is_none());
+        let size = std::fs::metadata(&out).unwrap().len();
+        let layers = layer_bytes(range.clone());
+        // Layers, their alignment padding, and a header of a few kilobytes.
+        assert!(size >= layers && size < layers + 64 * 1024, "{range:?}: file {size} bytes, layers {layers} bytes");
+        let engine = SpanEngine::load(&out, config()).unwrap();
+        assert_eq!(engine.span().first, range.start);
+        assert_eq!(engine.span().n_layer, range.end - range.start);
+        assert!(!engine.span().has_embedding && !engine.span().has_head);
+    }
+}
