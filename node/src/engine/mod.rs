@@ -189,6 +189,11 @@ impl SpanEngine {
         if cfg.max_sessions == 0 || cfg.ctx_per_session == 0 || cfg.max_batch_rows == 0 {
             return Err(EngineError::Load("sessions, context and batch size must be positive".into()));
         }
+        // Check the file's structure ourselves first: llama.cpp aborts the process on some
+        // malformed headers, and a span file may come from an untrusted peer.
+        let file = nak_shard_store::GgufFile::open(path).map_err(|e| EngineError::Load(e.to_string()))?;
+        nak_shard_store::SpanPosition::of(&file).map_err(|e| EngineError::Load(e.to_string()))?;
+        drop(file);
         let model = Model::load(path, cfg.gpu_layers)?;
         let span = model.span();
         let n_ctx = cfg
