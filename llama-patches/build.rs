@@ -48,15 +48,7 @@ fn feature(name: &str) -> bool {
 }
 
 fn refuse_unsupported_features() {
-    for name in [
-        "common",
-        "mtmd",
-        "dynamic-link",
-        "system-ggml",
-        "opencl",
-        "webgpu",
-        "mkl",
-    ] {
+    for name in ["common", "mtmd", "dynamic-link", "system-ggml", "opencl", "webgpu", "mkl"] {
         if feature(name) {
             panic!(
                 "llama-patches: feature `{name}` of llama-cpp-sys-2 is not supported by the patched build; \
@@ -279,7 +271,5 @@ fn write_bindings(manifest_dir: &Path, src: &Path, out_dir: &Path) {
         .prepend_enum_name(false)
         .generate()
         .expect("llama-patches: bindgen failed (is libclang installed?)");
-    bindings
-        .write_to_file(out_dir.join("bindings.rs"))
-        .expect("llama-patches: cannot write bindings.rs");
+    bindings.write_to_file(out_dir.join("bindings.rs")).expect("llama-patches: cannot write bindings.rs");
 }

@@ -77,7 +77,11 @@ pub fn run(model: &Path, opts: &BenchOptions) -> Result<String, BenchError> {
     let mut report = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
     let _ = writeln!(
         report,
@@ -124,7 +128,16 @@ pub fn run(model: &Path, opts: &BenchOptions) -> Result<String, BenchError> {
         for (i, name) in names.enumerate() {
             let p = median(&mut prefill[i]);
             let d = median(&mut decode[i]);
-            let _ = writeln!(report, "{:>8} {:<26} {:>12.1} {:>8.3} {:>12.1} {:>8.3}", prompt.len(), name, p, p / base_p, d, d / base_d);
+            let _ = writeln!(
+                report,
+                "{:>8} {:<26} {:>12.1} {:>8.3} {:>12.1} {:>8.3}",
+                prompt.len(),
+                name,
+                p,
+                p / base_p,
+                d,
+                d / base_d
+            );
         }
     }
     Ok(report)

@@ -14,7 +14,9 @@ use std::time::Instant;
 use nak_protocol::{Activation, ActivationDtype};
 use nak_shard_store::{span, GgufFile};
 
-use crate::engine::{EngineConfig, EngineError, SamplingParams, SessionConfig, SessionId, SpanEngine, StepInput, StepOutput};
+use crate::engine::{
+    EngineConfig, EngineError, SamplingParams, SessionConfig, SessionId, SpanEngine, StepInput, StepOutput,
+};
 
 /// Errors of building or running a chain.
 #[derive(Debug, thiserror::Error)]
@@ -188,14 +190,21 @@ impl LocalChain {
         for (e, id) in self.engines.iter_mut().zip(sessions) {
             match e.step(*id, input)? {
                 // Through the wire format, exactly as a remote hop would receive it.
-                StepOutput::Hidden(a) => input = StepInput::Hidden(Activation::from_bytes(&a.to_bytes()).map_err(EngineError::from)?),
+                StepOutput::Hidden(a) => {
+                    input = StepInput::Hidden(Activation::from_bytes(&a.to_bytes()).map_err(EngineError::from)?)
+                }
                 StepOutput::Token { token, .. } => return Ok(token),
             }
         }
         Err(ChainError::Gap("the last span returned a hidden state".into()))
     }
 
-    fn generate_in(&mut self, sessions: &[SessionId], prompt: &[i32], opts: &GenerateOptions) -> Result<Generation, ChainError> {
+    fn generate_in(
+        &mut self,
+        sessions: &[SessionId],
+        prompt: &[i32],
+        opts: &GenerateOptions,
+    ) -> Result<Generation, ChainError> {
         if prompt.is_empty() {
             return Err(EngineError::Input("empty prompt".into()).into());
         }

@@ -5,7 +5,7 @@
 //! - [`chain`]: several engines run as a pipeline in one process, passing encoded hidden
 //!   states, with text generation on top (the `generate` command).
 
+pub mod bench;
 pub mod chain;
 pub mod engine;
 pub mod reference;
-pub mod bench;

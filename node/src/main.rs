@@ -61,6 +61,16 @@ enum Command {
     },
     /// Measure the whole model against local chains of 1, 2 and 3 spans.
     Bench(BenchArgs),
+    /// Describe a model or span file; with --load, load it into llama.cpp and report memory.
+    Info {
+        /// The GGUF file.
+        file: PathBuf,
+        /// Load it and report the process's resident memory.
+        #[arg(long)]
+        load: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -78,7 +88,12 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn config(&self) -> EngineConfig {
-        let mut cfg = EngineConfig { ctx_per_session: self.ctx, gpu_layers: self.gpu_layers, max_sessions: 1, ..EngineConfig::default() };
+        let mut cfg = EngineConfig {
+            ctx_per_session: self.ctx,
+            gpu_layers: self.gpu_layers,
+            max_sessions: 1,
+            ..EngineConfig::default()
+        };
         if let Some(t) = self.threads {
             cfg.threads = t;
         }
@@ -140,7 +155,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => generate(args),
         Command::Slice { model, layers, output } => {
-            let range = span::parse_layer_range(&layers).with_context(|| format!("--layers {layers}: expected A:B with A < B"))?;
+            let range = span::parse_layer_range(&layers)
+                .with_context(|| format!("--layers {layers}: expected A:B with A < B"))?;
             let src = GgufFile::open(&model)?;
             let plan = span::write_span(&src, range, &output)?;
             let size = std::fs::metadata(&output)?.len();
@@ -179,8 +195,14 @@ fn main() -> Result<()> {
             println!("wrote {} ({size} bytes)", output.display());
             Ok(())
         }
+        Command::Info { file, load, engine } => info(&file, load, &engine),
         Command::Bench(args) => {
-            let opts = BenchOptions { tokens: args.tokens, reps: args.reps, contexts: args.contexts, engine: args.engine.config() };
+            let opts = BenchOptions {
+                tokens: args.tokens,
+                reps: args.reps,
+                contexts: args.contexts,
+                engine: args.engine.config(),
+            };
             let report = bench::run(&args.model, &opts)?;
             print!("{report}");
             Ok(())
@@ -210,6 +232,44 @@ fn generate(args: GenerateArgs) -> Result<()> {
             out.prefill_ms,
             out.decode_tokens_per_s,
             out.tokens.len()
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory of this process in KiB (Linux), if it can be read.
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn info(path: &std::path::Path, load: bool, engine: &EngineArgs) -> Result<()> {
+    let file = GgufFile::open(path)?;
+    let pos = span::SpanPosition::of(&file)?;
+    let tensor_bytes: u64 = file.tensors.iter().filter_map(|t| t.n_bytes()).sum();
+    println!(
+        "{}: {} layers {}..{} of {} (embedding: {}, head: {}), {} tensors, {} tensor bytes, {} file bytes",
+        path.display(),
+        file.architecture()?,
+        pos.first,
+        pos.first + pos.n_layer,
+        pos.total,
+        pos.has_embedding,
+        pos.has_head,
+        file.tensors.len(),
+        tensor_bytes,
+        file.file_len()
+    );
+    if load {
+        let before = resident_kib().unwrap_or(0);
+        let engine = nak_node::engine::SpanEngine::load(path, engine.config())?;
+        let after = resident_kib().unwrap_or(0);
+        println!(
+            "loaded: n_embd {}, resident memory {} KiB (+{} KiB for the span and its context)",
+            engine.n_embd(),
+            after,
+            after.saturating_sub(before)
         );
     }
     Ok(())

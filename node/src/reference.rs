@@ -85,7 +85,13 @@ impl ReferenceModel {
     }
 
     /// Greedy generation in one fresh context with the engine's context settings.
-    pub fn generate_greedy(&self, prompt: &[i32], max_tokens: usize, ignore_eos: bool, cfg: &EngineConfig) -> Result<ReferenceRun, ReferenceError> {
+    pub fn generate_greedy(
+        &self,
+        prompt: &[i32],
+        max_tokens: usize,
+        ignore_eos: bool,
+        cfg: &EngineConfig,
+    ) -> Result<ReferenceRun, ReferenceError> {
         let mut ctx = self.context(cfg)?;
         let mut sampler = LlamaSampler::greedy();
         let mut batch = LlamaBatch::new(prompt.len().max(1), 1);

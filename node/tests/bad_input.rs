@@ -71,15 +71,24 @@ fn bad_hidden_states_are_rejected_and_the_engine_goes_on() {
     let s = middle.open_session(SessionConfig::default()).unwrap();
 
     let narrow = Activation::encode(&vec![0.5; 4 * 32], 32, ActivationDtype::F32).unwrap();
-    assert!(matches!(middle.step(s, StepInput::Hidden(narrow)), Err(EngineError::Activation(ActivationError::Width { got: 32, expected: 64 }))));
+    assert!(matches!(
+        middle.step(s, StepInput::Hidden(narrow)),
+        Err(EngineError::Activation(ActivationError::Width { got: 32, expected: 64 }))
+    ));
 
     let mut mislabelled = good.clone();
     mislabelled.dtype = ActivationDtype::F16; // f32 bytes under an f16 label
-    assert!(matches!(middle.step(s, StepInput::Hidden(mislabelled)), Err(EngineError::Activation(ActivationError::Length { .. }))));
+    assert!(matches!(
+        middle.step(s, StepInput::Hidden(mislabelled)),
+        Err(EngineError::Activation(ActivationError::Length { .. }))
+    ));
 
     let mut poisoned = good.clone();
     poisoned.data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
-    assert!(matches!(middle.step(s, StepInput::Hidden(poisoned)), Err(EngineError::Activation(ActivationError::NonFinite { row: 0, col: 2 }))));
+    assert!(matches!(
+        middle.step(s, StepInput::Hidden(poisoned)),
+        Err(EngineError::Activation(ActivationError::NonFinite { row: 0, col: 2 }))
+    ));
 
     assert!(matches!(middle.step(s, StepInput::Tokens(vec![1, 2])), Err(EngineError::Input(_))));
     assert!(matches!(middle.step(999, StepInput::Hidden(good.clone())), Err(EngineError::UnknownSession(999))));

@@ -82,7 +82,13 @@ fn tied_embedding_head_works_on_the_last_span() {
     let dir = tempfile::tempdir().unwrap();
     let model = synth_model(
         dir.path(),
-        &SynthConfig { n_layer: 4, tied_embedding: true, weight_type: TensorType::F16, seed: 3, ..SynthConfig::default() },
+        &SynthConfig {
+            n_layer: 4,
+            tied_embedding: true,
+            weight_type: TensorType::F16,
+            seed: 3,
+            ..SynthConfig::default()
+        },
     );
     let cfg = test_engine_config();
     let reference = ReferenceModel::load(&model).unwrap();
@@ -94,13 +100,21 @@ fn tied_embedding_head_works_on_the_last_span() {
 
 /// Runs every prompt through `stages` (each a list of (engine index, layers)) with all
 /// sessions of a stage stepped in one `step_batch`, and returns each prompt's tokens.
-fn run_batched(engines: &mut [SpanEngine], stages: &[(usize, Option<std::ops::Range<u32>>)], prompts: &[Vec<i32>]) -> Vec<Vec<i32>> {
+fn run_batched(
+    engines: &mut [SpanEngine],
+    stages: &[(usize, Option<std::ops::Range<u32>>)],
+    prompts: &[Vec<i32>],
+) -> Vec<Vec<i32>> {
     let sessions: Vec<Vec<u64>> = stages
         .iter()
         .map(|(e, layers)| {
             prompts
                 .iter()
-                .map(|_| engines[*e].open_session(SessionConfig { layers: layers.clone(), ..SessionConfig::default() }).unwrap())
+                .map(|_| {
+                    engines[*e]
+                        .open_session(SessionConfig { layers: layers.clone(), ..SessionConfig::default() })
+                        .unwrap()
+                })
                 .collect()
         })
         .collect();
@@ -134,10 +148,12 @@ fn sessions_on_sub_ranges_of_one_span_chain_exactly() {
     let cfg = test_engine_config();
     let reference = ReferenceModel::load(&model).unwrap();
     let prompts: Vec<Vec<i32>> = PROMPTS.iter().map(|p| reference.tokenize(p)).collect();
-    let want: Vec<Vec<i32>> = prompts.iter().map(|p| reference.generate_greedy(p, N_TOKENS, true, &cfg).unwrap().tokens).collect();
+    let want: Vec<Vec<i32>> =
+        prompts.iter().map(|p| reference.generate_greedy(p, N_TOKENS, true, &cfg).unwrap().tokens).collect();
 
     // One engine holding all six layers; three sessions per prompt run 0..2, 2..5 and 5..6.
-    let mut engines = vec![SpanEngine::load(&model, nak_node::engine::EngineConfig { max_sessions: 12, ..cfg.clone() }).unwrap()];
+    let mut engines =
+        vec![SpanEngine::load(&model, nak_node::engine::EngineConfig { max_sessions: 12, ..cfg.clone() }).unwrap()];
     let stages = [(0, Some(0..2)), (0, Some(2..5)), (0, Some(5..6))];
     assert_eq!(run_batched(&mut engines, &stages, &prompts), want);
 

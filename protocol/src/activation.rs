@@ -161,9 +161,15 @@ impl Activation {
             });
         }
         let values: Vec<f32> = match self.dtype {
-            ActivationDtype::F32 => self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            ActivationDtype::F16 => self.data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            ActivationDtype::Bf16 => self.data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            ActivationDtype::F32 => {
+                self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            ActivationDtype::F16 => {
+                self.data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            ActivationDtype::Bf16 => {
+                self.data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
         };
         check_finite(&values, self.width)?;
         Ok(values)
@@ -184,7 +190,8 @@ impl Activation {
         if bytes.len() < HEADER_LEN {
             return Err(ActivationError::Frame(format!("{} bytes is shorter than the header", bytes.len())));
         }
-        let dtype = ActivationDtype::from_tag(bytes[0]).ok_or_else(|| ActivationError::Frame(format!("unknown dtype tag {}", bytes[0])))?;
+        let dtype = ActivationDtype::from_tag(bytes[0])
+            .ok_or_else(|| ActivationError::Frame(format!("unknown dtype tag {}", bytes[0])))?;
         let n_rows = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         let width = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         Ok(Activation { dtype, n_rows, width, data: bytes[HEADER_LEN..].to_vec() })
@@ -193,7 +200,9 @@ impl Activation {
 
 fn check_finite(values: &[f32], width: u32) -> Result<(), ActivationError> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(ActivationError::NonFinite { row: (i / width as usize) as u32, col: (i % width as usize) as u32 }),
+        Some(i) => {
+            Err(ActivationError::NonFinite { row: (i / width as usize) as u32, col: (i % width as usize) as u32 })
+        }
         None => Ok(()),
     }
 }

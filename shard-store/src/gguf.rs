@@ -226,9 +226,7 @@ impl<R: Read> Reader<R> {
             return Err(self.invalid(format!("a length of {n} bytes runs past the end of the file")));
         }
         let mut buf = vec![0u8; n as usize];
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|e| GgufError::Io { path: self.path.clone(), source: e })?;
+        self.inner.read_exact(&mut buf).map_err(|e| GgufError::Io { path: self.path.clone(), source: e })?;
         self.remaining -= n;
         Ok(buf)
     }
@@ -300,7 +298,8 @@ impl GgufFile {
         let io = |source| GgufError::Io { path: path.clone(), source };
         let file = File::open(&path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let mut r = Reader { inner: BufReader::new(file.try_clone().map_err(io)?), path: path.clone(), remaining: file_len };
+        let mut r =
+            Reader { inner: BufReader::new(file.try_clone().map_err(io)?), path: path.clone(), remaining: file_len };
 
         if &r.array::<4>()? != MAGIC {
             return Err(r.invalid("bad magic"));
@@ -336,20 +335,25 @@ impl GgufFile {
                 dims.push(r.u64()?);
             }
             let raw = r.u32()?;
-            let ty = TensorType::from_u32(raw).ok_or_else(|| r.invalid(format!("tensor `{name}` has unknown type {raw}")))?;
+            let ty = TensorType::from_u32(raw)
+                .ok_or_else(|| r.invalid(format!("tensor `{name}` has unknown type {raw}")))?;
             let offset = r.u64()?;
             tensors.push(TensorInfo { name, dims, ty, offset });
         }
 
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-            Some((_, v)) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| r.invalid("bad general.alignment"))?,
+            Some((_, v)) => {
+                v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| r.invalid("bad general.alignment"))?
+            }
             None => DEFAULT_ALIGNMENT,
         };
         let header_len = file_len - r.remaining;
         let data_offset = align(header_len, alignment);
 
         for t in &tensors {
-            let size = t.n_bytes().ok_or_else(|| r.invalid(format!("tensor `{}` has a shape its type cannot hold", t.name)))?;
+            let size = t
+                .n_bytes()
+                .ok_or_else(|| r.invalid(format!("tensor `{}` has a shape its type cannot hold", t.name)))?;
             let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(size));
             if t.offset % alignment != 0 || end.is_none_or(|e| e > file_len) {
                 return Err(r.invalid(format!("tensor `{}` lies outside the file or is misaligned", t.name)));
@@ -402,7 +406,10 @@ impl GgufFile {
         f.seek(SeekFrom::Start(self.data_offset + info.offset)).map_err(io)?;
         let copied = std::io::copy(&mut f.take(size), out).map_err(io)?;
         if copied != size {
-            return Err(GgufError::Invalid { path: self.path.clone(), reason: format!("tensor `{}` is truncated", info.name) });
+            return Err(GgufError::Invalid {
+                path: self.path.clone(),
+                reason: format!("tensor `{}` is truncated", info.name),
+            });
         }
         Ok(copied)
     }
@@ -420,12 +427,15 @@ pub fn align(n: u64, alignment: u64) -> u64 {
     n.div_ceil(alignment) * alignment
 }
 
+/// Writes exactly a tensor's bytes into the sink it is given.
+pub type TensorBytes<'a> = Box<dyn FnMut(&mut dyn Write) -> Result<()> + 'a>;
+
 /// A tensor to be written: its table entry (offset ignored) and where its bytes come from.
 pub struct TensorSource<'a> {
     /// Name, shape and type.
     pub info: TensorInfo,
     /// Writes exactly `info.n_bytes()` bytes of tensor data.
-    pub write: Box<dyn FnMut(&mut dyn Write) -> Result<()> + 'a>,
+    pub write: TensorBytes<'a>,
 }
 
 /// Writes a GGUF file: metadata, tensor table, then each tensor's data, aligned.
@@ -461,7 +471,12 @@ impl GgufWriter {
     }
 
     /// Writes the file to any writer; returns the number of bytes written.
-    pub fn write_to(&self, w: &mut dyn Write, metadata: &[(String, Value)], mut tensors: Vec<TensorSource<'_>>) -> Result<u64> {
+    pub fn write_to(
+        &self,
+        w: &mut dyn Write,
+        metadata: &[(String, Value)],
+        mut tensors: Vec<TensorSource<'_>>,
+    ) -> Result<u64> {
         let mut out = CountingWriter { inner: w, count: 0 };
         let io = |source| GgufError::Io { path: PathBuf::from("<gguf writer>"), source };
 
@@ -478,10 +493,9 @@ impl GgufWriter {
         let mut offset = 0u64;
         let mut sizes = Vec::with_capacity(tensors.len());
         for t in &tensors {
-            let size = t
-                .info
-                .n_bytes()
-                .ok_or_else(|| GgufError::Write(format!("tensor `{}` has a shape its type cannot hold", t.info.name)))?;
+            let size = t.info.n_bytes().ok_or_else(|| {
+                GgufError::Write(format!("tensor `{}` has a shape its type cannot hold", t.info.name))
+            })?;
             put_string(&mut header, &t.info.name);
             header.extend_from_slice(&(t.info.dims.len() as u32).to_le_bytes());
             for d in &t.info.dims {
@@ -500,7 +514,11 @@ impl GgufWriter {
             let start = out.count;
             (t.write)(&mut out)?;
             if out.count - start != size {
-                return Err(GgufError::Write(format!("tensor `{}`: wrote {} bytes, expected {size}", t.info.name, out.count - start)));
+                return Err(GgufError::Write(format!(
+                    "tensor `{}`: wrote {} bytes, expected {size}",
+                    t.info.name,
+                    out.count - start
+                )));
             }
             let pad = align(size, self.alignment) - size;
             out.write_all(&vec![0u8; pad as usize]).map_err(io)?;

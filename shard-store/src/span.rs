@@ -123,7 +123,11 @@ pub struct SpanPlan {
 }
 
 /// Plans the span `range` of a whole model described by its metadata and tensor table.
-pub fn plan_span(metadata: &[(String, Value)], tensors: &[TensorInfo], range: Range<u32>) -> Result<SpanPlan, SpanError> {
+pub fn plan_span(
+    metadata: &[(String, Value)],
+    tensors: &[TensorInfo],
+    range: Range<u32>,
+) -> Result<SpanPlan, SpanError> {
     let get = |k: &str| metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v);
     let arch = get("general.architecture")
         .and_then(Value::as_str)

@@ -21,7 +21,10 @@ fn write_then_read_round_trips_metadata_and_tensors() {
         ("a.f64".to_string(), Value::F64(1.5)),
         ("a.bool".to_string(), Value::Bool(true)),
         ("a.arr".to_string(), Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)])),
-        ("a.strs".to_string(), Value::Array(ValueType::String, vec![Value::String("x".into()), Value::String("yz".into())])),
+        (
+            "a.strs".to_string(),
+            Value::Array(ValueType::String, vec![Value::String("x".into()), Value::String("yz".into())]),
+        ),
     ];
     let data_a: Vec<u8> = (0..3 * 4 * 4).map(|i| i as u8).collect();
     let data_b: Vec<u8> = vec![9; 34 * 2];
@@ -85,16 +88,16 @@ fn span_plan_slices_layers_arrays_and_roles() {
     let dir = tempfile::tempdir().unwrap();
     let src = GgufFile::open(tiny_synth(dir.path(), SynthConfig { n_layer: 5, ..SynthConfig::default() })).unwrap();
     let mut meta = src.metadata.clone();
-    meta.push((
-        "llama.attention.head_count_kv".into(),
-        Value::Array(ValueType::U32, (0..5).map(Value::U32).collect()),
-    ));
+    meta.push(("llama.attention.head_count_kv".into(), Value::Array(ValueType::U32, (0..5).map(Value::U32).collect())));
     meta.retain(|(k, v)| k != "llama.attention.head_count_kv" || matches!(v, Value::Array(..)));
 
     let plan = span::plan_span(&meta, &src.tensors, 1..3).unwrap();
     let get = |k: &str| plan.metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     assert_eq!(get("llama.block_count"), Some(Value::U32(2)));
-    assert_eq!(get("llama.attention.head_count_kv"), Some(Value::Array(ValueType::U32, vec![Value::U32(1), Value::U32(2)])));
+    assert_eq!(
+        get("llama.attention.head_count_kv"),
+        Some(Value::Array(ValueType::U32, vec![Value::U32(1), Value::U32(2)]))
+    );
     assert_eq!(get(span::KEY_FIRST_LAYER), Some(Value::U32(1)));
     assert_eq!(get(span::KEY_HAS_HEAD), Some(Value::Bool(false)));
     assert_eq!(get("tokenizer.ggml.model"), Some(Value::String("none".into())));
@@ -120,7 +123,8 @@ fn span_plan_slices_layers_arrays_and_roles() {
 #[test]
 fn tied_last_span_keeps_the_embedding_and_spans_cannot_be_resliced() {
     let dir = tempfile::tempdir().unwrap();
-    let src = GgufFile::open(tiny_synth(dir.path(), SynthConfig { tied_embedding: true, ..SynthConfig::default() })).unwrap();
+    let src =
+        GgufFile::open(tiny_synth(dir.path(), SynthConfig { tied_embedding: true, ..SynthConfig::default() })).unwrap();
     let plan = span::plan_span(&src.metadata, &src.tensors, 2..4).unwrap();
     assert!(plan.tensors.iter().any(|(t, _)| t.name == "token_embd.weight"));
 
@@ -131,7 +135,10 @@ fn tied_last_span_keeps_the_embedding_and_spans_cannot_be_resliced() {
         SpanPosition::of(&s).unwrap(),
         SpanPosition { first: 2, n_layer: 2, total: 4, has_embedding: false, has_head: true }
     );
-    assert!(matches!(span::write_span(&s, 0..1, &dir.path().join("t.gguf")), Err(SpanError::AlreadySpan { first: 2, .. })));
+    assert!(matches!(
+        span::write_span(&s, 0..1, &dir.path().join("t.gguf")),
+        Err(SpanError::AlreadySpan { first: 2, .. })
+    ));
 }
 
 #[test]

@@ -61,9 +61,9 @@ impl Model {
         params.n_gpu_layers = i32::try_from(gpu_layers).unwrap_or(i32::MAX);
         // SAFETY: c_path is a valid C string for the duration of the call.
         let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
-        NonNull::new(raw)
-            .map(|ptr| Model { ptr })
-            .ok_or_else(|| EngineError::Load(format!("llama.cpp could not load {} (see the log for why)", path.display())))
+        NonNull::new(raw).map(|ptr| Model { ptr }).ok_or_else(|| {
+            EngineError::Load(format!("llama.cpp could not load {} (see the log for why)", path.display()))
+        })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut sys::llama_model {
@@ -108,7 +108,15 @@ impl Model {
         for _ in 0..2 {
             // SAFETY: text/out are valid for the lengths passed.
             let n = unsafe {
-                sys::llama_tokenize(self.vocab(), text.as_ptr().cast(), len, out.as_mut_ptr(), out.len() as i32, add_special, true)
+                sys::llama_tokenize(
+                    self.vocab(),
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    true,
+                )
             };
             if n >= 0 {
                 out.truncate(n as usize);
@@ -124,7 +132,9 @@ impl Model {
         let mut buf = vec![0u8; 64];
         for _ in 0..2 {
             // SAFETY: buf is valid for its length.
-            let n = unsafe { sys::llama_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), buf.len() as i32, 0, true) };
+            let n = unsafe {
+                sys::llama_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), buf.len() as i32, 0, true)
+            };
             if n >= 0 {
                 buf.truncate(n as usize);
                 return buf;
@@ -180,7 +190,9 @@ impl Context {
         params.no_perf = true;
         // SAFETY: valid model pointer.
         let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), params) };
-        NonNull::new(raw).map(|ptr| Context { ptr }).ok_or_else(|| EngineError::Load("llama.cpp could not create a context".into()))
+        NonNull::new(raw)
+            .map(|ptr| Context { ptr })
+            .ok_or_else(|| EngineError::Load("llama.cpp could not create a context".into()))
     }
 
     fn as_ptr(&self) -> *mut sys::llama_context {

@@ -169,6 +169,13 @@ struct Prepared {
     emit_hidden: bool,
 }
 
+/// Steps that run the same layers with the same kind of input: one decode (or a few).
+struct Group {
+    layers: Range<u32>,
+    tokens: bool,
+    members: Vec<Prepared>,
+}
+
 enum Rows {
     Tokens(Vec<i32>),
     Hidden(Vec<f32>),
@@ -257,7 +264,10 @@ impl SpanEngine {
         let id = self.next_id;
         self.next_id += 1;
         let local = layers.start - first..layers.end - first;
-        self.sessions.insert(id, Session { seq, layers: local, n_past: 0, sampler: Sampler::new(&cfg.sampling), dtype: cfg.dtype });
+        self.sessions.insert(
+            id,
+            Session { seq, layers: local, n_past: 0, sampler: Sampler::new(&cfg.sampling), dtype: cfg.dtype },
+        );
         Ok(id)
     }
 
@@ -293,7 +303,7 @@ impl SpanEngine {
     /// Results come back in request order.
     pub fn step_batch(&mut self, requests: Vec<StepRequest>) -> Vec<Result<StepOutput, EngineError>> {
         let mut results: Vec<Option<Result<StepOutput, EngineError>>> = (0..requests.len()).map(|_| None).collect();
-        let mut groups: Vec<((Range<u32>, bool), Vec<Prepared>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (idx, req) in requests.into_iter().enumerate() {
             let prepared = if seen.insert(req.session) {
@@ -303,17 +313,18 @@ impl SpanEngine {
             };
             match prepared {
                 Ok(p) => {
-                    let key = (self.sessions[&p.session].layers.clone(), matches!(p.rows, Rows::Tokens(_)));
-                    match groups.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, members)) => members.push(p),
-                        None => groups.push((key, vec![p])),
+                    let layers = self.sessions[&p.session].layers.clone();
+                    let tokens = matches!(p.rows, Rows::Tokens(_));
+                    match groups.iter_mut().find(|g| g.layers == layers && g.tokens == tokens) {
+                        Some(g) => g.members.push(p),
+                        None => groups.push(Group { layers, tokens, members: vec![p] }),
                     }
                 }
                 Err(e) => results[idx] = Some(Err(e)),
             }
         }
-        for ((layers, tokens), members) in groups {
-            for (idx, out) in self.run_group(layers, tokens, members) {
+        for g in groups {
+            for (idx, out) in self.run_group(g) {
                 results[idx] = Some(out);
             }
         }
@@ -326,7 +337,10 @@ impl SpanEngine {
         let rows = match (req.input, takes_tokens) {
             (StepInput::Tokens(t), true) => {
                 if let Some(bad) = t.iter().find(|&&t| t < 0 || t as u32 >= self.n_vocab) {
-                    return Err(EngineError::Input(format!("token id {bad} is outside the vocabulary of {}", self.n_vocab)));
+                    return Err(EngineError::Input(format!(
+                        "token id {bad} is outside the vocabulary of {}",
+                        self.n_vocab
+                    )));
                 }
                 Rows::Tokens(t)
             }
@@ -334,7 +348,9 @@ impl SpanEngine {
             (StepInput::Tokens(_), false) => {
                 return Err(EngineError::Input("this session starts past the embedding: send hidden states".into()))
             }
-            (StepInput::Hidden(_), true) => return Err(EngineError::Input("this session starts at the embedding: send token ids".into())),
+            (StepInput::Hidden(_), true) => {
+                return Err(EngineError::Input("this session starts at the embedding: send token ids".into()))
+            }
         };
         let n = rows.len(self.n_embd as usize) as u32;
         if n == 0 {
@@ -349,7 +365,8 @@ impl SpanEngine {
     }
 
     /// Decodes one group (same layers, same input kind) in as few batches as fit.
-    fn run_group(&mut self, layers: Range<u32>, tokens: bool, members: Vec<Prepared>) -> Vec<(usize, Result<StepOutput, EngineError>)> {
+    fn run_group(&mut self, group: Group) -> Vec<(usize, Result<StepOutput, EngineError>)> {
+        let Group { layers, tokens, members } = group;
         let width = self.n_embd as usize;
         let emit_hidden = members[0].emit_hidden;
         if let Err(e) = self.ctx.set_layers(layers.start, layers.end, emit_hidden) {
@@ -408,7 +425,9 @@ impl SpanEngine {
 
         let mut out = Vec::with_capacity(members.len());
         for (m, p) in members.into_iter().enumerate() {
-            let Some(s) = self.sessions.get_mut(&p.session) else { continue };
+            let Some(s) = self.sessions.get_mut(&p.session) else {
+                continue;
+            };
             if let Some(e) = &failed {
                 // Roll the cache back so the session can retry this step.
                 self.ctx.remove_from(p.seq, p.start_pos);
@@ -417,7 +436,9 @@ impl SpanEngine {
             }
             s.n_past = p.start_pos + done[m] as u32;
             let result = if emit_hidden {
-                Activation::encode(&hidden_out[m], self.n_embd, s.dtype).map(StepOutput::Hidden).map_err(EngineError::from)
+                Activation::encode(&hidden_out[m], self.n_embd, s.dtype)
+                    .map(StepOutput::Hidden)
+                    .map_err(EngineError::from)
             } else {
                 match last_logits[m].take() {
                     Some(logits) => Ok(StepOutput::Token { token: s.sampler.sample(&logits), logits }),

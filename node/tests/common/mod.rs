@@ -22,7 +22,17 @@ pub fn synth_model(dir: &Path, cfg: &SynthConfig) -> PathBuf {
 pub fn small_synth(dir: &Path) -> PathBuf {
     synth_model(
         dir,
-        &SynthConfig { n_layer: 6, n_embd: 64, n_head: 4, n_head_kv: 2, n_ff: 160, n_vocab: 400, weight_type: TensorType::Q8_0, seed: 7, ..SynthConfig::default() },
+        &SynthConfig {
+            n_layer: 6,
+            n_embd: 64,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 160,
+            n_vocab: 400,
+            weight_type: TensorType::Q8_0,
+            seed: 7,
+            ..SynthConfig::default()
+        },
     )
 }
 
