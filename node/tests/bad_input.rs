@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{small_synth, test_engine_config};
+use common::{small_synth, span_engines, test_engine_config};
 use nak_node::engine::{EngineConfig, EngineError, SessionConfig, SpanEngine, StepInput, StepOutput, StepRequest};
 use nak_protocol::{Activation, ActivationDtype, ActivationError};
 use nak_shard_store::gguf::TensorSource;
@@ -10,12 +10,9 @@ use nak_shard_store::{span, GgufFile, GgufWriter};
 
 fn spans(dir: &std::path::Path) -> (SpanEngine, SpanEngine) {
     let model = small_synth(dir);
-    let src = GgufFile::open(&model).unwrap();
-    let first = dir.join("first.gguf");
-    let middle = dir.join("middle.gguf");
-    span::write_span(&src, 0..2, &first).unwrap();
-    span::write_span(&src, 2..4, &middle).unwrap();
-    (SpanEngine::load(&first, test_engine_config()).unwrap(), SpanEngine::load(&middle, test_engine_config()).unwrap())
+    let mut engines = span_engines(dir, &model, &[(0, 2), (2, 4)], &test_engine_config());
+    let middle = engines.pop().unwrap();
+    (engines.pop().unwrap(), middle)
 }
 
 fn hidden_of(engine: &mut SpanEngine, tokens: &[i32]) -> Activation {

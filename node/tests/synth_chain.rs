@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::{small_synth, synth_model, test_engine_config};
+use common::{small_synth, span_engines, synth_model, test_engine_config};
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::engine::{SessionConfig, SpanEngine, StepInput, StepOutput, StepRequest};
 use nak_node::reference::ReferenceModel;
 use nak_protocol::ActivationDtype;
-use nak_shard_store::{span, GgufFile, SynthConfig, TensorType};
+use nak_shard_store::{SynthConfig, TensorType};
 
 const PROMPTS: [&str; 3] = ["hello world", "the quick brown fox jumps over", "a"];
 const N_TOKENS: usize = 12;
@@ -59,15 +59,7 @@ fn chain_logits_are_bit_identical_to_the_whole_model() {
     let model = small_synth(dir.path());
     let cfg = test_engine_config();
     let reference = ReferenceModel::load(&model).unwrap();
-    let src = GgufFile::open(&model).unwrap();
-    let mut engines: Vec<SpanEngine> = [(0, 1), (1, 4), (4, 6)]
-        .iter()
-        .map(|&(a, b)| {
-            let p = dir.path().join(format!("l{a}-{b}.gguf"));
-            span::write_span(&src, a..b, &p).unwrap();
-            SpanEngine::load(&p, cfg.clone()).unwrap()
-        })
-        .collect();
+    let mut engines = span_engines(dir.path(), &model, &[(0, 1), (1, 4), (4, 6)], &cfg);
     for prompt in PROMPTS {
         let tokens = reference.tokenize(prompt);
         let want = reference.prompt_logits(&tokens, &cfg).unwrap();
@@ -158,9 +150,7 @@ fn sessions_on_sub_ranges_of_one_span_chain_exactly() {
     assert_eq!(run_batched(&mut engines, &stages, &prompts), want);
 
     // The hidden state of a sub-range equals that of a real span file with the same layers.
-    let span_path = dir.path().join("span-0-2.gguf");
-    span::write_span(&GgufFile::open(&model).unwrap(), 0..2, &span_path).unwrap();
-    let mut span_engine = SpanEngine::load(&span_path, cfg.clone()).unwrap();
+    let mut span_engine = span_engines(dir.path(), &model, &[(0, 2)], &cfg).remove(0);
     let s1 = span_engine.open_session(SessionConfig::default()).unwrap();
     let s2 = engines[0].open_session(SessionConfig { layers: Some(0..2), ..SessionConfig::default() }).unwrap();
     let a = span_engine.step(s1, StepInput::Tokens(prompts[1].clone())).unwrap();
@@ -187,15 +177,7 @@ fn batched_sessions_give_what_each_gives_alone() {
     let alone: Vec<Vec<i32>> = prompts.iter().map(|p| chain.generate(p, &greedy(N_TOKENS)).unwrap().tokens).collect();
 
     // Together: the same spans, every stage decoding all three sessions in one batch.
-    let paths: Vec<_> = [(0, 2), (2, 4), (4, 6)]
-        .iter()
-        .map(|&(a, b)| {
-            let p = dir.path().join(format!("s{a}-{b}.gguf"));
-            span::write_span(&GgufFile::open(&model).unwrap(), a..b, &p).unwrap();
-            p
-        })
-        .collect();
-    let mut engines: Vec<SpanEngine> = paths.iter().map(|p| SpanEngine::load(p, cfg.clone()).unwrap()).collect();
+    let mut engines = span_engines(dir.path(), &model, &[(0, 2), (2, 4), (4, 6)], &cfg);
     let together = run_batched(&mut engines, &[(0, None), (1, None), (2, None)], &prompts);
     assert_eq!(together, alone);
 }

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use nak_node::engine::EngineConfig;
-use nak_shard_store::{write_synthetic, SynthConfig, TensorType};
+use nak_node::engine::{EngineConfig, SpanEngine};
+use nak_shard_store::{span, write_synthetic, GgufFile, SynthConfig, TensorType};
 
 /// Engine settings small enough for fast tests.
 pub fn test_engine_config() -> EngineConfig {
@@ -42,4 +42,17 @@ pub fn smollm_path() -> PathBuf {
         return PathBuf::from(p);
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Slices `model` into span files for `ranges` (in `dir`) and loads an engine for each.
+pub fn span_engines(dir: &Path, model: &Path, ranges: &[(u32, u32)], cfg: &EngineConfig) -> Vec<SpanEngine> {
+    let src = GgufFile::open(model).expect("model opens");
+    ranges
+        .iter()
+        .map(|&(a, b)| {
+            let path = dir.join(format!("span-{a}-{b}.gguf"));
+            span::write_span(&src, a..b, &path).expect("span written");
+            SpanEngine::load(&path, cfg.clone()).expect("span loads")
+        })
+        .collect()
 }
