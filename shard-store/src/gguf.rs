@@ -252,6 +252,30 @@ impl<R: Read> Reader<R> {
         String::from_utf8(bytes).map_err(|_| self.invalid("a string is not UTF-8"))
     }
 
+    fn tensor_info(&mut self) -> Result<TensorInfo> {
+        let name = self.string()?;
+        let n_dims = self.u32()?;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(self.invalid(format!("tensor `{name}` has {n_dims} dimensions")));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(self.u64()?);
+        }
+        let raw = self.u32()?;
+        let ty = TensorType::from_u32(raw).ok_or_else(|| self.invalid(format!("tensor `{name}` has unknown type {raw}")))?;
+        let offset = self.u64()?;
+        Ok(TensorInfo { name, dims, ty, offset })
+    }
+
+    fn key_value(&mut self) -> Result<(String, Value)> {
+        let key = self.string()?;
+        let raw = self.u32()?;
+        let ty = ValueType::from_u32(raw).ok_or_else(|| self.invalid(format!("value type {raw} of `{key}`")))?;
+        let value = self.value(ty, 0)?;
+        Ok((key, value))
+    }
+
     fn value(&mut self, ty: ValueType, depth: u32) -> Result<Value> {
         Ok(match ty {
             ValueType::U8 => Value::U8(self.array::<1>()?[0]),
@@ -316,29 +340,12 @@ impl GgufFile {
 
         let mut metadata = Vec::with_capacity(n_kv as usize);
         for _ in 0..n_kv {
-            let key = r.string()?;
-            let raw = r.u32()?;
-            let ty = ValueType::from_u32(raw).ok_or_else(|| r.invalid(format!("value type {raw} of `{key}`")))?;
-            let value = r.value(ty, 0)?;
-            metadata.push((key, value));
+            metadata.push(r.key_value()?);
         }
 
         let mut tensors = Vec::with_capacity(n_tensors as usize);
         for _ in 0..n_tensors {
-            let name = r.string()?;
-            let n_dims = r.u32()?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.invalid(format!("tensor `{name}` has {n_dims} dimensions")));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(r.u64()?);
-            }
-            let raw = r.u32()?;
-            let ty = TensorType::from_u32(raw)
-                .ok_or_else(|| r.invalid(format!("tensor `{name}` has unknown type {raw}")))?;
-            let offset = r.u64()?;
-            tensors.push(TensorInfo { name, dims, ty, offset });
+            tensors.push(r.tensor_info()?);
         }
 
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
@@ -422,6 +429,76 @@ impl GgufFile {
     }
 }
 
+/// Encodes metadata as GGUF does in its header: a u64 count, then each key, type and value.
+pub fn encode_metadata(metadata: &[(String, Value)]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        put_string(&mut out, key);
+        out.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
+        put_value(&mut out, value)?;
+    }
+    Ok(out)
+}
+
+/// Decodes what [`encode_metadata`] wrote; `origin` names the source in errors.
+pub fn decode_metadata(bytes: &[u8], origin: &Path) -> Result<Vec<(String, Value)>> {
+    let mut r = Reader { inner: bytes, path: origin.to_path_buf(), remaining: bytes.len() as u64 };
+    let n = r.u64()?;
+    if n > r.remaining / 8 {
+        return Err(r.invalid("key count larger than the data"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        out.push(r.key_value()?);
+    }
+    if r.remaining != 0 {
+        return Err(r.invalid("trailing bytes after the metadata"));
+    }
+    Ok(out)
+}
+
+/// Encodes a tensor table as GGUF does: a u64 count, then name, dims, type and offset of each.
+pub fn encode_tensor_table(tensors: &[TensorInfo]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    for t in tensors {
+        put_tensor_info(&mut out, t, t.offset);
+    }
+    out
+}
+
+/// Decodes what [`encode_tensor_table`] wrote, checking that every shape fits its type.
+pub fn decode_tensor_table(bytes: &[u8], origin: &Path) -> Result<Vec<TensorInfo>> {
+    let mut r = Reader { inner: bytes, path: origin.to_path_buf(), remaining: bytes.len() as u64 };
+    let n = r.u64()?;
+    if n > r.remaining / 8 {
+        return Err(r.invalid("tensor count larger than the data"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = r.tensor_info()?;
+        if t.n_bytes().is_none() {
+            return Err(r.invalid(format!("tensor `{}` has a shape its type cannot hold", t.name)));
+        }
+        out.push(t);
+    }
+    if r.remaining != 0 {
+        return Err(r.invalid("trailing bytes after the tensor table"));
+    }
+    Ok(out)
+}
+
+fn put_tensor_info(out: &mut Vec<u8>, t: &TensorInfo, offset: u64) {
+    put_string(out, &t.name);
+    out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+    for d in &t.dims {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    out.extend_from_slice(&(t.ty as u32).to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+}
+
 /// Rounds `n` up to a multiple of `alignment` (a power of two).
 pub fn align(n: u64, alignment: u64) -> u64 {
     n.div_ceil(alignment) * alignment
@@ -484,25 +561,14 @@ impl GgufWriter {
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-        for (key, value) in metadata {
-            put_string(&mut header, key);
-            header.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
-            put_value(&mut header, value)?;
-        }
+        header.extend_from_slice(&encode_metadata(metadata)?);
         let mut offset = 0u64;
         let mut sizes = Vec::with_capacity(tensors.len());
         for t in &tensors {
             let size = t.info.n_bytes().ok_or_else(|| {
                 GgufError::Write(format!("tensor `{}` has a shape its type cannot hold", t.info.name))
             })?;
-            put_string(&mut header, &t.info.name);
-            header.extend_from_slice(&(t.info.dims.len() as u32).to_le_bytes());
-            for d in &t.info.dims {
-                header.extend_from_slice(&d.to_le_bytes());
-            }
-            header.extend_from_slice(&(t.info.ty as u32).to_le_bytes());
-            header.extend_from_slice(&offset.to_le_bytes());
+            put_tensor_info(&mut header, &t.info, offset);
             sizes.push(size);
             offset = align(offset + size, self.alignment);
         }

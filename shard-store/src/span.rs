@@ -187,27 +187,26 @@ pub fn plan_span(
     let tied_head = !tensors.iter().any(|t| t.name == OUTPUT);
     let mut out_tensors = Vec::new();
     for t in tensors {
-        let new_name = match block_index(&t.name) {
-            Some((i, rest)) => {
-                if !range.contains(&i) {
-                    continue;
-                }
-                format!("blk.{}.{rest}", i - range.start)
-            }
-            None => {
-                let keep = match head_role(&t.name) {
-                    Some(GlobalRole::Embedding) => position.has_embedding || (position.has_head && tied_head),
-                    Some(GlobalRole::Head) => position.has_head,
-                    None => true, // small shared tensors such as rope frequencies
-                };
-                if !keep {
-                    continue;
-                }
-                t.name.clone()
-            }
+        let role = TensorRole::of(&t.name);
+        let keep = match role {
+            TensorRole::Block(i) => range.contains(&i),
+            TensorRole::Embedding => position.has_embedding || (position.has_head && tied_head),
+            TensorRole::Head => position.has_head,
+            TensorRole::Shared => true,
         };
-        out_tensors.push((TensorInfo { name: new_name, offset: 0, ..t.clone() }, t.name.clone()));
+        if !keep {
+            continue;
+        }
+        let new_name = match (role, block_index(&t.name)) {
+            (TensorRole::Block(i), Some((_, rest))) => format!("blk.{}.{rest}", i - range.start),
+            _ => t.name.clone(),
+        };
+        out_tensors.push((role, TensorInfo { name: new_name, offset: 0, ..t.clone() }, t.name.clone()));
     }
+    // Canonical order (stable within a role), so a span assembled from per-role pieces is
+    // byte-identical to one sliced from the file.
+    out_tensors.sort_by_key(|(role, _, _)| *role);
+    let out_tensors: Vec<(TensorInfo, String)> = out_tensors.into_iter().map(|(_, t, from)| (t, from)).collect();
     if position.has_embedding && !tensors.iter().any(|t| t.name == TOKEN_EMBD) {
         return Err(SpanError::MissingTensor(TOKEN_EMBD.into()));
     }
@@ -221,17 +220,31 @@ pub fn plan_span(
     Ok(SpanPlan { position, metadata: out_meta, tensors: out_tensors })
 }
 
-enum GlobalRole {
+/// What part of a model a tensor belongs to. The order of the variants is the canonical
+/// order of tensors in a span file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TensorRole {
+    /// The token embedding (`token_embd.*`).
     Embedding,
+    /// Tensors outside blocks that every layer may use (e.g. rope frequencies).
+    Shared,
+    /// A tensor of transformer block `i` (`blk.{i}.*`).
+    Block(u32),
+    /// The output norm and head (`output_norm.*`, `output.*`).
     Head,
 }
 
-fn head_role(name: &str) -> Option<GlobalRole> {
-    let base = name.split('.').next().unwrap_or(name);
-    match base {
-        "token_embd" => Some(GlobalRole::Embedding),
-        "output" | "output_norm" => Some(GlobalRole::Head),
-        _ => None,
+impl TensorRole {
+    /// The role of the tensor named `name`.
+    pub fn of(name: &str) -> Self {
+        if let Some((i, _)) = block_index(name) {
+            return TensorRole::Block(i);
+        }
+        match name.split('.').next().unwrap_or(name) {
+            "token_embd" => TensorRole::Embedding,
+            "output" | "output_norm" => TensorRole::Head,
+            _ => TensorRole::Shared,
+        }
     }
 }
 
