@@ -9,11 +9,16 @@ use nak_node::bench::{self, BenchOptions};
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::engine::{EngineConfig, SamplingParams};
 use nak_protocol::ActivationDtype;
-use nak_shard_store::{span, GgufFile, SynthConfig, TensorType};
+use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
+
+mod store_commands;
 
 #[derive(Parser)]
 #[command(name = "nak-node", version, about = "Run a span of a large language model in the Nakshatra swarm")]
 struct Cli {
+    /// Data directory of the blob store (default: $NAKSHATRA_DATA_DIR, else the per-user data dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,10 +27,29 @@ struct Cli {
 enum Command {
     /// Generate text with a whole model, or with it split into a local chain of spans.
     Generate(GenerateArgs),
-    /// Write a span GGUF holding layers A:B (end exclusive) of a model.
-    Slice {
+    /// Split a GGUF into content-addressed blobs in the store; prints the model id.
+    Import {
         /// The whole model.
         model: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the models in the store.
+    Models {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintain the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Write a span GGUF holding layers A:B (end exclusive) of a model.
+    Slice {
+        /// A whole-model GGUF, or the id (or a unique prefix) of a model in the store.
+        model: String,
         /// Layers as A:B, end exclusive.
         #[arg(long)]
         layers: String,
@@ -70,6 +94,16 @@ enum Command {
         load: bool,
         #[command(flatten)]
         engine: EngineArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Re-hash every blob and report corrupt ones (exit status 1 if any).
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -152,13 +186,16 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NAK_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Import { model, json } => store_commands::import(&open_store(cli.data_dir)?, &model, json),
+        Command::Models { json } => store_commands::models(&open_store(cli.data_dir)?, json),
+        Command::Store { command: StoreCommand::Verify { json } } => {
+            store_commands::verify(&open_store(cli.data_dir)?, json)
+        }
         Command::Slice { model, layers, output } => {
-            let range = span::parse_layer_range(&layers)
-                .with_context(|| format!("--layers {layers}: expected A:B with A < B"))?;
-            let src = GgufFile::open(&model)?;
-            let plan = span::write_span(&src, range, &output)?;
+            let plan = store_commands::slice(&open_store(cli.data_dir)?, &model, &layers, &output)?;
             let size = std::fs::metadata(&output)?.len();
             println!(
                 "wrote {} (layers {}..{} of {}, embedding: {}, head: {}, {} tensors, {size} bytes)",
@@ -237,11 +274,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resident memory of this process in KiB (Linux), if it can be read.
-fn resident_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+fn open_store(dir: Option<PathBuf>) -> Result<Store> {
+    let dir = dir.unwrap_or_else(nak_shard_store::default_data_dir);
+    Store::open(&dir).with_context(|| format!("opening the store at {}", dir.display()))
 }
 
 fn info(path: &std::path::Path, load: bool, engine: &EngineArgs) -> Result<()> {
@@ -262,9 +297,9 @@ fn info(path: &std::path::Path, load: bool, engine: &EngineArgs) -> Result<()> {
         file.file_len()
     );
     if load {
-        let before = resident_kib().unwrap_or(0);
+        let before = store_commands::rss_kib().unwrap_or(0);
         let engine = nak_node::engine::SpanEngine::load(path, engine.config())?;
-        let after = resident_kib().unwrap_or(0);
+        let after = store_commands::rss_kib().unwrap_or(0);
         println!(
             "loaded: n_embd {}, resident memory {} KiB (+{} KiB for the span and its context)",
             engine.n_embd(),

@@ -79,3 +79,31 @@ fn middle_span_holds_only_its_layers() {
         assert!(!engine.span().has_embedding && !engine.span().has_head);
     }
 }
+
+#[test]
+fn spans_assembled_from_the_store_equal_slices_and_chain_exactly() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let store = nak_shard_store::Store::open(dir.path().join("data")).unwrap();
+    let report = nak_shard_store::import_gguf(&store, &model, &mut |_| {}).unwrap();
+    assert!(report.manifest.tied_embedding);
+    assert_eq!(report.manifest.n_layer, 30);
+    let src = GgufFile::open(&model).unwrap();
+    let mut paths = Vec::new();
+    for (a, b) in [(0, 10), (10, 20), (20, 30)] {
+        let sliced = dir.path().join(format!("sliced-{a}-{b}.gguf"));
+        span::write_span(&src, a..b, &sliced).unwrap();
+        let assembled = nak_shard_store::cached_span(&store, &report.model_id, a..b).unwrap();
+        assert!(std::fs::read(&sliced).unwrap() == std::fs::read(&assembled).unwrap(), "span {a}..{b} differs");
+        paths.push(assembled);
+    }
+    let cfg = config();
+    let reference = ReferenceModel::load(&model).unwrap();
+    let mut chain = LocalChain::from_spans(&paths, &cfg).unwrap();
+    for prompt in &PROMPTS[..3] {
+        let tokens = reference.tokenize(prompt);
+        let want = reference.generate_greedy(&tokens, 32, false, &cfg).unwrap().tokens;
+        let got = chain.generate(&tokens, &GenerateOptions { max_tokens: 32, ..GenerateOptions::default() }).unwrap();
+        assert_eq!(got.tokens, want, "prompt {prompt:?}");
+    }
+}

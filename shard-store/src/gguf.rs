@@ -263,7 +263,8 @@ impl<R: Read> Reader<R> {
             dims.push(self.u64()?);
         }
         let raw = self.u32()?;
-        let ty = TensorType::from_u32(raw).ok_or_else(|| self.invalid(format!("tensor `{name}` has unknown type {raw}")))?;
+        let ty =
+            TensorType::from_u32(raw).ok_or_else(|| self.invalid(format!("tensor `{name}` has unknown type {raw}")))?;
         let offset = self.u64()?;
         Ok(TensorInfo { name, dims, ty, offset })
     }

@@ -15,14 +15,14 @@ pub mod import;
 pub mod manifest;
 pub mod span;
 pub mod store;
-pub mod transfer;
 pub mod synth;
 pub mod tensor_type;
+pub mod transfer;
 
 pub use gguf::{GgufError, GgufFile, GgufWriter, TensorInfo, Value};
-pub use span::{plan_span, write_span, SpanError, SpanPlan, SpanPosition};
-pub use synth::{write_synthetic, SynthConfig};
-pub use tensor_type::TensorType;
 pub use import::{assemble_span, cached_span, import_gguf, ImportError, ImportReport};
 pub use manifest::{BlobRef, BlobRole, Hash, Manifest, ModelId};
+pub use span::{plan_span, write_span, SpanError, SpanPlan, SpanPosition};
 pub use store::{default_data_dir, Store, StoreError};
+pub use synth::{write_synthetic, SynthConfig};
+pub use tensor_type::TensorType;

@@ -190,7 +190,8 @@ impl Manifest {
         if count(BlobRole::Shared) > 1 {
             return bad("at most one shared blob");
         }
-        let layers: Vec<Option<u32>> = self.blobs.iter().filter(|b| b.role == BlobRole::Block).map(|b| b.layer).collect();
+        let layers: Vec<Option<u32>> =
+            self.blobs.iter().filter(|b| b.role == BlobRole::Block).map(|b| b.layer).collect();
         if layers != (0..self.n_layer).map(Some).collect::<Vec<_>>() {
             return bad("block blobs must be layers 0..n_layer in order");
         }

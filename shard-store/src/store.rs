@@ -151,7 +151,8 @@ impl Store {
     ) -> Result<Inserted, StoreError> {
         let tmp = self.temp_path("blob");
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut w = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new(), len: 0 };
+        let mut w =
+            HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new(), len: 0 };
         let result = fill(&mut w).and_then(|_| w.inner.flush());
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -268,7 +269,9 @@ impl Store {
         let mut out = Vec::new();
         for f in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let name = f.map_err(io_err(&dir))?.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|h| ModelId::from_hex(h).ok()) {
+            if let Some(id) =
+                name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|h| ModelId::from_hex(h).ok())
+            {
                 out.push(id);
             }
         }

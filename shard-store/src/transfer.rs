@@ -23,7 +23,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{encode_ranges_validated, outboard_post_order, DecodeResponseIter};
 use bao_tree::io::BaoContentItem;
-use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use bao_tree::{BaoTree, BlockSize, ChunkNum};
+
+/// Sets of 1 KiB chunk ranges, as providers are asked for them.
+pub use bao_tree::ChunkRanges;
 
 use crate::manifest::Hash;
 use crate::store::{Store, StoreError};
@@ -102,7 +105,8 @@ impl BlobProvider for StoreProvider {
         let data = File::open(self.store.blob_path(hash)).map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         let mut out = Vec::new();
         // Validated: a blob that rotted on our disk is refused here rather than sent.
-        encode_ranges_validated(data, outboard, ranges, &mut out).map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        encode_ranges_validated(data, outboard, ranges, &mut out)
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         Ok(out)
     }
 }
@@ -192,7 +196,13 @@ pub fn fetch_blob(
         let p = p.clone();
         move |source| StoreError::Io { path: p, source }
     };
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&partial).map_err(io_err(&partial))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&partial)
+        .map_err(io_err(&partial))?;
     let mut done = vec![false; pieces];
     if file.metadata().map_err(io_err(&partial))?.len() == size {
         if let Ok(bits) = fs::read(&done_path) {
