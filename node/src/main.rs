@@ -85,6 +85,18 @@ enum Command {
     },
     /// Measure the whole model against local chains of 1, 2 and 3 spans.
     Bench(BenchArgs),
+    /// Measure import and verify throughput beside raw blake3 hashing and raw disk writes.
+    BenchStore {
+        /// Scratch directory (a synthetic model is written here unless --model is given).
+        #[arg(long, default_value = "target/bench-store")]
+        dir: PathBuf,
+        /// Model to import instead of a synthetic one.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Size of the synthetic model in GiB.
+        #[arg(long, default_value_t = 4.0)]
+        synth_gib: f64,
+    },
     /// Describe a model or span file; with --load, load it into llama.cpp and report memory.
     Info {
         /// The GGUF file.
@@ -233,6 +245,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Info { file, load, engine } => info(&file, load, &engine),
+        Command::BenchStore { dir, model, synth_gib } => {
+            print!("{}", store_commands::bench_store(&dir, model.as_deref(), synth_gib)?);
+            Ok(())
+        }
         Command::Bench(args) => {
             let opts = BenchOptions {
                 tokens: args.tokens,

@@ -412,7 +412,9 @@ impl GgufFile {
         let io = |source| GgufError::Io { path: self.path.clone(), source };
         let mut f = &self.file;
         f.seek(SeekFrom::Start(self.data_offset + info.offset)).map_err(io)?;
-        let copied = std::io::copy(&mut f.take(size), out).map_err(io)?;
+        // Large reads: the copy moves whole megabytes per call instead of io::copy's 8 KiB.
+        let mut reader = BufReader::with_capacity((size as usize).clamp(1, 1 << 20), f.take(size));
+        let copied = std::io::copy(&mut reader, out).map_err(io)?;
         if copied != size {
             return Err(GgufError::Invalid {
                 path: self.path.clone(),

@@ -289,19 +289,36 @@ pub fn cached_span(store: &Store, id: &ModelId, range: Range<u32>) -> Result<Pat
     Ok(path)
 }
 
-/// Checks every blob of every model; returns the corrupt ones with the models using them.
-pub fn verify_store(store: &Store) -> Result<Vec<(crate::store::BlobCheck, Vec<ModelId>)>, ImportError> {
+/// What [`verify_store`] found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Every blob on disk, re-hashed, with the models that use it.
+    pub checked: Vec<(crate::store::BlobCheck, Vec<ModelId>)>,
+    /// Blobs a manifest lists that are not on disk, with the models that need them.
+    pub missing: Vec<(Hash, Vec<ModelId>)>,
+}
+
+impl VerifyReport {
+    /// Blobs whose bytes do not match their name.
+    pub fn corrupt(&self) -> impl Iterator<Item = &(crate::store::BlobCheck, Vec<ModelId>)> {
+        self.checked.iter().filter(|(c, _)| c.corrupt_as.is_some())
+    }
+}
+
+/// Re-hashes every blob in the store and finds blobs that manifests need but the store lacks.
+pub fn verify_store(store: &Store) -> Result<VerifyReport, ImportError> {
     let mut users: BTreeMap<Hash, Vec<ModelId>> = BTreeMap::new();
     for id in store.model_ids()? {
         for b in store.manifest(&id)?.blobs {
             users.entry(b.hash).or_default().push(id);
         }
     }
-    let mut out = Vec::new();
+    let mut report = VerifyReport::default();
     for hash in store.list_blobs()? {
         let check = store.check_blob(&hash)?;
         let models = users.remove(&hash).unwrap_or_default();
-        out.push((check, models));
+        report.checked.push((check, models));
     }
-    Ok(out)
+    report.missing = users.into_iter().collect();
+    Ok(report)
 }

@@ -83,7 +83,9 @@ fn a_corrupt_blob_is_reported_and_never_used() {
     corrupt_file(&store.blob_path(&block2.hash), block2.size - 10);
 
     let checks = verify_store(&store).unwrap();
-    let bad: Vec<_> = checks.iter().filter(|(c, _)| c.corrupt_as.is_some()).collect();
+    assert_eq!(checks.checked.len(), report.manifest.blobs.len());
+    assert!(checks.missing.is_empty());
+    let bad: Vec<_> = checks.corrupt().collect();
     assert_eq!(bad.len(), 1);
     assert_eq!(bad[0].0.hash, block2.hash);
     assert_eq!(bad[0].1, vec![report.model_id]);
@@ -96,6 +98,10 @@ fn a_corrupt_blob_is_reported_and_never_used() {
     assert!(!out.exists(), "no file is left behind");
     // Spans that do not touch block 2 still assemble.
     assemble_span(&store, &report.model_id, 3..5, &out).unwrap();
+    // A blob that vanished is reported as missing.
+    let head = report.manifest.blob(BlobRole::Head, None).unwrap();
+    std::fs::remove_file(store.blob_path(&head.hash)).unwrap();
+    assert_eq!(verify_store(&store).unwrap().missing, vec![(head.hash, vec![report.model_id])]);
     // A corrupt header is caught too.
     let meta = report.manifest.blob(BlobRole::Meta, None).unwrap();
     corrupt_file(&store.blob_path(&meta.hash), 3);
