@@ -131,6 +131,8 @@ pub fn import_gguf(store: &Store, path: &Path, progress: &mut dyn FnMut(u64)) ->
         tied_embedding: file.tensor("output.weight").is_none(),
         blobs,
     };
+    let hashes: Vec<Hash> = manifest.blobs.iter().map(|b| b.hash).collect();
+    store.sync_blobs(&hashes)?;
     let model_id = store.put_manifest(&manifest)?;
     Ok(ImportReport { model_id, manifest, new_blobs, new_bytes })
 }

@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Every write goes to `tmp/` and is renamed into place only once its hash is known
-//! (and matches, when one was expected), so a crash never leaves a half blob under a
-//! real name. Readers hash what they read and fail at the end if the bytes do not
+//! (and matches, when one was expected). Blobs are forced to disk in batches
+//! ([`Store::sync_blobs`]) before a manifest that names them is written, so a manifest
+//! never points at data that a crash could lose; inserting a blob again replaces the
+//! stored copy, which heals one torn by a crash. Readers hash what they read and fail at the end if the bytes do not
 //! match their name: a blob corrupted on disk is never used.
 
 use std::fs::{self, File};
@@ -171,18 +173,47 @@ impl Store {
     }
 
     /// Moves a complete temp file into place as blob `hash`; false if it was already there.
+    ///
+    /// The rename replaces an existing copy: the bytes are the same by their hash, and a
+    /// copy torn by a crash before it reached the disk is healed by inserting it again.
+    /// The data is not forced to disk here; call [`Store::sync_blobs`] before recording
+    /// anything (a manifest) that relies on the blob.
     pub fn publish(&self, tmp: &Path, hash: &Hash) -> Result<bool, StoreError> {
         let dest = self.blob_path(hash);
-        if dest.is_file() {
-            let _ = fs::remove_file(tmp);
-            return Ok(false);
-        }
+        let existed = dest.is_file();
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        File::open(tmp).and_then(|f| f.sync_all()).map_err(io_err(tmp))?;
         fs::rename(tmp, &dest).map_err(io_err(&dest))?;
-        Ok(true)
+        Ok(!existed)
+    }
+
+    /// Forces blobs (and their directory entries) to disk, several at once so the device
+    /// can work on them together.
+    pub fn sync_blobs(&self, hashes: &[Hash]) -> Result<(), StoreError> {
+        let mut paths: Vec<PathBuf> = hashes.iter().map(|h| self.blob_path(h)).collect();
+        let mut dirs: Vec<PathBuf> = paths.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+        dirs.sort();
+        dirs.dedup();
+        paths.extend(dirs);
+        let next = std::sync::Mutex::new(paths.iter());
+        let first_error = std::sync::Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..paths.len().min(8) {
+                scope.spawn(|| loop {
+                    let Some(path) = next.lock().ok().and_then(|mut it| it.next()) else { return };
+                    if let Err(e) = File::open(path).and_then(|f| f.sync_all()) {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(StoreError::Io { path: path.clone(), source: e });
+                        }
+                    }
+                });
+            }
+        });
+        match first_error.into_inner() {
+            Ok(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Inserts an in-memory blob.
@@ -243,7 +274,9 @@ impl Store {
         let path = self.root.join("manifests").join(format!("{}.json", id.to_hex()));
         if !path.is_file() {
             let tmp = self.temp_path("manifest");
-            fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+            File::create(&tmp)
+                .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
+                .map_err(io_err(&tmp))?;
             fs::rename(&tmp, &path).map_err(io_err(&path))?;
         }
         Ok(id)

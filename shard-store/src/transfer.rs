@@ -303,6 +303,7 @@ pub fn fetch_blob(
         return Err(StoreError::Corrupt { expected: *hash, actual }.into());
     }
     store.publish(&partial, hash)?;
+    store.sync_blobs(&[*hash])?;
     Ok(FetchReport { pieces, resumed, delivered, dropped: s.dropped, already_present: false })
 }
 
