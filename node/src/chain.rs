@@ -30,6 +30,9 @@ pub enum ChainError {
     /// Reading the model failed.
     #[error(transparent)]
     Gguf(#[from] nak_shard_store::GgufError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] nak_shard_store::ImportError),
     /// Cut points are not increasing and inside the model.
     #[error("cut points {cuts:?} must be increasing and between 1 and {n_layer} - 1")]
     BadCuts {
@@ -84,6 +87,18 @@ impl Default for GenerateOptions {
     }
 }
 
+/// `[0, cuts..., n_layer]`, after checking that the cuts increase and fall inside the model.
+fn chain_bounds(cuts: &[u32], n_layer: u32) -> Result<Vec<u32>, ChainError> {
+    let increasing = cuts.windows(2).all(|w| w[0] < w[1]);
+    if !increasing || cuts.first().is_some_and(|c| *c == 0) || cuts.last().is_some_and(|c| *c >= n_layer) {
+        return Err(ChainError::BadCuts { cuts: cuts.to_vec(), n_layer });
+    }
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(n_layer);
+    Ok(bounds)
+}
+
 /// Span engines that together cover a model, first to last.
 pub struct LocalChain {
     engines: Vec<SpanEngine>,
@@ -98,15 +113,8 @@ impl LocalChain {
             return Self::from_spans(&[model.to_path_buf()], cfg);
         }
         let src = GgufFile::open(model)?;
-        let n_layer = span::SpanPosition::of(&src)?.n_layer;
-        let increasing = cuts.windows(2).all(|w| w[0] < w[1]);
-        if !increasing || cuts[0] == 0 || cuts[cuts.len() - 1] >= n_layer {
-            return Err(ChainError::BadCuts { cuts: cuts.to_vec(), n_layer });
-        }
+        let bounds = chain_bounds(cuts, span::SpanPosition::of(&src)?.n_layer)?;
         let dir = tempfile::tempdir()?;
-        let mut bounds = vec![0];
-        bounds.extend_from_slice(cuts);
-        bounds.push(n_layer);
         let mut paths = Vec::new();
         for w in bounds.windows(2) {
             let path = dir.path().join(format!("span-{}-{}.gguf", w[0], w[1]));
@@ -116,6 +124,23 @@ impl LocalChain {
         let mut chain = Self::from_spans(&paths, cfg)?;
         chain._dir = Some(dir);
         Ok(chain)
+    }
+
+    /// Loads model `id` from the store, split at `cuts`, from span files assembled from its
+    /// blobs (and cached in the store for the next run).
+    pub fn from_store(
+        store: &nak_shard_store::Store,
+        id: &nak_shard_store::ModelId,
+        cuts: &[u32],
+        cfg: &EngineConfig,
+    ) -> Result<Self, ChainError> {
+        let n_layer = store.manifest(id).map_err(nak_shard_store::ImportError::from)?.n_layer;
+        let bounds = chain_bounds(cuts, n_layer)?;
+        let paths = bounds
+            .windows(2)
+            .map(|w| nak_shard_store::cached_span(store, id, w[0]..w[1]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_spans(&paths, cfg)
     }
 
     /// Loads span files that must chain from the embedding to the head, in order.

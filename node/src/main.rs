@@ -149,7 +149,7 @@ impl EngineArgs {
 
 #[derive(clap::Args)]
 struct GenerateArgs {
-    /// Model GGUF.
+    /// Model GGUF, or the id (or a unique prefix) of a model in the store.
     #[arg(long)]
     model: PathBuf,
     /// Prompt text (tokenized with special tokens added and parsed).
@@ -200,7 +200,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Generate(args) => generate(args),
+        Command::Generate(args) => generate(args, cli.data_dir),
         Command::Import { model, json } => store_commands::import(&open_store(cli.data_dir)?, &model, json),
         Command::Models { json } => store_commands::models(&open_store(cli.data_dir)?, json),
         Command::Store { command: StoreCommand::Verify { json } } => {
@@ -263,9 +263,18 @@ fn main() -> Result<()> {
     }
 }
 
-fn generate(args: GenerateArgs) -> Result<()> {
-    let mut chain = LocalChain::from_model(&args.model, &args.local_split, &args.engine.config())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    let cfg = args.engine.config();
+    let mut chain = if args.model.is_file() {
+        LocalChain::from_model(&args.model, &args.local_split, &cfg)
+    } else {
+        let store = open_store(data_dir)?;
+        let id = store
+            .resolve_model(&args.model.to_string_lossy())
+            .with_context(|| format!("{} is neither a file nor a model in the store", args.model.display()))?;
+        LocalChain::from_store(&store, &id, &args.local_split, &cfg)
+    }
+    .with_context(|| format!("loading {}", args.model.display()))?;
     let prompt = chain.tokenize(&args.prompt)?;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
