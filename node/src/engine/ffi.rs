@@ -228,7 +228,7 @@ impl Context {
         // SAFETY: valid context; llama.cpp returns null for rows without output.
         let p = unsafe { sys::llama_get_embeddings_ith(self.as_ptr(), i) };
         if p.is_null() {
-            return Err(EngineError::Decode(-100));
+            return Err(EngineError::NoOutput("hidden state"));
         }
         // SAFETY: llama.cpp guarantees n_embd floats at p until the next decode; &self borrows the context.
         Ok(unsafe { std::slice::from_raw_parts(p, width) })
@@ -239,7 +239,7 @@ impl Context {
         // SAFETY: valid context; null for rows without output.
         let p = unsafe { sys::llama_get_logits_ith(self.as_ptr(), i) };
         if p.is_null() {
-            return Err(EngineError::Decode(-101));
+            return Err(EngineError::NoOutput("logits"));
         }
         // SAFETY: n_vocab floats at p until the next decode.
         Ok(unsafe { std::slice::from_raw_parts(p, n_vocab) })

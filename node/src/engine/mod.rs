@@ -26,7 +26,7 @@ use ffi::{Batch, Context, ContextParams};
 pub use sampling::{Sampler, SamplingParams};
 
 /// Errors of the span engine.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// The model or context could not be loaded.
     #[error("load failed: {0}")]
@@ -59,6 +59,9 @@ pub enum EngineError {
     /// llama.cpp's decode failed.
     #[error("llama.cpp decode failed with code {0}")]
     Decode(i32),
+    /// llama.cpp returned no output where one was asked for.
+    #[error("llama.cpp produced no {0} for a row that asked for it")]
+    NoOutput(&'static str),
     /// The span has no tokenizer (a middle span).
     #[error("this span carries no vocabulary")]
     NoVocab,
@@ -296,7 +299,7 @@ impl SpanEngine {
 
     /// Runs one step of one session.
     pub fn step(&mut self, session: SessionId, input: StepInput) -> Result<StepOutput, EngineError> {
-        self.step_batch(vec![StepRequest { session, input }]).pop().unwrap_or(Err(EngineError::Decode(-1)))
+        self.step_batch(vec![StepRequest { session, input }]).pop().unwrap_or(Err(EngineError::NoOutput("result")))
     }
 
     /// Runs the steps of many sessions, batching those that share layers and input kind.
@@ -328,7 +331,7 @@ impl SpanEngine {
                 results[idx] = Some(out);
             }
         }
-        results.into_iter().map(|r| r.unwrap_or(Err(EngineError::Decode(-1)))).collect()
+        results.into_iter().map(|r| r.unwrap_or(Err(EngineError::NoOutput("result")))).collect()
     }
 
     fn prepare(&self, idx: usize, req: StepRequest) -> Result<Prepared, EngineError> {
@@ -370,7 +373,7 @@ impl SpanEngine {
         let width = self.n_embd as usize;
         let emit_hidden = members[0].emit_hidden;
         if let Err(e) = self.ctx.set_layers(layers.start, layers.end, emit_hidden) {
-            return members.into_iter().map(|p| (p.idx, Err(EngineError::Input(e.to_string())))).collect();
+            return members.into_iter().map(|p| (p.idx, Err(e.clone()))).collect();
         }
         let cap = self.cfg.max_batch_rows as usize;
         let mut done = vec![0usize; members.len()];
@@ -431,7 +434,7 @@ impl SpanEngine {
             if let Some(e) = &failed {
                 // Roll the cache back so the session can retry this step.
                 self.ctx.remove_from(p.seq, p.start_pos);
-                out.push((p.idx, Err(EngineError::Input(format!("step not applied: {e}")))));
+                out.push((p.idx, Err(e.clone())));
                 continue;
             }
             s.n_past = p.start_pos + done[m] as u32;
@@ -442,7 +445,7 @@ impl SpanEngine {
             } else {
                 match last_logits[m].take() {
                     Some(logits) => Ok(StepOutput::Token { token: s.sampler.sample(&logits), logits }),
-                    None => Err(EngineError::Decode(-102)),
+                    None => Err(EngineError::NoOutput("logits")),
                 }
             };
             out.push((p.idx, result));
