@@ -4,8 +4,10 @@
 //!   states in; hidden states or logits and a sampled token out).
 //! - [`chain`]: several engines run as a pipeline in one process, passing encoded hidden
 //!   states, with text generation on top (the `generate` command).
+//! - [`net`]: the libp2p network task (DHT providers, gossip announcements, blob exchange).
 
 pub mod bench;
 pub mod chain;
 pub mod engine;
+pub mod net;
 pub mod reference;

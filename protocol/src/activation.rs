@@ -123,7 +123,7 @@ impl Activation {
         if width == 0 || values.is_empty() {
             return Err(ActivationError::Empty);
         }
-        if values.len() % width as usize != 0 {
+        if !values.len().is_multiple_of(width as usize) {
             return Err(ActivationError::Length {
                 got: values.len() * 4,
                 expected: values.len().next_multiple_of(width as usize) * 4,

@@ -77,10 +77,13 @@ impl SynthConfig {
         if self.n_layer == 0 || self.n_embd == 0 || self.n_ff == 0 {
             return bad("layers, width and feed-forward width must be positive");
         }
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 || (self.n_embd / self.n_head) % 2 != 0 {
+        if self.n_head == 0
+            || !self.n_embd.is_multiple_of(self.n_head)
+            || !(self.n_embd / self.n_head).is_multiple_of(2)
+        {
             return bad("n_embd must split into n_head heads of even size");
         }
-        if self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+        if self.n_head_kv == 0 || !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad("n_head must be a multiple of n_head_kv");
         }
         if self.n_vocab < 300 {
@@ -89,7 +92,7 @@ impl SynthConfig {
         if !matches!(self.weight_type, TensorType::F32 | TensorType::F16 | TensorType::Q8_0) {
             return bad("weight_type must be F32, F16 or Q8_0");
         }
-        if self.weight_type == TensorType::Q8_0 && (self.n_embd % 32 != 0 || self.n_ff % 32 != 0) {
+        if self.weight_type == TensorType::Q8_0 && (!self.n_embd.is_multiple_of(32) || !self.n_ff.is_multiple_of(32)) {
             return bad("Q8_0 needs n_embd and n_ff to be multiples of 32");
         }
         Ok(())

@@ -130,7 +130,7 @@ impl TensorType {
     /// rows do not split into whole blocks (such a tensor is malformed).
     pub fn n_bytes(self, n_elements: u64, row_len: u64) -> Option<u64> {
         let (block, bytes) = self.block();
-        if row_len == 0 || row_len % block != 0 {
+        if row_len == 0 || !row_len.is_multiple_of(block) {
             return (n_elements == 0).then_some(0);
         }
         (n_elements / block).checked_mul(bytes)

@@ -23,10 +23,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{encode_ranges_validated, outboard_post_order, DecodeResponseIter};
 use bao_tree::io::BaoContentItem;
-use bao_tree::{BaoTree, BlockSize, ChunkNum};
+use bao_tree::{BaoTree, BlockSize};
 
-/// Sets of 1 KiB chunk ranges, as providers are asked for them.
-pub use bao_tree::ChunkRanges;
+/// Sets of 1 KiB chunk ranges, as providers are asked for them, and chunk numbers.
+pub use bao_tree::{ChunkNum, ChunkRanges};
 
 use crate::manifest::Hash;
 use crate::store::{Store, StoreError};
@@ -65,6 +65,11 @@ impl StoreProvider {
     /// A provider over `store`, reported as `name`.
     pub fn new(store: Store, name: impl Into<String>) -> Self {
         Self { store, name: name.into() }
+    }
+
+    /// The store it serves from.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn outboard(&self, hash: &Hash, size: u64) -> Result<PostOrderOutboard<File>, StoreError> {
@@ -183,7 +188,7 @@ pub fn fetch_blob(
     providers: &[Arc<dyn BlobProvider>],
     cfg: &FetchConfig,
 ) -> Result<FetchReport, TransferError> {
-    if cfg.piece_bytes == 0 || cfg.piece_bytes % BLOCK_SIZE.bytes() as u64 != 0 {
+    if cfg.piece_bytes == 0 || !cfg.piece_bytes.is_multiple_of(BLOCK_SIZE.bytes() as u64) {
         return Err(TransferError::PieceSize);
     }
     if store.has(hash) && store.blob_size(hash)? == size {

@@ -1,0 +1,167 @@
+//! Two real libp2p nodes on loopback: DHT providers, verified blob exchange, gossip announcements.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle, RemoteProvider};
+use nak_protocol::{announce, keys, pb};
+use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig};
+use nak_shard_store::{assemble_span, import_gguf, write_synthetic, Manifest, Store, SynthConfig};
+use prost::Message;
+
+fn loopback() -> NetworkConfig {
+    NetworkConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()], ..NetworkConfig::default() }
+}
+
+async fn start(
+    dir: &std::path::Path,
+    bootstrap: Vec<libp2p::Multiaddr>,
+) -> (NetworkHandle, Store, libp2p::identity::ed25519::Keypair) {
+    let store = Store::open(dir).unwrap();
+    let key = identity::load_or_create(dir).unwrap();
+    let (handle, _task) =
+        Network::spawn(key.clone(), store.clone(), NetworkConfig { bootstrap, ..loopback() }).await.unwrap();
+    (handle, store, key)
+}
+
+async fn first_addr(h: &NetworkHandle) -> libp2p::Multiaddr {
+    for _ in 0..100 {
+        if let Some(a) = h.listen_addrs().await.unwrap().into_iter().next() {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no listen address");
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_finds_providers_and_fetches_verified_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    write_synthetic(&SynthConfig { n_layer: 4, seed: 21, ..SynthConfig::default() }, &model).unwrap();
+
+    let (a, a_store, _) = start(&dir.path().join("a"), vec![]).await;
+    let report = import_gguf(&a_store, &model, &mut |_| {}).unwrap();
+    let id = report.model_id;
+    a.provide(keys::manifest_key(&id.0)).await.unwrap();
+    for b in &report.manifest.blobs {
+        a.provide(keys::blob_key(&b.hash.0)).await.unwrap();
+    }
+
+    let (b, b_store, _) = start(&dir.path().join("b"), vec![first_addr(&a).await]).await;
+    let block2 = report.manifest.blobs.iter().find(|x| x.layer == Some(2)).unwrap().clone();
+    let providers = eventually("providers of block 2", async || {
+        let p = b.providers(keys::blob_key(&block2.hash.0)).await.unwrap();
+        (!p.is_empty()).then_some(p)
+    })
+    .await;
+    assert_eq!(providers, vec![a.peer_id()]);
+
+    // The manifest by id, checked against the id.
+    let resp = b
+        .request(a.peer_id(), pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) })
+        .await
+        .unwrap();
+    let Some(pb::blob_response::Result::Manifest(bytes)) = resp.result else { panic!("no manifest: {resp:?}") };
+    let manifest = Manifest::from_canonical(&bytes).unwrap();
+    assert_eq!(manifest.model_id(), id);
+    b_store.put_manifest(&manifest).unwrap();
+
+    // Every blob of the span 2..4, fetched over libp2p and verified.
+    let handle = b.clone();
+    let a_peer = a.peer_id();
+    let store = b_store.clone();
+    let needed: Vec<_> = manifest.blobs.iter().filter(|x| x.layer.is_none_or(|l| l >= 2)).cloned().collect();
+    tokio::task::spawn_blocking(move || {
+        let providers: Vec<Arc<dyn BlobProvider>> = vec![Arc::new(RemoteProvider::new(handle, a_peer))];
+        for blob in needed {
+            fetch_blob(&store, &blob.hash, blob.size, &providers, &FetchConfig { piece_bytes: 16 << 10 }).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let from_a = dir.path().join("from-a.gguf");
+    let local = dir.path().join("local.gguf");
+    assemble_span(&b_store, &id, 2..4, &from_a).unwrap();
+    assemble_span(&a_store, &id, 2..4, &local).unwrap();
+    assert_eq!(std::fs::read(&from_a).unwrap(), std::fs::read(&local).unwrap());
+
+    // Asking for a blob A does not have: a clean "not found".
+    let resp = b
+        .request(
+            a.peer_id(),
+            pb::BlobRequest {
+                kind: Some(pb::blob_request::Kind::Range(pb::BlobRangeRequest {
+                    hash: vec![9; 32],
+                    size: 10,
+                    ranges: vec![pb::ChunkRange { start: 0, end: 1 }],
+                })),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(resp.result, Some(pb::blob_response::Result::NotFound(_))));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_announcements_are_rejected_and_honest_ones_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = start(&dir.path().join("a"), vec![]).await;
+    let (b, _, b_key) = start(&dir.path().join("b"), vec![first_addr(&a).await]).await;
+    let topic = keys::announce_topic(&[5; 32]);
+    a.subscribe(topic.clone()).await.unwrap();
+    b.subscribe(topic.clone()).await.unwrap();
+
+    let dalek = |k: &libp2p::identity::ed25519::Keypair| {
+        ed25519_dalek::SigningKey::from_bytes(&k.secret().as_ref().try_into().unwrap())
+    };
+    let ann = |peer: &NetworkHandle, seq| pb::ServerAnnouncement {
+        peer_id: peer.peer_id().to_bytes(),
+        model_id: vec![5; 32],
+        first_layer: 0,
+        end_layer: 10,
+        block_throughput: 50.0,
+        free_sessions: 2,
+        version: "test".into(),
+        addrs: vec![],
+        timestamp_ms: now_ms(),
+        sequence: seq,
+    };
+    // B forges one in A's name, then sends its own honest one.
+    let forged = announce::sign(&dalek(&b_key), &ann(&a, 1)).encode_to_vec();
+    let honest = announce::sign(&dalek(&b_key), &ann(&b, 2)).encode_to_vec();
+    eventually("gossip mesh", async || b.publish(topic.clone(), forged.clone()).await.ok()).await;
+    eventually("the honest announcement", async || {
+        let _ = b.publish(topic.clone(), honest.clone()).await;
+        let seen = a.announcements().await.unwrap();
+        seen.iter().any(|x| x.peer_id == b.peer_id().to_bytes()).then_some(())
+    })
+    .await;
+    let seen = a.announcements().await.unwrap();
+    assert!(seen.iter().all(|x| x.peer_id != a.peer_id().to_bytes()), "the forgery was accepted");
+    // The forgery did reach A and was turned away (each publish is a new gossip message).
+    eventually("rejections", async || {
+        let _ = b.publish(topic.clone(), forged.clone()).await;
+        (a.stats().await.unwrap().rejected_announcements >= 2).then_some(())
+    })
+    .await;
+    // A still answers.
+    assert!(a.providers(keys::blob_key(&[1; 32])).await.is_ok());
+}
