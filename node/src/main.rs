@@ -12,6 +12,7 @@ use nak_protocol::ActivationDtype;
 use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
 
 mod store_commands;
+mod swarm_commands;
 
 #[derive(Parser)]
 #[command(name = "nak-node", version, about = "Run a span of a large language model in the Nakshatra swarm")]
@@ -85,6 +86,45 @@ enum Command {
     },
     /// Measure the whole model against local chains of 1, 2 and 3 spans.
     Bench(BenchArgs),
+    /// Join the swarm and serve a span of a model.
+    Run {
+        /// A whole-model GGUF (imported), or a model id (fetched from the swarm).
+        #[arg(long)]
+        model: String,
+        /// Layers to serve: all, or A:B (end exclusive).
+        #[arg(long, default_value = "all")]
+        serve_layers: String,
+        /// Addresses to listen on (default: TCP and QUIC on all interfaces).
+        #[arg(long)]
+        listen: Vec<libp2p::Multiaddr>,
+        /// Peers to join through (with their /p2p/ peer id).
+        #[arg(long)]
+        bootstrap: Vec<libp2p::Multiaddr>,
+        /// Most bytes of weights this node may hold.
+        #[arg(long)]
+        max_memory: Option<u64>,
+        /// CPU threads.
+        #[arg(long)]
+        threads: Option<i32>,
+        /// Seconds between announcements.
+        #[arg(long, default_value_t = 10)]
+        announce_interval: u64,
+    },
+    /// Show a model's servers and block coverage as the swarm announces them.
+    Status {
+        /// Peers to join through.
+        #[arg(long)]
+        bootstrap: Vec<libp2p::Multiaddr>,
+        /// The model id (or a unique prefix of a model in the local store).
+        #[arg(long)]
+        model: String,
+        /// Seconds to listen for announcements.
+        #[arg(long, default_value_t = 12)]
+        wait: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure import and verify throughput beside raw blake3 hashing and raw disk writes.
     BenchStore {
         /// Scratch directory (a synthetic model is written here unless --model is given).
@@ -245,6 +285,25 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Info { file, load, engine } => info(&file, load, &engine),
+        Command::Run { model, serve_layers, listen, bootstrap, max_memory, threads, announce_interval } => {
+            let store = open_store(cli.data_dir)?;
+            let opts = swarm_commands::RunOptions {
+                model,
+                serve_layers,
+                listen,
+                bootstrap,
+                max_memory,
+                threads,
+                announce_every: std::time::Duration::from_secs(announce_interval.max(1)),
+            };
+            tokio::runtime::Runtime::new()?.block_on(swarm_commands::run(store, opts))
+        }
+        Command::Status { bootstrap, model, wait, json } => {
+            let dir = cli.data_dir.unwrap_or_else(nak_shard_store::default_data_dir);
+            let local = dir.join("manifests").is_dir().then(|| Store::open(&dir)).transpose()?;
+            let wait = std::time::Duration::from_secs(wait);
+            tokio::runtime::Runtime::new()?.block_on(swarm_commands::status(local, bootstrap, &model, wait, json))
+        }
         Command::BenchStore { dir, model, synth_gib } => {
             print!("{}", store_commands::bench_store(&dir, model.as_deref(), synth_gib)?);
             Ok(())

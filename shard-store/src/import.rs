@@ -175,7 +175,7 @@ fn blob_tensors(store: &Store, blob: &BlobRef) -> Result<Vec<TensorInfo>, Import
 }
 
 /// The blobs a span needs, in the canonical tensor order.
-fn span_blobs(m: &Manifest, range: &Range<u32>) -> Vec<BlobRef> {
+pub fn span_blobs(m: &Manifest, range: &Range<u32>) -> Vec<BlobRef> {
     let first = range.start == 0;
     let last = range.end == m.n_layer;
     let mut out = Vec::new();
