@@ -282,12 +282,31 @@ fn plan_alignment(plan: &SpanPlan) -> u64 {
         .unwrap_or(crate::gguf::DEFAULT_ALIGNMENT)
 }
 
-/// The cached span file of a model, assembled on first use.
+/// The cached span file of a model, assembled on first use. Its blake3 hash is kept beside
+/// it and checked on every use; a cached file that no longer matches is assembled again.
 pub fn cached_span(store: &Store, id: &ModelId, range: Range<u32>) -> Result<PathBuf, ImportError> {
     let path = store.span_cache_path(id, range.start, range.end);
-    if !path.is_file() {
-        assemble_span(store, id, range, &path)?;
+    let mut sum_path = path.clone().into_os_string();
+    sum_path.push(".blake3");
+    let sum_path = PathBuf::from(sum_path);
+    let io_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io { path: p, source }
+    };
+    let file_hash = |p: &Path| -> Result<Hash, StoreError> {
+        let mut hasher = blake3::Hasher::new();
+        std::fs::File::open(p).and_then(|mut f| io::copy(&mut f, &mut hasher)).map_err(io_err(p))?;
+        Ok(Hash::from(hasher.finalize()))
+    };
+    if path.is_file() {
+        let recorded = std::fs::read_to_string(&sum_path).ok().and_then(|s| Hash::from_hex(s.trim()).ok());
+        if recorded.is_some_and(|h| file_hash(&path).is_ok_and(|actual| actual == h)) {
+            return Ok(path);
+        }
+        tracing::warn!(path = %path.display(), "cached span does not match its recorded hash; assembling it again");
     }
+    assemble_span(store, id, range, &path)?;
+    std::fs::write(&sum_path, file_hash(&path)?.to_hex()).map_err(io_err(&sum_path))?;
     Ok(path)
 }
 

@@ -98,6 +98,12 @@ fn a_corrupt_blob_is_reported_and_never_used() {
     assert!(!out.exists(), "no file is left behind");
     // Spans that do not touch block 2 still assemble.
     assemble_span(&store, &report.model_id, 3..5, &out).unwrap();
+    // A cached span that rots on disk is noticed and assembled again from the blobs.
+    let cached = nak_shard_store::cached_span(&store, &report.model_id, 3..5).unwrap();
+    let good = std::fs::read(&cached).unwrap();
+    corrupt_file(&cached, 100);
+    assert_eq!(nak_shard_store::cached_span(&store, &report.model_id, 3..5).unwrap(), cached);
+    assert_eq!(std::fs::read(&cached).unwrap(), good);
     // A blob that vanished is reported as missing.
     let head = report.manifest.blob(BlobRole::Head, None).unwrap();
     std::fs::remove_file(store.blob_path(&head.hash)).unwrap();
