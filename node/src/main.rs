@@ -11,6 +11,7 @@ use nak_node::engine::{EngineConfig, SamplingParams};
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
 
+mod dht_bench;
 mod store_commands;
 mod swarm_commands;
 
@@ -124,6 +125,24 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Measure DHT provider-lookup latency in a swarm of peer processes on loopback.
+    BenchDht {
+        /// Peer processes.
+        #[arg(long, default_value_t = 10)]
+        processes: u32,
+        /// Timed lookups.
+        #[arg(long, default_value_t = 200)]
+        lookups: usize,
+    },
+    /// A peer of `bench-dht` (provides blocks of a test model until killed).
+    #[command(hide = true)]
+    DhtPeer {
+        #[arg(long)]
+        bootstrap: Vec<libp2p::Multiaddr>,
+        /// Blocks to provide, A:B.
+        #[arg(long)]
+        blocks: String,
     },
     /// Measure import and verify throughput beside raw blake3 hashing and raw disk writes.
     BenchStore {
@@ -285,6 +304,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Info { file, load, engine } => info(&file, load, &engine),
+        Command::BenchDht { processes, lookups } => {
+            print!("{}", tokio::runtime::Runtime::new()?.block_on(dht_bench::run(processes, lookups))?);
+            Ok(())
+        }
+        Command::DhtPeer { bootstrap, blocks } => {
+            let range = span::parse_layer_range(&blocks).context("--blocks A:B")?;
+            tokio::runtime::Runtime::new()?.block_on(dht_bench::peer(bootstrap, range.start, range.end))
+        }
         Command::Run { model, serve_layers, listen, bootstrap, max_memory, threads, announce_interval } => {
             let store = open_store(cli.data_dir)?;
             let opts = swarm_commands::RunOptions {

@@ -291,6 +291,7 @@ impl Network {
             announcements: HashMap::new(),
             stats: NetworkStats::default(),
             max_age: cfg.max_announcement_age,
+            bootstrapped: false,
         };
         let join = tokio::spawn(task.run());
         Ok((NetworkHandle { tx, peer_id }, join))
@@ -313,6 +314,7 @@ struct Task {
     announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
     stats: NetworkStats,
     max_age: Duration,
+    bootstrapped: bool,
 }
 
 fn now_ms() -> u64 {
@@ -417,6 +419,10 @@ impl Task {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 if let Some(reply) = self.pending_dials.remove(&peer_id) {
                     let _ = reply.send(Ok(()));
+                }
+                // The first peer we meet: walk the DHT towards ourselves to fill the routing table.
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
