@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
-use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle};
+use nak_node::net::NetworkHandle;
 use nak_protocol::keys;
 use nak_shard_store::Store;
+
+use crate::swarm_commands::{listen_addrs, start_network};
 
 /// Blocks of the test model.
 const BLOCKS: u32 = 30;
@@ -23,25 +25,15 @@ fn test_model(seed: u8) -> [u8; 32] {
 }
 
 async fn start(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Result<NetworkHandle> {
-    let store = Store::open(dir)?;
-    let key = identity::load_or_create(dir)?;
-    let cfg = NetworkConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?], bootstrap, ..NetworkConfig::default() };
-    Ok(Network::spawn(key, store, cfg).await?.0)
+    let listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    Ok(start_network(&Store::open(dir)?, listen, bootstrap).await?.0)
 }
 
 /// `nak-node dht-peer`: provide blocks `first..end` of the test model until killed.
 pub async fn peer(bootstrap: Vec<Multiaddr>, first: u32, end: u32) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let net = start(dir.path(), bootstrap).await?;
-    let t0 = Instant::now();
-    let addrs = loop {
-        let a = net.listen_addrs().await?;
-        if !a.is_empty() || t0.elapsed() > Duration::from_secs(5) {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    for a in addrs {
+    for a in listen_addrs(&net).await? {
         println!("listening {a}");
     }
     // Let the bootstrap connection and the routing table settle before publishing records.

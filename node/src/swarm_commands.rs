@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
+use libp2p::identity::ed25519;
 use libp2p::{Multiaddr, PeerId};
 use nak_node::engine::{EngineConfig, SessionConfig, SpanEngine, StepInput};
 use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle, RemoteProvider};
@@ -34,17 +35,23 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn start_network(store: &Store, listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> Result<NetworkHandle> {
+/// Starts the network on the store's identity; returns its handle and that identity.
+pub async fn start_network(
+    store: &Store,
+    listen: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+) -> Result<(NetworkHandle, ed25519::Keypair)> {
     let key = identity::load_or_create(store.root())?;
     let mut cfg = NetworkConfig { bootstrap, ..NetworkConfig::default() };
     if !listen.is_empty() {
         cfg.listen = listen;
     }
-    let (handle, _task) = Network::spawn(key, store.clone(), cfg).await?;
-    Ok(handle)
+    let (handle, _task) = Network::spawn(key.clone(), store.clone(), cfg).await?;
+    Ok((handle, key))
 }
 
-async fn listen_addrs(net: &NetworkHandle) -> Result<Vec<Multiaddr>> {
+/// The listen addresses, waiting up to 5 s for the first to appear.
+pub async fn listen_addrs(net: &NetworkHandle) -> Result<Vec<Multiaddr>> {
     let t0 = Instant::now();
     loop {
         let addrs = net.listen_addrs().await?;
@@ -157,7 +164,7 @@ fn measure_block_throughput(engine: &mut SpanEngine) -> f64 {
 
 /// `nak-node run`.
 pub async fn run(store: Store, opts: RunOptions) -> Result<()> {
-    let net = start_network(&store, opts.listen.clone(), opts.bootstrap.clone()).await?;
+    let (net, key) = start_network(&store, opts.listen.clone(), opts.bootstrap.clone()).await?;
     for addr in listen_addrs(&net).await? {
         println!("listening {addr}");
     }
@@ -220,7 +227,6 @@ pub async fn run(store: Store, opts: RunOptions) -> Result<()> {
     net.subscribe(topic.clone()).await?;
     println!("serving {id} layers {}:{} ({throughput:.0} block-tokens/s)", range.start, range.end);
 
-    let key = identity::load_or_create(store.root())?;
     let signer = ed25519_dalek::SigningKey::from_bytes(
         &key.secret().as_ref().try_into().context("identity secret is 32 bytes")?,
     );
@@ -274,7 +280,7 @@ pub async fn status(
         .or_else(|_| ModelId::from_hex(&model.to_ascii_lowercase()))
         .context("--model must be a model id (or a unique prefix of a local one)")?;
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
-    let net = start_network(&store, listen, bootstrap).await?;
+    let (net, _) = start_network(&store, listen, bootstrap).await?;
     net.subscribe(keys::announce_topic(&id.0)).await?;
     tokio::time::sleep(wait).await;
     let anns: Vec<pb::ServerAnnouncement> =
