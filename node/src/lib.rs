@@ -10,4 +10,5 @@ pub mod bench;
 pub mod chain;
 pub mod engine;
 pub mod net;
+pub mod placement;
 pub mod reference;

@@ -12,6 +12,7 @@ use nak_protocol::ActivationDtype;
 use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
 
 mod dht_bench;
+mod serve_command;
 mod store_commands;
 mod swarm_commands;
 
@@ -92,7 +93,7 @@ enum Command {
         /// A whole-model GGUF (imported), or a model id (fetched from the swarm).
         #[arg(long)]
         model: String,
-        /// Layers to serve: all, or A:B (end exclusive).
+        /// Layers to serve: auto (the span that most helps the swarm, within --max-memory), all, or A:B (end exclusive).
         #[arg(long, default_value = "all")]
         serve_layers: String,
         /// Addresses to listen on (default: TCP and QUIC on all interfaces).
@@ -101,7 +102,7 @@ enum Command {
         /// Peers to join through (with their /p2p/ peer id).
         #[arg(long)]
         bootstrap: Vec<libp2p::Multiaddr>,
-        /// Most bytes of weights this node may hold.
+        /// Most bytes of weights this node may hold (with auto, default: half the available memory).
         #[arg(long)]
         max_memory: Option<u64>,
         /// CPU threads.
@@ -110,15 +111,21 @@ enum Command {
         /// Seconds between announcements.
         #[arg(long, default_value_t = 10)]
         announce_interval: u64,
+        /// With `--serve-layers auto`: mean seconds between placement re-checks (jittered ±50 %).
+        #[arg(long, default_value_t = 120)]
+        rebalance_interval: u64,
+        /// With `--serve-layers auto`: how much a move must lift the weakest blocks' throughput.
+        #[arg(long, default_value_t = 1.25)]
+        min_gain: f64,
     },
     /// Show a model's servers and block coverage as the swarm announces them.
     Status {
         /// Peers to join through.
         #[arg(long)]
         bootstrap: Vec<libp2p::Multiaddr>,
-        /// The model id (or a unique prefix of a model in the local store).
+        /// The model id (or a unique prefix of a model in the local store); default: every model the peers announce.
         #[arg(long)]
-        model: String,
+        model: Option<String>,
         /// Seconds to listen for announcements.
         #[arg(long, default_value_t = 12)]
         wait: u64,
@@ -312,9 +319,19 @@ fn main() -> Result<()> {
             let range = span::parse_layer_range(&blocks).context("--blocks A:B")?;
             tokio::runtime::Runtime::new()?.block_on(dht_bench::peer(bootstrap, range.start, range.end))
         }
-        Command::Run { model, serve_layers, listen, bootstrap, max_memory, threads, announce_interval } => {
+        Command::Run {
+            model,
+            serve_layers,
+            listen,
+            bootstrap,
+            max_memory,
+            threads,
+            announce_interval,
+            rebalance_interval,
+            min_gain,
+        } => {
             let store = open_store(cli.data_dir)?;
-            let opts = swarm_commands::RunOptions {
+            let opts = serve_command::RunOptions {
                 model,
                 serve_layers,
                 listen,
@@ -322,14 +339,26 @@ fn main() -> Result<()> {
                 max_memory,
                 threads,
                 announce_every: std::time::Duration::from_secs(announce_interval.max(1)),
+                rebalance_every: std::time::Duration::from_secs(rebalance_interval.max(1)),
+                min_gain: if min_gain.is_finite() && min_gain >= 1.0 {
+                    min_gain
+                } else {
+                    bail!("--min-gain must be at least 1")
+                },
             };
-            tokio::runtime::Runtime::new()?.block_on(swarm_commands::run(store, opts))
+            tokio::runtime::Runtime::new()?.block_on(serve_command::run(store, opts))
         }
         Command::Status { bootstrap, model, wait, json } => {
             let dir = cli.data_dir.unwrap_or_else(nak_shard_store::default_data_dir);
             let local = dir.join("manifests").is_dir().then(|| Store::open(&dir)).transpose()?;
             let wait = std::time::Duration::from_secs(wait);
-            tokio::runtime::Runtime::new()?.block_on(swarm_commands::status(local, bootstrap, &model, wait, json))
+            tokio::runtime::Runtime::new()?.block_on(swarm_commands::status(
+                local,
+                bootstrap,
+                model.as_deref(),
+                wait,
+                json,
+            ))
         }
         Command::BenchStore { dir, model, synth_gib } => {
             print!("{}", store_commands::bench_store(&dir, model.as_deref(), synth_gib)?);

@@ -143,6 +143,7 @@ async fn forged_announcements_are_rejected_and_honest_ones_arrive() {
         addrs: vec![],
         timestamp_ms: now_ms(),
         sequence: seq,
+        ..Default::default()
     };
     // B forges one in A's name, then sends its own honest one.
     let forged = announce::sign(&dalek(&b_key), &ann(&a, 1)).encode_to_vec();
@@ -164,4 +165,127 @@ async fn forged_announcements_are_rejected_and_honest_ones_arrive() {
     .await;
     // A still answers.
     assert!(a.providers(keys::blob_key(&[1; 32])).await.is_ok());
+}
+
+/// A bare libp2p peer that writes raw bytes on the blob protocol, whatever they are.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        futures::AsyncReadExt::read_to_end(io, &mut out).await?;
+        Ok(out)
+    }
+
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        futures::AsyncWriteExt::write_all(io, &req).await?;
+        futures::AsyncWriteExt::close(io).await
+    }
+
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Sends `bytes` as one blob-protocol request from a fresh peer; returns the bytes that
+/// came back (none when the stream was reset or closed without an answer).
+async fn send_raw(to: libp2p::PeerId, addr: libp2p::Multiaddr, bytes: Vec<u8>) -> Vec<u8> {
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(nak_node::net::BLOB_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .build();
+    swarm.add_peer_address(to, addr);
+    swarm.behaviour_mut().send_request(&to, bytes);
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match swarm.select_next_some().await {
+                libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => return response,
+                libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
+                    return Vec::new()
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    outcome.expect("the raw request ended one way or the other")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_blob_frames_are_refused_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    write_synthetic(&SynthConfig { n_layer: 2, seed: 4, ..SynthConfig::default() }, &model).unwrap();
+    let (a, a_store, _) = start(&dir.path().join("a"), vec![]).await;
+    let id = import_gguf(&a_store, &model, &mut |_| {}).unwrap().model_id;
+    let a_addr = first_addr(&a).await;
+
+    // A length prefix of 100 MiB, then a little data: refused on the prefix alone.
+    let mut oversized = Vec::new();
+    let mut len = 100u64 << 20;
+    while len >= 0x80 {
+        oversized.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    oversized.push(len as u8);
+    oversized.extend_from_slice(&[0xee; 4096]);
+    assert_eq!(send_raw(a.peer_id(), a_addr.clone(), oversized).await, b"", "an oversized request got an answer");
+    // A frame of the right size holding garbage.
+    let mut garbage = vec![0x80, 0x08];
+    garbage.extend_from_slice(&[0xff; 1024]);
+    assert_eq!(send_raw(a.peer_id(), a_addr.clone(), garbage).await, b"", "a garbage request got an answer");
+    eventually("both refusals counted", async || (a.stats().await.unwrap().refused_blob_frames >= 2).then_some(()))
+        .await;
+
+    // A real peer still gets the manifest.
+    let (b, _, _) = start(&dir.path().join("b"), vec![a_addr]).await;
+    let resp = b
+        .request(a.peer_id(), pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) })
+        .await
+        .unwrap();
+    let Some(pb::blob_response::Result::Manifest(bytes)) = resp.result else { panic!("no manifest: {resp:?}") };
+    assert_eq!(Manifest::from_canonical(&bytes).unwrap().model_id(), id);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

@@ -4,58 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
-/// A child process that is killed when the test ends, whatever happens.
-struct Node {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Node {
-    fn start(args: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-            .args(args)
-            .env("NAK_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nak-node starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Node { child, lines }
-    }
-
-    /// The first stdout line starting with `prefix`, within `limit`.
-    fn line(&self, prefix: &str, limit: Duration) -> String {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
-                Err(_) => panic!("no `{prefix}` line within {limit:?}"),
-            }
-        }
-    }
-}
+use common::Node;
 
 #[test]
 fn a_second_node_fetches_its_span_from_the_first_and_the_swarm_covers_every_block() {
@@ -110,12 +62,15 @@ fn a_second_node_fetches_its_span_from_the_first_and_the_swarm_covers_every_bloc
     assert_eq!(fetched, 15 + 3);
 
     let out = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .args(["status", "--bootstrap", &a_addr, "--model", &id, "--wait", "4", "--json"])
+        // No --model: status finds the model from the topics its peers subscribe to.
+        .args(["status", "--bootstrap", &a_addr, "--wait", "4", "--json"])
         .env("NAK_LOG", "warn")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["models"].as_array().unwrap().len(), 1);
+    assert_eq!(status["models"][0]["model_id"], id);
     let blocks = status["models"][0]["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 30);
     for b in blocks {

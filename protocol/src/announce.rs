@@ -126,6 +126,7 @@ mod tests {
             addrs: vec![],
             timestamp_ms: now,
             sequence: 1,
+            ..Default::default()
         }
     }
 

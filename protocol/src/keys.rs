@@ -49,9 +49,37 @@ pub fn announce_topic(model_id: &[u8; 32]) -> String {
     format!("nakshatra/model/{}/announce", hex(model_id))
 }
 
+/// The model id of an announcement topic, if `topic` is one.
+pub fn model_of_topic(topic: &str) -> Option<[u8; 32]> {
+    let hex_id = topic.strip_prefix("nakshatra/model/")?.strip_suffix("/announce")?;
+    if hex_id.len() != 64 || !hex_id.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 32];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex_id[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announcement_topics_give_back_their_model() {
+        let id = [0x5c; 32];
+        assert_eq!(model_of_topic(&announce_topic(&id)), Some(id));
+        for bad in [
+            "nakshatra/model/5c/announce",
+            "other",
+            "nakshatra/model/zz5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c/announce",
+        ] {
+            assert_eq!(model_of_topic(bad), None, "{bad}");
+        }
+        let multibyte = format!("nakshatra/model/{}é/announce", "0".repeat(62));
+        assert_eq!(model_of_topic(&multibyte), None);
+    }
 
     #[test]
     fn keys_are_sha256_multihashes_of_namespaced_strings() {

@@ -5,6 +5,8 @@
 //! reading its body, so a peer cannot make us buffer more than the limit.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -19,16 +21,37 @@ pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/nakshatra/blobs/
 pub const MAX_REQUEST: usize = 64 << 10;
 
 /// Codec of `/nakshatra/blobs/1`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BlobCodec {
     /// Largest response frame accepted.
     pub max_response: usize,
+    /// Frames refused as oversized or malformed, shared by every clone. libp2p's
+    /// request-response does not report a request that fails to read, so we count here.
+    refused: Arc<AtomicU64>,
 }
 
 impl Default for BlobCodec {
     fn default() -> Self {
         // A 1 MiB piece plus its proof and framing.
-        Self { max_response: 4 << 20 }
+        Self { max_response: 4 << 20, refused: Arc::default() }
+    }
+}
+
+impl BlobCodec {
+    /// Frames refused so far, in either direction.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Logs and counts a frame we refuse; other errors (a peer hanging up) pass quietly.
+    fn note<M>(&self, what: &str, r: io::Result<M>) -> io::Result<M> {
+        if let Err(e) = &r {
+            if e.kind() == io::ErrorKind::InvalidData {
+                tracing::warn!(error = %e, "refused a blob {what} frame");
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
     }
 }
 
@@ -71,7 +94,7 @@ impl libp2p::request_response::Codec for BlobCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Request> {
-        read_frame(io, MAX_REQUEST).await
+        self.note("request", read_frame(io, MAX_REQUEST).await)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -79,7 +102,7 @@ impl libp2p::request_response::Codec for BlobCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Response> {
-        read_frame(io, self.max_response).await
+        self.note("response", read_frame(io, self.max_response).await)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(

@@ -114,8 +114,10 @@ pub enum Command {
     Subscribe(String, oneshot::Sender<Result<(), NetworkError>>),
     /// Publish bytes on a topic.
     Publish(String, Vec<u8>, oneshot::Sender<Result<(), NetworkError>>),
-    /// Announcements accepted so far, by announcing peer (latest each).
+    /// The latest announcement of each peer, while it holds (see [`NetworkHandle::announcements`]).
     Announcements(oneshot::Sender<Vec<pb::ServerAnnouncement>>),
+    /// Gossip topics that connected peers subscribe to.
+    PeerTopics(oneshot::Sender<Vec<String>>),
     /// Counters of the network task.
     Stats(oneshot::Sender<NetworkStats>),
     /// Stop providing everything and end the task.
@@ -129,6 +131,10 @@ pub struct NetworkStats {
     pub rejected_announcements: u64,
     /// Announcements accepted.
     pub accepted_announcements: u64,
+    /// Blob-exchange frames refused as oversized or malformed.
+    pub refused_blob_frames: u64,
+    /// Inbound blob requests that were read but could not be answered.
+    pub failed_blob_requests: u64,
 }
 
 /// A cheap, cloneable way to talk to the network task.
@@ -198,9 +204,16 @@ impl NetworkHandle {
         self.ask(|tx| Command::Publish(topic, data, tx)).await?
     }
 
-    /// Announcements accepted so far.
+    /// The latest announcement of each peer that still holds: younger than its own
+    /// `valid_for_ms` (or the configured maximum age when it gives none), from a peer
+    /// whose connection has not closed since.
     pub async fn announcements(&self) -> Result<Vec<pb::ServerAnnouncement>, NetworkError> {
         self.ask(Command::Announcements).await
+    }
+
+    /// Gossip topics that connected peers subscribe to (how `status` finds the models).
+    pub async fn peer_topics(&self) -> Result<Vec<String>, NetworkError> {
+        self.ask(Command::PeerTopics).await
     }
 
     /// Counters of the network task.
@@ -227,6 +240,7 @@ impl Network {
         let keypair = identity::libp2p_keypair(&key);
         let peer_id = keypair.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
+        let codec = BlobCodec::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -255,7 +269,7 @@ impl Network {
                         gossip_cfg,
                     )?,
                     blobs: request_response::Behaviour::with_codec(
-                        BlobCodec::default(),
+                        codec.clone(),
                         [(BLOB_PROTOCOL, ProtocolSupport::Full)],
                         request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
                     ),
@@ -283,6 +297,7 @@ impl Network {
             served_tx,
             served_rx,
             provider: StoreProvider::new(store, peer_id.to_string()),
+            codec,
             pending_providers: HashMap::new(),
             pending_provide: HashMap::new(),
             pending_requests: HashMap::new(),
@@ -306,6 +321,7 @@ struct Task {
     served_tx: mpsc::Sender<(request_response::ResponseChannel<pb::BlobResponse>, pb::BlobResponse)>,
     served_rx: mpsc::Receiver<(request_response::ResponseChannel<pb::BlobResponse>, pb::BlobResponse)>,
     provider: StoreProvider,
+    codec: BlobCodec,
     pending_providers: HashMap<kad::QueryId, (Vec<PeerId>, Reply<Vec<PeerId>>)>,
     pending_provide: HashMap<kad::QueryId, Reply<()>>,
     pending_requests: HashMap<OutboundRequestId, Reply<pb::BlobResponse>>,
@@ -404,10 +420,22 @@ impl Task {
                 let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
             }
             Command::Announcements(reply) => {
+                let (now, default) = (now_ms(), self.max_age.as_millis() as u64);
+                self.announcements.retain(|_, a| {
+                    let valid = if a.valid_for_ms > 0 { a.valid_for_ms.min(default) } else { default };
+                    now.saturating_sub(a.timestamp_ms) <= valid
+                });
                 let _ = reply.send(self.announcements.values().cloned().collect());
             }
+            Command::PeerTopics(reply) => {
+                let mut topics: Vec<String> =
+                    behaviour.gossipsub.all_peers().flat_map(|(_, t)| t.into_iter().map(|t| t.to_string())).collect();
+                topics.sort();
+                topics.dedup();
+                let _ = reply.send(topics);
+            }
             Command::Stats(reply) => {
-                let _ = reply.send(self.stats);
+                let _ = reply.send(NetworkStats { refused_blob_frames: self.codec.refused(), ..self.stats });
             }
             Command::Shutdown(_) => {}
         }
@@ -424,6 +452,12 @@ impl Task {
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
+            }
+            // A server that went away no longer serves, whatever its last announcement said.
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
+                if self.announcements.remove(&peer_id.to_bytes()).is_some() =>
+            {
+                tracing::info!(peer = %peer_id, "dropped the announcement of a disconnected server");
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 if let Some(reply) = self.pending_dials.remove(&peer) {
@@ -534,6 +568,7 @@ impl Task {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::warn!(%peer, %error, "a blob request could not be read or answered");
+                self.stats.failed_blob_requests += 1;
             }
             request_response::Event::ResponseSent { .. } => {}
         }

@@ -1,7 +1,11 @@
 //! Helpers shared by the node's integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use nak_node::engine::{EngineConfig, SpanEngine};
 use nak_shard_store::{span, write_synthetic, GgufFile, SynthConfig, TensorType};
@@ -55,4 +59,57 @@ pub fn span_engines(dir: &Path, model: &Path, ranges: &[(u32, u32)], cfg: &Engin
             SpanEngine::load(&path, cfg.clone()).expect("span loads")
         })
         .collect()
+}
+
+/// A child process that is killed when the test ends, whatever happens.
+pub struct Node {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    pub fn start(args: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nak-node"))
+            .args(args)
+            .env("NAK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nak-node starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Node { child, lines }
+    }
+
+    /// The first stdout line starting with `prefix`, within `limit`.
+    pub fn line(&self, prefix: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no `{prefix}` line within {limit:?}"),
+            }
+        }
+    }
+
+    /// The next already-printed stdout line starting with `prefix`, without waiting.
+    pub fn printed(&self, prefix: &str) -> Option<String> {
+        self.lines.try_iter().find(|line| line.starts_with(prefix))
+    }
 }
