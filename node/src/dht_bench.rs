@@ -14,7 +14,7 @@ use nak_node::net::NetworkHandle;
 use nak_protocol::keys;
 use nak_shard_store::Store;
 
-use crate::swarm_commands::{listen_addrs, start_network};
+use crate::swarm_commands::{listen_addrs, network_config, start_network};
 
 /// Blocks of the test model.
 const BLOCKS: u32 = 30;
@@ -26,7 +26,7 @@ fn test_model(seed: u8) -> [u8; 32] {
 
 async fn start(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Result<NetworkHandle> {
     let listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
-    Ok(start_network(&Store::open(dir)?, listen, bootstrap).await?.0)
+    Ok(start_network(&Store::open(dir)?, network_config(listen, bootstrap)).await?.0)
 }
 
 /// `nak-node dht-peer`: provide blocks `first..end` of the test model until killed.

@@ -117,6 +117,9 @@ enum Command {
         /// With `--serve-layers auto`: how much a move must lift the weakest blocks' throughput.
         #[arg(long, default_value_t = 1.25)]
         min_gain: f64,
+        /// Relay connections for peers that cannot be dialled directly (run this on a public node).
+        #[arg(long)]
+        relay_server: bool,
     },
     /// Show a model's servers and block coverage as the swarm announces them.
     Status {
@@ -329,6 +332,7 @@ fn main() -> Result<()> {
             announce_interval,
             rebalance_interval,
             min_gain,
+            relay_server,
         } => {
             let store = open_store(cli.data_dir)?;
             let opts = serve_command::RunOptions {
@@ -340,6 +344,7 @@ fn main() -> Result<()> {
                 threads,
                 announce_every: std::time::Duration::from_secs(announce_interval.max(1)),
                 rebalance_every: std::time::Duration::from_secs(rebalance_interval.max(1)),
+                relay_server,
                 min_gain: if min_gain.is_finite() && min_gain >= 1.0 {
                     min_gain
                 } else {

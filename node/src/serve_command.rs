@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
 use nak_node::engine::{EngineConfig, SessionConfig, SpanEngine, StepInput};
-use nak_node::net::NetworkHandle;
+use nak_node::net::{NetworkConfig, NetworkHandle};
 use nak_node::placement::{self, Placement};
 use nak_protocol::{announce, keys, pb};
 use nak_shard_store::import::span_blobs;
 use nak_shard_store::{cached_span, import_gguf, BlobRole, Manifest, ModelId, Store};
 use prost::Message;
 
-use crate::swarm_commands::{fetch_manifest, fetch_span_blobs, listen_addrs, now_ms, start_network};
+use crate::swarm_commands::{fetch_manifest, fetch_span_blobs, listen_addrs, network_config, now_ms, start_network};
 
 /// Options of `run`.
 pub struct RunOptions {
@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub rebalance_every: Duration,
     /// How much a move must lift the weakest blocks (`auto` only), e.g. 1.25.
     pub min_gain: f64,
+    /// Relay connections for peers behind NATs.
+    pub relay_server: bool,
 }
 
 /// A loaded span and its measured speed.
@@ -219,7 +221,11 @@ async fn provide_blobs(store: &Store, net: &NetworkHandle, manifest: &Manifest) 
 
 /// `nak-node run`.
 pub async fn run(store: Store, opts: RunOptions) -> Result<()> {
-    let (net, key) = start_network(&store, opts.listen.clone(), opts.bootstrap.clone()).await?;
+    let cfg = NetworkConfig {
+        relay_server: opts.relay_server,
+        ..network_config(opts.listen.clone(), opts.bootstrap.clone())
+    };
+    let (net, key) = start_network(&store, cfg).await?;
     for addr in listen_addrs(&net).await? {
         println!("listening {addr}");
     }

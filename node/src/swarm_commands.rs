@@ -18,18 +18,19 @@ pub fn now_ms() -> u64 {
 }
 
 /// Starts the network on the store's identity; returns its handle and that identity.
-pub async fn start_network(
-    store: &Store,
-    listen: Vec<Multiaddr>,
-    bootstrap: Vec<Multiaddr>,
-) -> Result<(NetworkHandle, ed25519::Keypair)> {
+pub async fn start_network(store: &Store, cfg: NetworkConfig) -> Result<(NetworkHandle, ed25519::Keypair)> {
     let key = identity::load_or_create(store.root())?;
+    let (handle, _task) = Network::spawn(key.clone(), store.clone(), cfg).await?;
+    Ok((handle, key))
+}
+
+/// Network settings with these peers to join and, if any are given, these listen addresses.
+pub fn network_config(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> NetworkConfig {
     let mut cfg = NetworkConfig { bootstrap, ..NetworkConfig::default() };
     if !listen.is_empty() {
         cfg.listen = listen;
     }
-    let (handle, _task) = Network::spawn(key.clone(), store.clone(), cfg).await?;
-    Ok((handle, key))
+    cfg
 }
 
 /// The listen addresses, waiting up to 5 s for the first to appear.
@@ -144,7 +145,7 @@ pub async fn status(
         ids.push(id);
     }
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
-    let (net, _) = start_network(&store, listen, bootstrap).await?;
+    let (net, _) = start_network(&store, network_config(listen, bootstrap)).await?;
     for id in &ids {
         net.subscribe(keys::announce_topic(&id.0)).await?;
     }

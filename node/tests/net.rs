@@ -289,3 +289,74 @@ async fn oversized_and_malformed_blob_frames_are_refused_and_the_node_keeps_serv
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_relay_is_reached_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    write_synthetic(&SynthConfig { n_layer: 2, seed: 5, ..SynthConfig::default() }, &model).unwrap();
+    // R relays for others.
+    let r_store = Store::open(dir.path().join("r")).unwrap();
+    let r_key = identity::load_or_create(&dir.path().join("r")).unwrap();
+    let (r, _) = Network::spawn(r_key, r_store, NetworkConfig { relay_server: true, ..loopback() }).await.unwrap();
+    let r_addr = first_addr(&r).await;
+    // A listens through R (as a node behind a NAT does once AutoNAT says so). It has a
+    // loopback listener too, so that its dials leave from that port and the address R
+    // observes is one a hole punch can reach, as a NAT's mapping is.
+    let a_dir = dir.path().join("a");
+    let a_store = Store::open(&a_dir).unwrap();
+    let id = import_gguf(&a_store, &model, &mut |_| {}).unwrap().model_id;
+    let a_key = identity::load_or_create(&a_dir).unwrap();
+    let (a, _) = Network::spawn(a_key, a_store, loopback()).await.unwrap();
+    let circuit = r_addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+    a.listen_on(circuit.clone()).await.unwrap();
+    let a_via_r = circuit.with_p2p(a.peer_id()).unwrap();
+    // B knows A only by its relayed address.
+    let (b, _, _) = start(&dir.path().join("b"), vec![]).await;
+    eventually("a dial through the relay", async || b.dial(a_via_r.clone()).await.ok()).await;
+    let resp = b
+        .request(a.peer_id(), pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) })
+        .await
+        .unwrap();
+    let Some(pb::blob_response::Result::Manifest(bytes)) = resp.result else { panic!("no manifest: {resp:?}") };
+    assert_eq!(Manifest::from_canonical(&bytes).unwrap().model_id(), id);
+    // DCUtR then replaces the relayed connection with a direct one (B is directly dialable).
+    eventually("a hole punch", async || {
+        let punched = a.stats().await.unwrap().hole_punches + b.stats().await.unwrap().hole_punches;
+        (punched > 0).then_some(())
+    })
+    .await;
+    for n in [a, b, r] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_run_on_an_injected_in_memory_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    write_synthetic(&SynthConfig { n_layer: 2, seed: 6, ..SynthConfig::default() }, &model).unwrap();
+    let node = async |name: &str, listen: Vec<libp2p::Multiaddr>, bootstrap: Vec<libp2p::Multiaddr>| {
+        let store = Store::open(dir.path().join(name)).unwrap();
+        let key = identity::load_or_create(&dir.path().join(name)).unwrap();
+        let transport = nak_node::net::memory_transport(&identity::libp2p_keypair(&key)).unwrap();
+        let cfg = NetworkConfig { listen, bootstrap, ..NetworkConfig::default() };
+        let (h, _) = Network::spawn_with_transport(key, store.clone(), cfg, Some(transport)).await.unwrap();
+        (h, store)
+    };
+    let port = 1 + (std::process::id() as u64 % 1_000_000) * 8;
+    let (a, a_store) = node("a", vec![format!("/memory/{port}").parse().unwrap()], vec![]).await;
+    let id = import_gguf(&a_store, &model, &mut |_| {}).unwrap().model_id;
+    a.provide(keys::manifest_key(&id.0)).await.unwrap();
+    let a_addr = first_addr(&a).await;
+    assert!(a_addr.to_string().starts_with("/memory/"), "{a_addr}");
+    let (b, _) = node("b", vec![format!("/memory/{}", port + 1).parse().unwrap()], vec![a_addr]).await;
+    let found = eventually("the manifest's provider", async || {
+        let p = b.providers(keys::manifest_key(&id.0)).await.ok()?;
+        (!p.is_empty()).then_some(p)
+    })
+    .await;
+    assert_eq!(found, vec![a.peer_id()]);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -1,0 +1,125 @@
+//! The swarm's protocols and how the swarm is built.
+//!
+//! One [`Behaviour`] combines identify, ping, Kademlia, gossipsub, blob exchange, and
+//! the NAT-traversal trio: AutoNAT (are we reachable?), the circuit-relay client (be
+//! reachable through a relay when not) and DCUtR (upgrade a relayed connection to a
+//! direct one by hole punching); a public node may also relay for others.
+//!
+//! The transport is TCP and QUIC by default. A caller may inject its own
+//! ([`InjectedTransport`], e.g. [`memory_transport`]) to run many nodes in one process;
+//! the relay client's transport is layered on top of either.
+
+use std::time::Duration;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, MemoryTransport};
+use libp2p::core::upgrade::Version;
+use libp2p::gossipsub;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{autonat, dcutr, identify, noise, ping, relay, tcp, yamux, PeerId, Swarm, Transport};
+use nak_protocol::announce::MAX_ANNOUNCEMENT_BYTES;
+
+use super::{BlobCodec, NetworkConfig, NetworkError, BLOB_PROTOCOL, KAD_PROTOCOL};
+
+/// A transport handed to the node instead of TCP and QUIC: authenticated and multiplexed.
+pub type InjectedTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+/// Every protocol a node speaks.
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub blobs: request_response::Behaviour<BlobCodec>,
+    pub autonat: autonat::Behaviour,
+    pub relay_client: relay::client::Behaviour,
+    pub relay_server: Toggle<relay::Behaviour>,
+    pub dcutr: dcutr::Behaviour,
+}
+
+/// An in-memory transport (addresses `/memory/<n>`) with noise and yamux, for many nodes
+/// in one process.
+pub fn memory_transport(keypair: &Keypair) -> Result<InjectedTransport, NetworkError> {
+    let noise = noise::Config::new(keypair).map_err(|e| NetworkError::Setup(e.to_string()))?;
+    Ok(MemoryTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20))
+        .boxed())
+}
+
+fn behaviour(
+    key: &Keypair,
+    relay_client: relay::client::Behaviour,
+    cfg: &NetworkConfig,
+    codec: BlobCodec,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+    let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+    kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
+    kad_cfg.set_provider_publication_interval(Some(cfg.provider_republish));
+    kad_cfg.set_query_timeout(Duration::from_secs(30));
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_ANNOUNCEMENT_BYTES + 1024)
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()?;
+    Ok(Behaviour {
+        identify: identify::Behaviour::new(identify::Config::new("/nakshatra/id/1.0.0".into(), key.public())),
+        ping: ping::Behaviour::default(),
+        kad: kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg),
+        gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?,
+        blobs: request_response::Behaviour::with_codec(
+            codec,
+            [(BLOB_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        ),
+        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        relay_client,
+        relay_server: cfg.relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default())).into(),
+        dcutr: dcutr::Behaviour::new(peer_id),
+    })
+}
+
+/// Builds the swarm on TCP and QUIC, or on `transport` when one is injected.
+pub(super) fn build_swarm(
+    keypair: Keypair,
+    cfg: &NetworkConfig,
+    codec: BlobCodec,
+    transport: Option<InjectedTransport>,
+) -> Result<Swarm<Behaviour>, NetworkError> {
+    let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let mut swarm = match transport {
+        None => builder
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| setup(&e))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| setup(&e))?
+            .with_behaviour(|key, relay| behaviour(key, relay, cfg, codec))
+            .map_err(|e| setup(&e))?
+            .with_swarm_config(idle)
+            .build(),
+        Some(transport) => builder
+            .with_other_transport(|_| transport)
+            .map_err(|e| setup(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| setup(&e))?
+            .with_behaviour(|key, relay| behaviour(key, relay, cfg, codec))
+            .map_err(|e| setup(&e))?
+            .with_swarm_config(idle)
+            .build(),
+    };
+    // Every node answers DHT queries: the swarm is made of servers.
+    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    Ok(swarm)
+}

@@ -1,0 +1,408 @@
+//! The event loop that owns the swarm: commands in, swarm events handled, answers out.
+//!
+//! Besides routing query results back to callers, it keeps the node reachable: peers
+//! that offer relaying (seen in identify) are remembered, and when AutoNAT concludes we
+//! are behind a NAT the node listens through one of them (a relay reservation), so
+//! others can dial us via `<relay>/p2p-circuit/p2p/<us>`; DCUtR then tries to replace
+//! such relayed connections with direct ones.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{autonat, dcutr, identify, relay, Multiaddr, PeerId, Swarm};
+use nak_protocol::{announce, pb};
+use nak_shard_store::transfer::{BlobProvider, ChunkNum, ChunkRanges, ProviderError, StoreProvider};
+use nak_shard_store::Hash;
+use tokio::sync::{mpsc, oneshot};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats};
+
+type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
+
+pub(super) struct Task {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    served_tx: mpsc::Sender<(request_response::ResponseChannel<pb::BlobResponse>, pb::BlobResponse)>,
+    served_rx: mpsc::Receiver<(request_response::ResponseChannel<pb::BlobResponse>, pb::BlobResponse)>,
+    provider: StoreProvider,
+    codec: BlobCodec,
+    pending_providers: HashMap<kad::QueryId, (Vec<PeerId>, Reply<Vec<PeerId>>)>,
+    pending_provide: HashMap<kad::QueryId, Reply<()>>,
+    pending_requests: HashMap<OutboundRequestId, Reply<pb::BlobResponse>>,
+    pending_dials: HashMap<PeerId, Reply<()>>,
+    provided: Vec<RecordKey>,
+    announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
+    stats: NetworkStats,
+    max_age: Duration,
+    bootstrapped: bool,
+    /// Peers that offer relaying, with an address of each.
+    relays: HashMap<PeerId, Multiaddr>,
+    /// Relays we hold a reservation with (or asked for one).
+    reserved: HashSet<PeerId>,
+    /// Whether we relay for others.
+    relay_server: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Task {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        provider: StoreProvider,
+        codec: BlobCodec,
+        cfg: &NetworkConfig,
+    ) -> Self {
+        let (served_tx, served_rx) = mpsc::channel(cfg.command_queue);
+        Task {
+            swarm,
+            commands,
+            served_tx,
+            served_rx,
+            provider,
+            codec,
+            pending_providers: HashMap::new(),
+            pending_provide: HashMap::new(),
+            pending_requests: HashMap::new(),
+            pending_dials: HashMap::new(),
+            provided: Vec::new(),
+            announcements: HashMap::new(),
+            stats: NetworkStats::default(),
+            max_age: cfg.max_announcement_age,
+            bootstrapped: false,
+            relays: HashMap::new(),
+            reserved: HashSet::new(),
+            relay_server: cfg.relay_server,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                Some((channel, response)) = self.served_rx.recv() => {
+                    if self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err() {
+                        tracing::debug!("a blob requester went away before its answer");
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        for key in std::mem::take(&mut self.provided) {
+                            self.swarm.behaviour_mut().kad.stop_providing(&key);
+                        }
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::ListenOn(addr, reply) => {
+                let r = self.swarm.listen_on(addr).map(|_| ());
+                let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
+            }
+            Command::Dial(addr, reply) => {
+                let peer = match addr.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(peer)) => peer,
+                    _ => {
+                        let _ = reply.send(Err(NetworkError::Failed(format!("{addr} has no /p2p/ peer id"))));
+                        return;
+                    }
+                };
+                behaviour.kad.add_address(&peer, addr.clone());
+                match self.swarm.dial(addr) {
+                    Ok(()) => {
+                        self.pending_dials.insert(peer, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetworkError::Failed(e.to_string())));
+                    }
+                }
+            }
+            Command::Provide(key, reply) => {
+                let key = RecordKey::new(&key);
+                match behaviour.kad.start_providing(key.clone()) {
+                    Ok(id) => {
+                        self.provided.push(key);
+                        self.pending_provide.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetworkError::Failed(e.to_string())));
+                    }
+                }
+            }
+            Command::StopProviding(key) => {
+                let key = RecordKey::new(&key);
+                behaviour.kad.stop_providing(&key);
+                self.provided.retain(|k| *k != key);
+            }
+            Command::Providers(key, reply) => {
+                let id = behaviour.kad.get_providers(RecordKey::new(&key));
+                self.pending_providers.insert(id, (Vec::new(), reply));
+            }
+            Command::Request(peer, req, reply) => {
+                let id = behaviour.blobs.send_request(&peer, req);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Subscribe(topic, reply) => {
+                let r = behaviour.gossipsub.subscribe(&IdentTopic::new(topic)).map(|_| ());
+                let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
+            }
+            Command::Publish(topic, data, reply) => {
+                let r = behaviour.gossipsub.publish(IdentTopic::new(topic), data).map(|_| ());
+                let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
+            }
+            Command::Announcements(reply) => {
+                let (now, default) = (now_ms(), self.max_age.as_millis() as u64);
+                self.announcements.retain(|_, a| {
+                    let valid = if a.valid_for_ms > 0 { a.valid_for_ms.min(default) } else { default };
+                    now.saturating_sub(a.timestamp_ms) <= valid
+                });
+                let _ = reply.send(self.announcements.values().cloned().collect());
+            }
+            Command::PeerTopics(reply) => {
+                let mut topics: Vec<String> =
+                    behaviour.gossipsub.all_peers().flat_map(|(_, t)| t.into_iter().map(|t| t.to_string())).collect();
+                topics.sort();
+                topics.dedup();
+                let _ = reply.send(topics);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(NetworkStats { refused_blob_frames: self.codec.refused(), ..self.stats });
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                // A relay server is public by its operator's word: its listen addresses are
+                // what it hands to the peers that reserve a slot with it.
+                if self.relay_server && !is_circuit(&address) {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                if let Some(reply) = self.pending_dials.remove(&peer_id) {
+                    let _ = reply.send(Ok(()));
+                }
+                // The first peer we meet: walk the DHT towards ourselves to fill the routing table.
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
+            // A server that went away no longer serves, whatever its last announcement said.
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
+                if self.announcements.remove(&peer_id.to_bytes()).is_some() =>
+            {
+                tracing::info!(peer = %peer_id, "dropped the announcement of a disconnected server");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                if let Some(reply) = self.pending_dials.remove(&peer) {
+                    let _ = reply.send(Err(NetworkError::Failed(error.to_string())));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    if let Some(addr) = info.listen_addrs.iter().find(|a| !is_circuit(a)) {
+                        self.relays.insert(peer_id, addr.clone());
+                    }
+                }
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new })) => {
+                tracing::info!(?old, ?new, "reachability changed");
+                if new == autonat::NatStatus::Private {
+                    self.reserve_relay();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                tracing::info!(?event, "relay client");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
+                Ok(_) => {
+                    self.stats.hole_punches += 1;
+                    tracing::info!(peer = %remote_peer_id, "hole punched: direct connection");
+                }
+                Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => self.on_query(id, result, step.last),
+            SwarmEvent::Behaviour(BehaviourEvent::Blobs(event)) => self.on_blobs(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let verdict = match announce::verify(&message.data, now_ms(), self.max_age.as_millis() as u64) {
+                    Ok(ann) => {
+                        let newer = self.announcements.get(&ann.peer_id).is_none_or(|old| old.sequence < ann.sequence);
+                        if newer {
+                            self.announcements.insert(ann.peer_id.clone(), ann);
+                        }
+                        self.stats.accepted_announcements += 1;
+                        MessageAcceptance::Accept
+                    }
+                    Err(e) => {
+                        tracing::warn!(from = %propagation_source, error = %e, "rejected an announcement");
+                        self.stats.rejected_announcements += 1;
+                        MessageAcceptance::Reject
+                    }
+                };
+                let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    verdict,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Listens through a relay we know and have no reservation with yet.
+    fn reserve_relay(&mut self) {
+        let Some((peer, addr)) = self.relays.iter().find(|(p, _)| !self.reserved.contains(p)) else {
+            tracing::warn!("behind a NAT and no relay known: peers cannot dial us");
+            return;
+        };
+        let circuit = addr.clone().with(Protocol::P2p(*peer)).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(_) => {
+                tracing::info!(%circuit, "listening through a relay");
+                self.reserved.insert(*peer);
+            }
+            Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through a relay"),
+        }
+    }
+
+    fn on_query(&mut self, id: kad::QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::GetProviders(r) => {
+                let Some((found, _)) = self.pending_providers.get_mut(&id) else { return };
+                let mut done = last;
+                match r {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        found.extend(providers);
+                        // Enough to start fetching; a caller wanting more asks again.
+                        done = true;
+                    }
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
+                    Err(e) => tracing::debug!(error = %e, "provider query ended"),
+                }
+                if done {
+                    if let Some((mut found, reply)) = self.pending_providers.remove(&id) {
+                        found.sort();
+                        found.dedup();
+                        let _ = reply.send(Ok(found));
+                    }
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
+                    }
+                }
+            }
+            QueryResult::StartProviding(r) => {
+                if let Some(reply) = self.pending_provide.remove(&id) {
+                    // With no other peer yet the record is still stored locally: not an error.
+                    if let Err(e) = &r {
+                        tracing::debug!(error = %e, "provider record published to fewer peers than wanted");
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_blobs(&mut self, event: request_response::Event<pb::BlobRequest, pb::BlobResponse>) {
+        match event {
+            request_response::Event::Message { message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let provider = self.provider.clone();
+                    let tx = self.served_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let response = serve(&provider, request);
+                        let _ = tx.blocking_send((channel, response));
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Failed(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "a blob request could not be read or answered");
+                self.stats.failed_blob_requests += 1;
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// Answers one blob request from the local store.
+fn serve(provider: &StoreProvider, request: pb::BlobRequest) -> pb::BlobResponse {
+    use pb::blob_request::Kind;
+    use pb::blob_response::Result as R;
+    let result = match request.kind {
+        Some(Kind::Range(r)) => match <[u8; 32]>::try_from(r.hash.as_slice()) {
+            Ok(hash) => {
+                let mut ranges = ChunkRanges::empty();
+                for range in r.ranges.iter().take(1024) {
+                    if range.start < range.end {
+                        ranges |= ChunkRanges::from(ChunkNum(range.start)..ChunkNum(range.end));
+                    }
+                }
+                match provider.fetch(&Hash(hash), r.size, &ranges) {
+                    Ok(encoded) => R::Encoded(encoded),
+                    Err(ProviderError::NotFound) => R::NotFound(pb::NotFound {}),
+                    Err(ProviderError::Unavailable(e)) => R::Error(e),
+                }
+            }
+            Err(_) => R::Error("blob hash must be 32 bytes".into()),
+        },
+        Some(Kind::Manifest(id)) => match <[u8; 32]>::try_from(id.as_slice()) {
+            Ok(id) => match provider.store().manifest(&Hash(id)) {
+                Ok(m) => R::Manifest(m.canonical_bytes()),
+                Err(_) => R::NotFound(pb::NotFound {}),
+            },
+            Err(_) => R::Error("model id must be 32 bytes".into()),
+        },
+        None => R::Error("empty request".into()),
+    };
+    pb::BlobResponse { result: Some(result) }
+}
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
