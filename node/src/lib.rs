@@ -12,3 +12,4 @@ pub mod engine;
 pub mod net;
 pub mod placement;
 pub mod reference;
+pub mod server;

@@ -337,18 +337,21 @@ fn main() -> Result<()> {
             let store = open_store(cli.data_dir)?;
             let opts = serve_command::RunOptions {
                 model,
-                serve_layers,
+                serve_layers: serve_layers.parse().map_err(|e| anyhow::anyhow!("--serve-layers {e}"))?,
                 listen,
                 bootstrap,
-                max_memory,
-                threads,
-                announce_every: std::time::Duration::from_secs(announce_interval.max(1)),
-                rebalance_every: std::time::Duration::from_secs(rebalance_interval.max(1)),
                 relay_server,
-                min_gain: if min_gain.is_finite() && min_gain >= 1.0 {
-                    min_gain
-                } else {
-                    bail!("--min-gain must be at least 1")
+                server: nak_node::server::ServerConfig {
+                    max_memory,
+                    engine: serve_command::engine_config(threads),
+                    announce_every: std::time::Duration::from_secs(announce_interval.max(1)),
+                    rebalance_every: std::time::Duration::from_secs(rebalance_interval.max(1)),
+                    min_gain: if min_gain.is_finite() && min_gain >= 1.0 {
+                        min_gain
+                    } else {
+                        bail!("--min-gain must be at least 1")
+                    },
+                    ..Default::default()
                 },
             };
             tokio::runtime::Runtime::new()?.block_on(serve_command::run(store, opts))

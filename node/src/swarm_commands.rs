@@ -1,21 +1,15 @@
-//! What `run` and `status` share (starting the network, fetching a model's manifest and
-//! a span's blobs from DHT providers), and `nak-node status`, the swarm as a user sees it.
+//! Starting the network for the swarm commands, and `nak-node status`: the swarm as a
+//! user sees it.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use libp2p::identity::ed25519;
 use libp2p::{Multiaddr, PeerId};
-use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle, RemoteProvider};
+use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle};
+use nak_node::server::fetch_manifest;
 use nak_protocol::{keys, pb};
-use nak_shard_store::import::span_blobs;
-use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig};
-use nak_shard_store::{BlobRole, Hash, Manifest, ModelId, Store};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use nak_shard_store::{Hash, ModelId, Store};
 
 /// Starts the network on the store's identity; returns its handle and that identity.
 pub async fn start_network(store: &Store, cfg: NetworkConfig) -> Result<(NetworkHandle, ed25519::Keypair)> {
@@ -43,82 +37,6 @@ pub async fn listen_addrs(net: &NetworkHandle) -> Result<Vec<Multiaddr>> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Retries `f` until it gives something or `limit` passes.
-pub async fn retry<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The manifest of `id`: from the local store, else from a DHT provider (checked against the id).
-pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> Result<Manifest> {
-    if let Ok(m) = store.manifest(&id) {
-        return Ok(m);
-    }
-    let providers = retry(Duration::from_secs(30), async || {
-        let p = net.providers(keys::manifest_key(&id.0)).await.ok()?;
-        (!p.is_empty()).then_some(p)
-    })
-    .await
-    .with_context(|| format!("no provider of the manifest of {id}"))?;
-    for peer in providers {
-        let req = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) };
-        if let Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::Manifest(bytes)) }) =
-            net.request(peer, req).await
-        {
-            match Manifest::from_canonical(&bytes) {
-                Ok(m) if m.model_id() == id => {
-                    store.put_manifest(&m)?;
-                    return Ok(m);
-                }
-                _ => tracing::warn!(%peer, "sent a manifest that does not match the model id"),
-            }
-        }
-    }
-    bail!("no provider sent a valid manifest of {id}")
-}
-
-/// Fetches every blob of `range` that the store lacks, from the blob's DHT providers.
-pub async fn fetch_span_blobs(
-    store: &Store,
-    net: &NetworkHandle,
-    m: &Manifest,
-    range: std::ops::Range<u32>,
-) -> Result<()> {
-    let mut needed = span_blobs(m, &range);
-    needed.extend(m.blob(BlobRole::Meta, None).cloned());
-    for blob in needed {
-        if store.has(&blob.hash) {
-            continue;
-        }
-        let peers: Vec<PeerId> = retry(Duration::from_secs(30), async || {
-            let p = net.providers(keys::blob_key(&blob.hash.0)).await.ok()?;
-            let p: Vec<PeerId> = p.into_iter().filter(|p| *p != net.peer_id()).collect();
-            (!p.is_empty()).then_some(p)
-        })
-        .await
-        .with_context(|| format!("no provider of blob {}", blob.hash))?;
-        let providers: Vec<Arc<dyn BlobProvider>> =
-            peers.into_iter().map(|p| Arc::new(RemoteProvider::new(net.clone(), p)) as Arc<dyn BlobProvider>).collect();
-        let (store, hash, size) = (store.clone(), blob.hash, blob.size);
-        let report =
-            tokio::task::spawn_blocking(move || fetch_blob(&store, &hash, size, &providers, &FetchConfig::default()))
-                .await??;
-        for (peer, reason) in &report.dropped {
-            tracing::warn!(%peer, %reason, "dropped a blob provider");
-        }
-        eprintln!("fetched blob {} ({size} bytes) from {} provider(s)", &hash.to_hex()[..12], report.delivered.len());
-    }
-    Ok(())
 }
 
 /// `nak-node status`: listen to announcements for `wait`, then show each model's block

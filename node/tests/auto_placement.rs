@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ fn coverage(bootstrap: &str, model: &str) -> Vec<Vec<String>> {
 }
 
 /// Polls `status` until every block has at least `want` servers; returns that coverage.
-fn wait_for_coverage(bootstrap: &str, model: &str, want: usize, limit: Duration) -> Vec<Vec<String>> {
+fn wait_for_coverage(bootstrap: &str, model: &str, want: usize, limit: Duration, logs: &Path) -> Vec<Vec<String>> {
     let t0 = Instant::now();
     loop {
         let cov = coverage(bootstrap, model);
@@ -43,7 +44,7 @@ fn wait_for_coverage(bootstrap: &str, model: &str, want: usize, limit: Duration)
             return cov;
         }
         let counts: Vec<usize> = cov.iter().map(Vec::len).collect();
-        assert!(t0.elapsed() < limit, "coverage still {counts:?} after {limit:?}");
+        assert!(t0.elapsed() < limit, "coverage still {counts:?} after {limit:?}\n{}", common::log_tails(logs, 20));
     }
 }
 
@@ -82,7 +83,7 @@ fn scenario(budget_share: f64, want: usize) {
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap", b]);
         }
-        Node::start(&args)
+        Node::start_logged(&args, Some(&dir.path().join(format!("n{i}.log"))))
     };
     let first = node(0, model.to_str().unwrap(), None);
     let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
@@ -97,7 +98,7 @@ fn scenario(budget_share: f64, want: usize) {
     for n in nodes.values() {
         n.line("serving ", Duration::from_secs(90));
     }
-    let cov = wait_for_coverage(&addr, &id, want, Duration::from_secs(90));
+    let cov = wait_for_coverage(&addr, &id, want, Duration::from_secs(90), dir.path());
     let counts: Vec<usize> = cov.iter().map(Vec::len).collect();
     eprintln!("budget {budget_share}: coverage {counts:?}");
 
@@ -121,10 +122,14 @@ fn scenario(budget_share: f64, want: usize) {
         if let Some((peer, _)) = nodes.iter().find_map(|(p, n)| n.printed("serving ").map(|l| (p.clone(), l))) {
             break (peer, killed.elapsed());
         }
-        assert!(killed.elapsed() < Duration::from_secs(90), "nobody moved to close the gap");
+        assert!(
+            killed.elapsed() < Duration::from_secs(90),
+            "nobody moved to close the gap\n{}",
+            common::log_tails(dir.path(), 20)
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let cov = wait_for_coverage(&addr, &id, want, Duration::from_secs(90));
+    let cov = wait_for_coverage(&addr, &id, want, Duration::from_secs(90), dir.path());
     let confirmed = killed.elapsed();
     assert!(cov.iter().all(|servers| !servers.contains(&victim)), "a dead server is still listed");
     assert!(cov.iter().any(|servers| servers.contains(&mover)));

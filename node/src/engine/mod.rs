@@ -12,6 +12,7 @@
 //! session, wrong input kind or width, NaN, past its context) gets its own error and
 //! the others still run.
 
+mod compute;
 mod ffi;
 mod sampling;
 
@@ -21,6 +22,7 @@ use std::path::Path;
 
 use nak_protocol::{Activation, ActivationDtype, ActivationError};
 
+pub use compute::{Compute, ComputeLoader, LlamaLoader};
 pub use ffi::{init_backend, LoadedSpan, Model};
 use ffi::{Batch, Context, ContextParams};
 pub use sampling::{Sampler, SamplingParams};

@@ -76,11 +76,21 @@ impl Drop for Node {
 
 impl Node {
     pub fn start(args: &[&str]) -> Node {
+        Self::start_logged(args, None)
+    }
+
+    /// The same, writing the process's log (stderr) to `log`.
+    pub fn start_logged(args: &[&str], log: Option<&Path>) -> Node {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_nak-node"))
             .args(args)
             .env("NAK_LOG", "warn")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("nak-node starts");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -112,4 +122,18 @@ impl Node {
     pub fn printed(&self, prefix: &str) -> Option<String> {
         self.lines.try_iter().find(|line| line.starts_with(prefix))
     }
+}
+
+/// The last `lines` lines of every `*.log` file in `dir`, for failure messages.
+pub fn log_tails(dir: &Path, lines: usize) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out += &format!("--- {}\n{}\n", path.display(), all[all.len().saturating_sub(lines)..].join("\n"));
+        }
+    }
+    out
 }

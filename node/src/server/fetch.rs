@@ -1,0 +1,117 @@
+//! Getting a model from the swarm: its manifest and a span's blobs, from DHT providers.
+//!
+//! The manifest comes from any provider of `nakshatra/manifest/<id>` and is checked
+//! against the id (its blake3). Each blob a span needs comes from the providers of
+//! `nakshatra/blob/<hash>` with verified streaming, several providers at once; the
+//! fetch itself runs on a blocking thread.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use nak_protocol::{keys, pb};
+use nak_shard_store::import::span_blobs;
+use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig, FetchReport};
+use nak_shard_store::{BlobRole, Hash, Manifest, ModelId, Store};
+
+use super::ServeError;
+use crate::net::{NetworkHandle, RemoteProvider};
+
+/// How long to keep asking the DHT for providers before giving up.
+const PROVIDER_WAIT: Duration = Duration::from_secs(30);
+
+/// Retries `f` until it gives something or `limit` passes.
+pub async fn retry<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The manifest of `id`: from the local store, else from a DHT provider (checked against the id).
+pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> Result<Manifest, ServeError> {
+    if let Ok(m) = store.manifest(&id) {
+        return Ok(m);
+    }
+    let providers = retry(PROVIDER_WAIT, async || {
+        let p = net.providers(keys::manifest_key(&id.0)).await.ok()?;
+        (!p.is_empty()).then_some(p)
+    })
+    .await
+    .ok_or_else(|| ServeError::NoProvider(format!("the manifest of {id}")))?;
+    for peer in providers {
+        let req = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) };
+        if let Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::Manifest(bytes)) }) =
+            net.request(peer, req).await
+        {
+            match Manifest::from_canonical(&bytes) {
+                Ok(m) if m.model_id() == id => {
+                    store.put_manifest(&m)?;
+                    return Ok(m);
+                }
+                _ => tracing::warn!(%peer, "sent a manifest that does not match the model id"),
+            }
+        }
+    }
+    Err(ServeError::NoProvider(format!("a valid manifest of {id}")))
+}
+
+/// Fetches every blob of `layers` (and the metadata) that the store lacks, from the
+/// blob's DHT providers.
+pub async fn fetch_span_blobs(
+    store: &Store,
+    net: &NetworkHandle,
+    m: &Manifest,
+    layers: Range<u32>,
+) -> Result<(), ServeError> {
+    let mut needed = span_blobs(m, &layers);
+    needed.extend(m.blob(BlobRole::Meta, None).cloned());
+    for blob in needed {
+        if store.has(&blob.hash) {
+            continue;
+        }
+        let report = fetch_one(store, net, blob.hash, blob.size).await?;
+        for (peer, reason) in &report.dropped {
+            tracing::warn!(%peer, %reason, "dropped a blob provider");
+        }
+        tracing::info!(blob = %blob.hash, size = blob.size, providers = report.delivered.len(), "fetched a blob");
+    }
+    Ok(())
+}
+
+/// Fetches one blob from its DHT providers. Provider records outlive the peers that
+/// made them, so when every listed provider fails the DHT is asked again, a few times.
+async fn fetch_one(store: &Store, net: &NetworkHandle, hash: Hash, size: u64) -> Result<FetchReport, ServeError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let peers: Vec<PeerId> = retry(PROVIDER_WAIT, async || {
+            let p = net.providers(keys::blob_key(&hash.0)).await.ok()?;
+            let p: Vec<PeerId> = p.into_iter().filter(|p| *p != net.peer_id()).collect();
+            (!p.is_empty()).then_some(p)
+        })
+        .await
+        .ok_or_else(|| ServeError::NoProvider(format!("blob {hash}")))?;
+        let providers: Vec<Arc<dyn BlobProvider>> =
+            peers.into_iter().map(|p| Arc::new(RemoteProvider::new(net.clone(), p)) as Arc<dyn BlobProvider>).collect();
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || fetch_blob(&s, &hash, size, &providers, &FetchConfig::default()))
+            .await?
+        {
+            Ok(report) => return Ok(report),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(blob = %hash, error = %e, "fetch failed; asking the DHT for providers again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

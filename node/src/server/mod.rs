@@ -1,0 +1,424 @@
+//! A swarm server: serves a span of a model and keeps the swarm told about it.
+//!
+//! [`Server::start`] gets the model (imports a file, or fetches the manifest by id
+//! from its DHT providers) and provides what the store holds of it; picks the span
+//! (`all`, `A:B`, or `auto`); fetches the blobs it needs from their providers
+//! (verified), assembles it, loads it with the injected [`ComputeLoader`], measures
+//! it, and provides its blocks. [`Server::run`] then announces it on the model's topic
+//! every interval until `shutdown` resolves, when it stops providing and leaves.
+//!
+//! With `auto` the server first measures its speed on one block, listens to the
+//! swarm's announcements, and takes the span that most raises the weakest blocks
+//! within its memory budget ([`crate::placement`]), announcing it as *joining* while it
+//! loads. Every re-check interval (jittered, so servers do not move in lockstep) it
+//! asks the same question again and moves when that clearly helps and strands no
+//! block. A move loads the new span while the old one keeps being announced.
+//!
+//! The network ([`crate::net`], possibly on an injected transport) and the compute
+//! (a [`ComputeLoader`]) both come from the caller, so many servers can run in one
+//! process.
+
+mod auto;
+mod fetch;
+
+use std::future::Future;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::identity::ed25519;
+use nak_protocol::{announce, keys, pb};
+use nak_shard_store::import::ImportError;
+use nak_shard_store::transfer::TransferError;
+use nak_shard_store::{cached_span, import_gguf, Manifest, ModelId, Store, StoreError};
+use prost::Message;
+
+pub use auto::span_bytes;
+use auto::{jitter, others, AutoPlacer};
+pub use fetch::{fetch_manifest, fetch_span_blobs, retry};
+
+use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, SessionConfig, StepInput};
+use crate::net::{NetworkError, NetworkHandle};
+
+/// Errors of a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The network failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Importing or assembling failed.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// A verified fetch failed.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// Loading or measuring the span failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A blocking task died.
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Nobody in the swarm has what we need.
+    #[error("no provider of {0}")]
+    NoProvider(String),
+    /// The settings cannot work for this model.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Which layers to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeLayers {
+    /// Where the swarm needs them most, within the memory budget.
+    Auto,
+    /// The whole model.
+    All,
+    /// These layers, end exclusive.
+    Range(Range<u32>),
+}
+
+impl std::str::FromStr for ServeLayers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "all" => Ok(Self::All),
+            other => nak_shard_store::span::parse_layer_range(other)
+                .map(Self::Range)
+                .ok_or_else(|| format!("{other}: expected auto, all or A:B")),
+        }
+    }
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A whole-model GGUF, imported into the store.
+    File(PathBuf),
+    /// A model id: the manifest comes from the store or from the swarm.
+    Id(ModelId),
+}
+
+/// Settings of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Layers to serve. Default all.
+    pub serve_layers: ServeLayers,
+    /// Most bytes of weights to hold. Default none (with `auto`: half the available memory).
+    pub max_memory: Option<u64>,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// Time between announcements. Default 10 s.
+    pub announce_every: Duration,
+    /// Mean time between placement re-checks (`auto`). Default 120 s.
+    pub rebalance_every: Duration,
+    /// How much a move must lift the weakest blocks (`auto`). Default 1.25.
+    pub min_gain: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            serve_layers: ServeLayers::All,
+            max_memory: None,
+            engine: EngineConfig::default(),
+            announce_every: Duration::from_secs(10),
+            rebalance_every: Duration::from_secs(120),
+            min_gain: 1.25,
+        }
+    }
+}
+
+/// What a server reports as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// `auto` chose a span, after measuring this many block-tokens/s on one block.
+    Chose { layers: Range<u32>, probe_throughput: f64 },
+    /// A span is loaded and announced.
+    Serving { model: ModelId, layers: Range<u32>, throughput: f64 },
+    /// `auto` is moving to another span.
+    Moving { from: Range<u32>, to: Range<u32> },
+}
+
+/// A loaded span and its measured speed.
+struct Serving {
+    layers: Range<u32>,
+    compute: Box<dyn Compute>,
+    /// Tokens per second through one block.
+    throughput: f64,
+}
+
+/// A running server.
+pub struct Server {
+    store: Store,
+    net: NetworkHandle,
+    manifest: Manifest,
+    cfg: ServerConfig,
+    loader: Arc<dyn ComputeLoader>,
+    auto: Option<AutoPlacer>,
+    signer: ed25519_dalek::SigningKey,
+    sequence: u64,
+    serving: Serving,
+    events: Box<dyn FnMut(ServerEvent) + Send>,
+}
+
+/// Tokens per second through one block of a loaded span: a short decode, timed.
+fn measure_block_throughput(compute: &mut dyn Compute) -> f64 {
+    let Ok(session) = compute.open_session(SessionConfig::default()) else { return 0.0 };
+    let width = compute.n_embd();
+    let takes_tokens = compute.span().has_embedding;
+    let input = |i: usize| {
+        if takes_tokens {
+            StepInput::Tokens(vec![1 + (i as i32 % 50)])
+        } else {
+            let row: Vec<f32> = (0..width).map(|j| ((i + j as usize) % 7) as f32 * 0.01).collect();
+            match nak_protocol::Activation::encode(&row, width, Default::default()) {
+                Ok(a) => StepInput::Hidden(a),
+                Err(_) => StepInput::Tokens(vec![]),
+            }
+        }
+    };
+    let _ = compute.step(session, input(0));
+    let t0 = Instant::now();
+    let steps = 16;
+    for i in 1..=steps {
+        if compute.step(session, input(i)).is_err() {
+            break;
+        }
+    }
+    let per_step = t0.elapsed().as_secs_f64() / steps as f64;
+    let _ = compute.close_session(session);
+    compute.span().n_layer as f64 / per_step.max(1e-9)
+}
+
+/// Fetches, assembles, loads and measures `layers`.
+async fn load_span(
+    store: Store,
+    net: NetworkHandle,
+    manifest: Manifest,
+    layers: Range<u32>,
+    loader: Arc<dyn ComputeLoader>,
+    cfg: EngineConfig,
+) -> Result<Serving, ServeError> {
+    fetch_span_blobs(&store, &net, &manifest, layers.clone()).await?;
+    let (id, r) = (manifest.model_id(), layers.clone());
+    let path = tokio::task::spawn_blocking(move || cached_span(&store, &id, r)).await??;
+    tokio::task::spawn_blocking(move || -> Result<Serving, ServeError> {
+        let mut compute = loader.load(&path, &cfg)?;
+        let throughput = measure_block_throughput(compute.as_mut());
+        Ok(Serving { layers, compute, throughput })
+    })
+    .await?
+}
+
+/// Provides every blob of the model the store holds.
+async fn provide_blobs(store: &Store, net: &NetworkHandle, manifest: &Manifest) -> Result<(), ServeError> {
+    for blob in &manifest.blobs {
+        if store.has(&blob.hash) {
+            net.provide(keys::blob_key(&blob.hash.0)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Provides the blocks in `new` but not `old`, and withdraws the rest of `old`.
+async fn provide_blocks(
+    net: &NetworkHandle,
+    model: &ModelId,
+    old: &Range<u32>,
+    new: &Range<u32>,
+) -> Result<(), ServeError> {
+    for layer in new.clone().filter(|l| !old.contains(l)) {
+        net.provide(keys::block_key(&model.0, layer)).await?;
+    }
+    for layer in old.clone().filter(|l| !new.contains(l)) {
+        net.stop_providing(keys::block_key(&model.0, layer)).await?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Signs and publishes one announcement.
+#[allow(clippy::too_many_arguments)]
+async fn publish_announcement(
+    net: &NetworkHandle,
+    signer: &ed25519_dalek::SigningKey,
+    model: &ModelId,
+    layers: &Range<u32>,
+    throughput: f64,
+    free_sessions: u32,
+    sequence: u64,
+    valid_for: Duration,
+    state: pb::ServerState,
+) {
+    let addrs = net.listen_addrs().await.unwrap_or_default();
+    let mut ann = pb::ServerAnnouncement {
+        peer_id: net.peer_id().to_bytes(),
+        model_id: model.0.to_vec(),
+        first_layer: layers.start,
+        end_layer: layers.end,
+        block_throughput: throughput,
+        free_sessions,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        addrs: addrs.iter().map(|a| a.to_vec()).collect(),
+        timestamp_ms: now_ms(),
+        sequence,
+        valid_for_ms: valid_for.as_millis() as u64,
+        ..Default::default()
+    };
+    ann.set_state(state);
+    let signed = announce::sign(signer, &ann).encode_to_vec();
+    if let Err(e) = net.publish(keys::announce_topic(&model.0), signed).await {
+        tracing::debug!(error = %e, "announcement not published (no peers yet?)");
+    }
+}
+
+impl Server {
+    /// Gets the model, chooses, fetches, loads and provides the span. `key` is the
+    /// node's identity (the one `net` runs on), which signs the announcements.
+    pub async fn start(
+        store: Store,
+        net: NetworkHandle,
+        key: &ed25519::Keypair,
+        model: ModelSource,
+        cfg: ServerConfig,
+        loader: Arc<dyn ComputeLoader>,
+        mut events: Box<dyn FnMut(ServerEvent) + Send>,
+    ) -> Result<Server, ServeError> {
+        let id = match model {
+            ModelSource::File(path) => {
+                let s = store.clone();
+                tokio::task::spawn_blocking(move || import_gguf(&s, &path, &mut |_| {})).await??.model_id
+            }
+            ModelSource::Id(id) => id,
+        };
+        let manifest = fetch_manifest(&store, &net, id).await?;
+        net.provide(keys::manifest_key(&id.0)).await?;
+        provide_blobs(&store, &net, &manifest).await?;
+        net.subscribe(keys::announce_topic(&id.0)).await?;
+        let secret: [u8; 32] =
+            key.secret().as_ref().try_into().map_err(|_| ServeError::Config("bad identity key".into()))?;
+        let signer = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let n = manifest.n_layer;
+        let mut sequence = 0;
+
+        let auto = match cfg.serve_layers {
+            ServeLayers::Auto => {
+                let budget = cfg.max_memory.or_else(auto::default_budget).unwrap_or(u64::MAX);
+                Some(AutoPlacer::new(&manifest, budget, net.peer_id().to_bytes(), cfg.min_gain)?)
+            }
+            _ => None,
+        };
+        let layers = match (&auto, &cfg.serve_layers) {
+            (Some(placer), _) => {
+                // Our speed, on one block, while the swarm's announcements come in.
+                let probe_layer = placer.best(&others(&net, &id).await, 1.0).start;
+                let probe = probe_layer..probe_layer + 1;
+                let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
+                let probe = load_span(s, nt, m, probe, l, cfg.engine.clone()).await?;
+                let probe_throughput = probe.throughput;
+                drop(probe);
+                tokio::time::sleep(jitter(cfg.announce_every * 2)).await;
+                let layers = placer.best(&others(&net, &id).await, probe_throughput);
+                events(ServerEvent::Chose { layers: layers.clone(), probe_throughput });
+                sequence += 1;
+                let joining = pb::ServerState::Joining;
+                let valid = cfg.announce_every * 3;
+                publish_announcement(&net, &signer, &id, &layers, probe_throughput, 0, sequence, valid, joining).await;
+                layers
+            }
+            (None, ServeLayers::Range(r)) if r.end <= n && r.start < r.end => r.clone(),
+            (None, ServeLayers::Range(r)) => {
+                return Err(ServeError::Config(format!("layers {}:{} are not within 0:{n}", r.start, r.end)));
+            }
+            (None, _) => 0..n,
+        };
+        if let Some(budget) = cfg.max_memory {
+            let need = span_bytes(&manifest, &layers);
+            if need > budget {
+                return Err(ServeError::Config(format!(
+                    "layers {}:{} need {need} bytes of weights, over the memory budget of {budget}",
+                    layers.start, layers.end
+                )));
+            }
+        }
+        let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
+        let serving = load_span(s, nt, m, layers, l, cfg.engine.clone()).await?;
+        provide_blobs(&store, &net, &manifest).await?;
+        provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
+        events(ServerEvent::Serving { model: id, layers: serving.layers.clone(), throughput: serving.throughput });
+        Ok(Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, events })
+    }
+
+    /// The model served.
+    pub fn model_id(&self) -> ModelId {
+        self.manifest.model_id()
+    }
+
+    /// The layers served now.
+    pub fn layers(&self) -> Range<u32> {
+        self.serving.layers.clone()
+    }
+
+    async fn announce(&mut self) {
+        self.sequence += 1;
+        let s = &self.serving;
+        let free = s.compute.max_sessions().saturating_sub(s.compute.n_sessions() as u32);
+        let valid = self.cfg.announce_every * 3;
+        let (net, signer, id) = (&self.net, &self.signer, self.manifest.model_id());
+        let online = pb::ServerState::Online;
+        publish_announcement(net, signer, &id, &s.layers, s.throughput, free, self.sequence, valid, online).await;
+    }
+
+    /// Announces, re-checks placement (`auto`) and moves, until `shutdown` resolves; then
+    /// stops providing and shuts the network down.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let id = self.manifest.model_id();
+        let mut announce_tick = tokio::time::interval(self.cfg.announce_every);
+        let mut next_check = Instant::now() + jitter(self.cfg.rebalance_every);
+        // Polled here rather than spawned: the load is mostly blocking work on its own threads.
+        let mut moving: Option<futures::future::LocalBoxFuture<'static, Result<Serving, ServeError>>> = None;
+        tokio::pin!(shutdown);
+        loop {
+            let check_in = next_check.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = announce_tick.tick() => self.announce().await,
+                _ = tokio::time::sleep(check_in), if self.auto.is_some() && moving.is_none() => {
+                    next_check = Instant::now() + jitter(self.cfg.rebalance_every);
+                    let Some(placer) = &self.auto else { continue };
+                    let others = others(&self.net, &id).await;
+                    if let Some(to) = placer.recheck(&others, &self.serving.layers, self.serving.throughput) {
+                        (self.events)(ServerEvent::Moving { from: self.serving.layers.clone(), to: to.clone() });
+                        let (s, nt, m, l) = (self.store.clone(), self.net.clone(), self.manifest.clone(), self.loader.clone());
+                        moving = Some(Box::pin(load_span(s, nt, m, to, l, self.cfg.engine.clone())));
+                    }
+                }
+                done = async { moving.as_mut().expect("guarded by the branch condition").await }, if moving.is_some() => {
+                    moving = None;
+                    match done {
+                        Ok(new) => {
+                            provide_blobs(&self.store, &self.net, &self.manifest).await?;
+                            provide_blocks(&self.net, &id, &self.serving.layers, &new.layers).await?;
+                            self.serving = new;
+                            let s = &self.serving;
+                            (self.events)(ServerEvent::Serving { model: id, layers: s.layers.clone(), throughput: s.throughput });
+                            announce_tick.reset_immediately();
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not move; staying"),
+                    }
+                }
+                _ = &mut shutdown => {
+                    self.net.shutdown().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
