@@ -45,6 +45,21 @@ async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     panic!("timed out waiting for {what}");
 }
 
+/// A 2-layer synthetic model file in `dir`.
+fn tiny_model(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
+    let model = dir.join("m.gguf");
+    write_synthetic(&SynthConfig { n_layer: 2, seed, ..SynthConfig::default() }, &model).unwrap();
+    model
+}
+
+/// Asks `peer` for the manifest of `id` over the blob protocol.
+async fn manifest_from(net: &NetworkHandle, peer: libp2p::PeerId, id: nak_shard_store::ModelId) -> Manifest {
+    let req = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) };
+    let resp = net.request(peer, req).await.unwrap();
+    let Some(pb::blob_response::Result::Manifest(bytes)) = resp.result else { panic!("no manifest: {resp:?}") };
+    Manifest::from_canonical(&bytes).unwrap()
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -255,8 +270,7 @@ async fn send_raw(to: libp2p::PeerId, addr: libp2p::Multiaddr, bytes: Vec<u8>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_blob_frames_are_refused_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.gguf");
-    write_synthetic(&SynthConfig { n_layer: 2, seed: 4, ..SynthConfig::default() }, &model).unwrap();
+    let model = tiny_model(dir.path(), 4);
     let (a, a_store, _) = start(&dir.path().join("a"), vec![]).await;
     let id = import_gguf(&a_store, &model, &mut |_| {}).unwrap().model_id;
     let a_addr = first_addr(&a).await;
@@ -280,12 +294,7 @@ async fn oversized_and_malformed_blob_frames_are_refused_and_the_node_keeps_serv
 
     // A real peer still gets the manifest.
     let (b, _, _) = start(&dir.path().join("b"), vec![a_addr]).await;
-    let resp = b
-        .request(a.peer_id(), pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) })
-        .await
-        .unwrap();
-    let Some(pb::blob_response::Result::Manifest(bytes)) = resp.result else { panic!("no manifest: {resp:?}") };
-    assert_eq!(Manifest::from_canonical(&bytes).unwrap().model_id(), id);
+    assert_eq!(manifest_from(&b, a.peer_id(), id).await.model_id(), id);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -293,8 +302,7 @@ async fn oversized_and_malformed_blob_frames_are_refused_and_the_node_keeps_serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_a_relay_is_reached_through_it() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.gguf");
-    write_synthetic(&SynthConfig { n_layer: 2, seed: 5, ..SynthConfig::default() }, &model).unwrap();
+    let model = tiny_model(dir.path(), 5);
     // R relays for others.
     let r_store = Store::open(dir.path().join("r")).unwrap();
     let r_key = identity::load_or_create(&dir.path().join("r")).unwrap();
@@ -314,12 +322,7 @@ async fn a_node_behind_a_relay_is_reached_through_it() {
     // B knows A only by its relayed address.
     let (b, _, _) = start(&dir.path().join("b"), vec![]).await;
     eventually("a dial through the relay", async || b.dial(a_via_r.clone()).await.ok()).await;
-    let resp = b
-        .request(a.peer_id(), pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) })
-        .await
-        .unwrap();
-    let Some(pb::blob_response::Result::Manifest(bytes)) = resp.result else { panic!("no manifest: {resp:?}") };
-    assert_eq!(Manifest::from_canonical(&bytes).unwrap().model_id(), id);
+    assert_eq!(manifest_from(&b, a.peer_id(), id).await.model_id(), id);
     // DCUtR then replaces the relayed connection with a direct one (B is directly dialable).
     eventually("a hole punch", async || {
         let punched = a.stats().await.unwrap().hole_punches + b.stats().await.unwrap().hole_punches;
@@ -334,8 +337,7 @@ async fn a_node_behind_a_relay_is_reached_through_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_run_on_an_injected_in_memory_transport() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.gguf");
-    write_synthetic(&SynthConfig { n_layer: 2, seed: 6, ..SynthConfig::default() }, &model).unwrap();
+    let model = tiny_model(dir.path(), 6);
     let node = async |name: &str, listen: Vec<libp2p::Multiaddr>, bootstrap: Vec<libp2p::Multiaddr>| {
         let store = Store::open(dir.path().join(name)).unwrap();
         let key = identity::load_or_create(&dir.path().join(name)).unwrap();

@@ -98,26 +98,25 @@ pub(super) fn build_swarm(
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    // The builder's phases are distinct types, so the two transport choices cannot share a
+    // variable; the steps after the transport are the same for both.
+    macro_rules! finish {
+        ($after_transport:expr) => {
+            $after_transport
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| setup(&e))?
+                .with_behaviour(|key, relay| behaviour(key, relay, cfg, codec))
+                .map_err(|e| setup(&e))?
+                .with_swarm_config(idle)
+                .build()
+        };
+    }
     let mut swarm = match transport {
-        None => builder
+        None => finish!(builder
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| setup(&e))?
-            .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| setup(&e))?
-            .with_behaviour(|key, relay| behaviour(key, relay, cfg, codec))
-            .map_err(|e| setup(&e))?
-            .with_swarm_config(idle)
-            .build(),
-        Some(transport) => builder
-            .with_other_transport(|_| transport)
-            .map_err(|e| setup(&e))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| setup(&e))?
-            .with_behaviour(|key, relay| behaviour(key, relay, cfg, codec))
-            .map_err(|e| setup(&e))?
-            .with_swarm_config(idle)
-            .build(),
+            .with_quic()),
+        Some(transport) => finish!(builder.with_other_transport(|_| transport).map_err(|e| setup(&e))?),
     };
     // Every node answers DHT queries: the swarm is made of servers.
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
