@@ -11,6 +11,7 @@ use nak_node::engine::{EngineConfig, SamplingParams};
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
 
+mod batch_bench;
 mod dht_bench;
 mod serve_command;
 mod store_commands;
@@ -88,6 +89,23 @@ enum Command {
     },
     /// Measure the whole model against local chains of 1, 2 and 3 spans.
     Bench(BenchArgs),
+    /// Aggregate decode throughput of concurrent sessions on one engine (continuous batching).
+    BenchBatch {
+        /// Model GGUF.
+        #[arg(long)]
+        model: PathBuf,
+        /// Concurrent session counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+        sessions: Vec<usize>,
+        /// Decode steps per session.
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Join the swarm and serve a span of a model.
     Run {
         /// A whole-model GGUF (imported), or a model id (fetched from the swarm).
@@ -370,6 +388,17 @@ fn main() -> Result<()> {
         }
         Command::BenchStore { dir, model, synth_gib } => {
             print!("{}", store_commands::bench_store(&dir, model.as_deref(), synth_gib)?);
+            Ok(())
+        }
+        Command::BenchBatch { model, sessions, tokens, reps, engine } => {
+            let report = tokio::runtime::Runtime::new()?.block_on(batch_bench::run(
+                &model,
+                &sessions,
+                tokens,
+                reps,
+                engine.config(),
+            ))?;
+            print!("{report}");
             Ok(())
         }
         Command::Bench(args) => {

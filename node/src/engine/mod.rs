@@ -15,6 +15,7 @@
 mod compute;
 mod ffi;
 mod sampling;
+mod worker;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -26,6 +27,7 @@ pub use compute::{Compute, ComputeLoader, LlamaLoader};
 pub use ffi::{init_backend, LoadedSpan, Model};
 use ffi::{Batch, Context, ContextParams};
 pub use sampling::{Sampler, SamplingParams};
+pub use worker::{EngineWorker, WorkerStats};
 
 /// Errors of the span engine.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,6 +69,9 @@ pub enum EngineError {
     /// The span has no tokenizer (a middle span).
     #[error("this span carries no vocabulary")]
     NoVocab,
+    /// The engine's worker thread has stopped.
+    #[error("the engine worker has stopped")]
+    WorkerStopped,
 }
 
 /// Identifies a session within one engine.

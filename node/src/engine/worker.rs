@@ -1,0 +1,148 @@
+//! A span's compute on its own thread, shared by many sessions: continuous batching.
+//!
+//! [`EngineWorker::spawn`] moves a [`Compute`] onto a dedicated thread. Callers send it
+//! jobs through a bounded channel and await a oneshot each. The thread blocks for one
+//! job, then takes every job already waiting and runs them in arrival order, except
+//! that consecutive steps go to the engine together in one `step_batch`: sessions that
+//! step at the same moment share decodes, and a step that arrives while a batch runs
+//! joins the next one. A step's error goes to that step alone.
+
+use std::collections::HashSet;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Compute, EngineError, LoadedSpan, SessionConfig, SessionId, StepInput, StepOutput, StepRequest};
+
+/// Jobs queued before senders wait.
+const QUEUE: usize = 256;
+
+enum Job {
+    Open(SessionConfig, oneshot::Sender<Result<SessionId, EngineError>>),
+    Step(StepRequest, oneshot::Sender<Result<StepOutput, EngineError>>),
+    Close(SessionId, oneshot::Sender<Result<(), EngineError>>),
+    Stats(oneshot::Sender<WorkerStats>),
+}
+
+/// Counters of a worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Steps run.
+    pub steps: u64,
+    /// Engine batches they ran in.
+    pub batches: u64,
+    /// Sessions open now.
+    pub sessions: usize,
+}
+
+/// A cloneable handle to a compute thread.
+#[derive(Clone)]
+pub struct EngineWorker {
+    tx: mpsc::Sender<Job>,
+    span: LoadedSpan,
+    n_embd: u32,
+    max_sessions: u32,
+}
+
+impl EngineWorker {
+    /// Moves `compute` onto its own thread; the thread ends when every handle is dropped.
+    pub fn spawn(compute: Box<dyn Compute>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (span, n_embd, max_sessions) = (compute.span(), compute.n_embd(), compute.max_sessions());
+        std::thread::Builder::new().name("nak-engine".into()).spawn(move || run(compute, rx))?;
+        Ok(Self { tx, span, n_embd, max_sessions })
+    }
+
+    /// What the span holds.
+    pub fn span(&self) -> LoadedSpan {
+        self.span
+    }
+
+    /// Hidden-state width.
+    pub fn n_embd(&self) -> u32 {
+        self.n_embd
+    }
+
+    /// Sessions the engine may hold at once.
+    pub fn max_sessions(&self) -> u32 {
+        self.max_sessions
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(job(tx)).await.map_err(|_| EngineError::WorkerStopped)?;
+        rx.await.map_err(|_| EngineError::WorkerStopped)
+    }
+
+    /// Opens a session.
+    pub async fn open_session(&self, cfg: SessionConfig) -> Result<SessionId, EngineError> {
+        self.ask(|tx| Job::Open(cfg, tx)).await?
+    }
+
+    /// Runs one step, batched with whatever other sessions step meanwhile.
+    pub async fn step(&self, session: SessionId, input: StepInput) -> Result<StepOutput, EngineError> {
+        self.ask(|tx| Job::Step(StepRequest { session, input }, tx)).await?
+    }
+
+    /// Closes a session.
+    pub async fn close_session(&self, session: SessionId) -> Result<(), EngineError> {
+        self.ask(|tx| Job::Close(session, tx)).await?
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<WorkerStats, EngineError> {
+        self.ask(Job::Stats).await
+    }
+}
+
+type StepReply = oneshot::Sender<Result<StepOutput, EngineError>>;
+
+fn run(mut compute: Box<dyn Compute>, mut rx: mpsc::Receiver<Job>) {
+    let mut stats = WorkerStats::default();
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        let mut batch: Vec<(StepRequest, StepReply)> = Vec::new();
+        let mut in_batch = HashSet::new();
+        for job in jobs {
+            // A step of a session already in the batch must wait for that one's result.
+            let flush_first = match &job {
+                Job::Step(r, _) => in_batch.contains(&r.session),
+                _ => true,
+            };
+            if flush_first && !batch.is_empty() {
+                run_batch(compute.as_mut(), std::mem::take(&mut batch), &mut stats);
+                in_batch.clear();
+            }
+            match job {
+                Job::Step(request, reply) => {
+                    in_batch.insert(request.session);
+                    batch.push((request, reply));
+                }
+                Job::Open(cfg, reply) => {
+                    let _ = reply.send(compute.open_session(cfg));
+                }
+                Job::Close(session, reply) => {
+                    let _ = reply.send(compute.close_session(session));
+                }
+                Job::Stats(reply) => {
+                    let _ = reply.send(WorkerStats { sessions: compute.n_sessions(), ..stats });
+                }
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(compute.as_mut(), batch, &mut stats);
+        }
+    }
+}
+
+fn run_batch(compute: &mut dyn Compute, batch: Vec<(StepRequest, StepReply)>, stats: &mut WorkerStats) {
+    let (requests, replies): (Vec<StepRequest>, Vec<StepReply>) = batch.into_iter().unzip();
+    stats.steps += requests.len() as u64;
+    stats.batches += 1;
+    let results = compute.step_batch(requests);
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}
