@@ -66,18 +66,19 @@ impl AutoPlacer {
 
     /// The span that most raises the weakest blocks, given the other servers.
     pub fn best(&self, others: &[Placement], throughput: f64) -> Range<u32> {
-        let totals = placement::block_totals(self.n_layer, others);
+        let loads = placement::block_loads(self.n_layer, others);
         let tie_break = |start: u32| {
             let h = blake3::Hasher::new().update(&self.seed).update(&start.to_le_bytes()).finalize();
             u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
         };
-        placement::best_span(&totals, &self.candidates, throughput, tie_break)
+        placement::best_span(&loads, &self.candidates, throughput, tie_break)
             .unwrap_or_else(|| self.candidates[0].clone())
     }
 
     /// Where to move from `current`, if moving clearly helps.
     pub fn recheck(&self, others: &[Placement], current: &Range<u32>, throughput: f64) -> Option<Range<u32>> {
         let best = self.best(others, throughput);
-        placement::should_move(self.n_layer, others, current, &best, throughput, self.min_gain).then_some(best)
+        let loads = placement::block_loads(self.n_layer, others);
+        placement::should_move(&loads, current, &best, throughput, self.min_gain).then_some(best)
     }
 }

@@ -394,6 +394,7 @@ impl Server {
                     next_check = Instant::now() + jitter(self.cfg.rebalance_every);
                     let Some(placer) = &self.auto else { continue };
                     let others = others(&self.net, &id).await;
+                    tracing::debug!(?others, current = ?self.serving.layers, "placement re-check");
                     if let Some(to) = placer.recheck(&others, &self.serving.layers, self.serving.throughput) {
                         (self.events)(ServerEvent::Moving { from: self.serving.layers.clone(), to: to.clone() });
                         let (s, nt, m, l) = (self.store.clone(), self.net.clone(), self.manifest.clone(), self.loader.clone());
