@@ -1,13 +1,14 @@
 //! `nak-node run`: start the network on the store's identity, print the listen
 //! addresses, and run a [`Server`] until Ctrl-C, printing what it does.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use nak_node::engine::{EngineConfig, LlamaLoader};
 use nak_node::net::NetworkConfig;
-use nak_node::server::{ModelSource, ServeLayers, Server, ServerConfig, ServerEvent};
+use nak_node::server::{EventSink, ModelSource, ServeLayers, Server, ServerConfig, ServerEvent};
 use nak_shard_store::{ModelId, Store};
 
 use crate::swarm_commands::{listen_addrs, network_config, start_network};
@@ -41,7 +42,9 @@ pub async fn run(store: Store, opts: RunOptions) -> Result<()> {
         };
         ModelSource::Id(id)
     };
-    let events = Box::new(|event: ServerEvent| match event {
+    // One progress bar per fetch, drawn on stderr when it is a terminal.
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    let events: EventSink = Arc::new(move |event: ServerEvent| match event {
         ServerEvent::Chose { layers, probe_throughput } => {
             eprintln!("auto: {probe_throughput:.0} block-tokens/s, chose layers {}:{}", layers.start, layers.end);
         }
@@ -50,6 +53,23 @@ pub async fn run(store: Store, opts: RunOptions) -> Result<()> {
         }
         ServerEvent::Moving { from, to } => {
             eprintln!("auto: moving from layers {}:{} to {}:{}", from.start, from.end, to.start, to.end);
+        }
+        ServerEvent::Fetching { layers, done, total } => {
+            let Ok(mut bar) = bar.lock() else { return };
+            let b = bar.get_or_insert_with(|| {
+                let b =
+                    ProgressBar::new(total).with_message(format!("fetching layers {}:{}", layers.start, layers.end));
+                b.set_style(
+                    ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b
+            });
+            b.set_position(done);
+            if done >= total {
+                b.finish_and_clear();
+                *bar = None;
+            }
         }
     });
     let cfg = ServerConfig { serve_layers: opts.serve_layers, ..opts.server };

@@ -54,7 +54,7 @@ async fn servers_run_in_one_process_on_injected_transport_and_compute() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let record = |events: &Arc<Mutex<Vec<ServerEvent>>>| {
         let events = events.clone();
-        Box::new(move |e: ServerEvent| events.lock().unwrap().push(e)) as Box<dyn FnMut(ServerEvent) + Send>
+        Arc::new(move |e: ServerEvent| events.lock().unwrap().push(e)) as nak_node::server::EventSink
     };
     let cfg = |layers| ServerConfig {
         serve_layers: ServeLayers::Range(layers),
@@ -64,7 +64,15 @@ async fn servers_run_in_one_process_on_injected_transport_and_compute() {
     };
 
     let (a_net, a_store, a_key) = memory_node(&dir.path().join("a"), port, vec![]).await;
-    let a_addr = a_net.listen_addrs().await.unwrap()[0].clone();
+    let mut a_addrs = a_net.listen_addrs().await.unwrap();
+    for _ in 0..100 {
+        if !a_addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        a_addrs = a_net.listen_addrs().await.unwrap();
+    }
+    let a_addr = a_addrs.first().expect("a listen address").clone();
     let a = Server::start(
         a_store,
         a_net.clone(),
@@ -143,4 +151,17 @@ async fn servers_run_in_one_process_on_injected_transport_and_compute() {
         })
         .collect();
     assert_eq!(serving, vec![0..2, 2..4]);
+    // B reported its fetch: progress up to the whole of what it lacked (A had it all).
+    let fetched: Vec<(u64, u64)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::Fetching { layers, done, total } if *layers == (2..4) => Some((*done, *total)),
+            _ => None,
+        })
+        .collect();
+    assert!(fetched.len() >= 2 && fetched[0].0 == 0, "{fetched:?}");
+    assert!(fetched.windows(2).all(|w| w[0].0 < w[1].0), "progress must grow: {fetched:?}");
+    assert_eq!(fetched.last().map(|&(d, t)| d == t), Some(true), "{fetched:?}");
 }

@@ -64,20 +64,26 @@ pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> 
 }
 
 /// Fetches every blob of `layers` (and the metadata) that the store lacks, from the
-/// blob's DHT providers.
+/// blob's DHT providers, calling `progress(bytes done, bytes to fetch)` as blobs arrive.
 pub async fn fetch_span_blobs(
     store: &Store,
     net: &NetworkHandle,
     m: &Manifest,
     layers: Range<u32>,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(), ServeError> {
     let mut needed = span_blobs(m, &layers);
     needed.extend(m.blob(BlobRole::Meta, None).cloned());
+    needed.retain(|b| !store.has(&b.hash));
+    let total: u64 = needed.iter().map(|b| b.size).sum();
+    let mut done = 0;
+    if total > 0 {
+        progress(0, total);
+    }
     for blob in needed {
-        if store.has(&blob.hash) {
-            continue;
-        }
         let report = fetch_one(store, net, blob.hash, blob.size).await?;
+        done += blob.size;
+        progress(done, total);
         for (peer, reason) in &report.dropped {
             tracing::warn!(%peer, %reason, "dropped a blob provider");
         }

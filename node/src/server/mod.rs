@@ -142,7 +142,12 @@ pub enum ServerEvent {
     Serving { model: ModelId, layers: Range<u32>, throughput: f64 },
     /// `auto` is moving to another span.
     Moving { from: Range<u32>, to: Range<u32> },
+    /// Blobs of `layers` are being fetched: `done` of `total` bytes so far.
+    Fetching { layers: Range<u32>, done: u64, total: u64 },
 }
+
+/// Where a server reports its [`ServerEvent`]s.
+pub type EventSink = Arc<dyn Fn(ServerEvent) + Send + Sync>;
 
 /// A loaded span and its measured speed.
 struct Serving {
@@ -163,7 +168,7 @@ pub struct Server {
     signer: ed25519_dalek::SigningKey,
     sequence: u64,
     serving: Serving,
-    events: Box<dyn FnMut(ServerEvent) + Send>,
+    events: EventSink,
 }
 
 /// Tokens per second through one block of a loaded span: a short decode, timed.
@@ -203,8 +208,10 @@ async fn load_span(
     layers: Range<u32>,
     loader: Arc<dyn ComputeLoader>,
     cfg: EngineConfig,
+    events: EventSink,
 ) -> Result<Serving, ServeError> {
-    fetch_span_blobs(&store, &net, &manifest, layers.clone()).await?;
+    let progress = |done, total| events(ServerEvent::Fetching { layers: layers.clone(), done, total });
+    fetch_span_blobs(&store, &net, &manifest, layers.clone(), &progress).await?;
     let (id, r) = (manifest.model_id(), layers.clone());
     let path = tokio::task::spawn_blocking(move || cached_span(&store, &id, r)).await??;
     tokio::task::spawn_blocking(move || -> Result<Serving, ServeError> {
@@ -290,7 +297,7 @@ impl Server {
         model: ModelSource,
         cfg: ServerConfig,
         loader: Arc<dyn ComputeLoader>,
-        mut events: Box<dyn FnMut(ServerEvent) + Send>,
+        events: EventSink,
     ) -> Result<Server, ServeError> {
         let id = match model {
             ModelSource::File(path) => {
@@ -322,7 +329,7 @@ impl Server {
                 let probe_layer = placer.best(&others(&net, &id).await, 1.0).start;
                 let probe = probe_layer..probe_layer + 1;
                 let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
-                let probe = load_span(s, nt, m, probe, l, cfg.engine.clone()).await?;
+                let probe = load_span(s, nt, m, probe, l, cfg.engine.clone(), events.clone()).await?;
                 let probe_throughput = probe.throughput;
                 drop(probe);
                 tokio::time::sleep(jitter(cfg.announce_every * 2)).await;
@@ -350,7 +357,7 @@ impl Server {
             }
         }
         let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
-        let serving = load_span(s, nt, m, layers, l, cfg.engine.clone()).await?;
+        let serving = load_span(s, nt, m, layers, l, cfg.engine.clone(), events.clone()).await?;
         provide_blobs(&store, &net, &manifest).await?;
         provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
         events(ServerEvent::Serving { model: id, layers: serving.layers.clone(), throughput: serving.throughput });
@@ -398,7 +405,7 @@ impl Server {
                     if let Some(to) = placer.recheck(&others, &self.serving.layers, self.serving.throughput) {
                         (self.events)(ServerEvent::Moving { from: self.serving.layers.clone(), to: to.clone() });
                         let (s, nt, m, l) = (self.store.clone(), self.net.clone(), self.manifest.clone(), self.loader.clone());
-                        moving = Some(Box::pin(load_span(s, nt, m, to, l, self.cfg.engine.clone())));
+                        moving = Some(Box::pin(load_span(s, nt, m, to, l, self.cfg.engine.clone(), self.events.clone())));
                     }
                 }
                 done = async { moving.as_mut().expect("guarded by the branch condition").await }, if moving.is_some() => {
