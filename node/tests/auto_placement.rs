@@ -60,30 +60,8 @@ fn scenario(budget_share: f64, want: usize) {
     let budget = budget.to_string();
 
     let node = |i: usize, model: &str, bootstrap: Option<&str>| {
-        let data = dir.path().join(format!("n{i}"));
-        let mut args = vec![
-            "--data-dir",
-            data.to_str().unwrap(),
-            "run",
-            "--model",
-            model,
-            "--serve-layers",
-            "auto",
-            "--max-memory",
-            &budget,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--announce-interval",
-            "1",
-            "--rebalance-interval",
-            "3",
-            "--threads",
-            "1",
-        ];
-        if let Some(b) = bootstrap {
-            args.extend(["--bootstrap", b]);
-        }
-        Node::start_logged(&args, Some(&dir.path().join(format!("n{i}.log"))))
+        let extra = ["--max-memory", &budget, "--rebalance-interval", "3"];
+        common::run_node(&dir.path().join(format!("n{i}")), model, "auto", bootstrap, &extra)
     };
     let first = node(0, model.to_str().unwrap(), None);
     let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();

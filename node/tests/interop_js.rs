@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Node;
 use nak_protocol::keys;
 use nak_shard_store::{Hash, SynthConfig};
 
@@ -37,24 +36,7 @@ fn a_js_libp2p_peer_finds_the_servers_of_a_block() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::synth_model(dir.path(), &SynthConfig { n_layer: 8, seed: 8, ..SynthConfig::default() });
     let run = |data: &str, model: &str, layers: &str, bootstrap: Option<&str>| {
-        let data = dir.path().join(data);
-        let mut args = vec![
-            "--data-dir",
-            data.to_str().unwrap(),
-            "run",
-            "--model",
-            model,
-            "--serve-layers",
-            layers,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--threads",
-            "1",
-        ];
-        if let Some(b) = bootstrap {
-            args.extend(["--bootstrap", b]);
-        }
-        Node::start(&args)
+        common::run_node(&dir.path().join(data), model, layers, bootstrap, &[])
     };
     let a = run("a", model.to_str().unwrap(), "0:4", None);
     let a_addr = a.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();

@@ -7,53 +7,20 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Node;
-
 #[test]
 fn a_second_node_fetches_its_span_from_the_first_and_the_swarm_covers_every_block() {
     let model = common::smollm_path();
     assert!(model.exists(), "{} is missing: run the README's test command", model.display());
     let dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let loopback = "/ip4/127.0.0.1/tcp/0";
 
-    let a = Node::start(&[
-        "--data-dir",
-        a_dir.to_str().unwrap(),
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--serve-layers",
-        "0:15",
-        "--listen",
-        loopback,
-        "--announce-interval",
-        "1",
-        "--threads",
-        "1",
-    ]);
+    let a = common::run_node(&a_dir, model.to_str().unwrap(), "0:15", None, &[]);
     let a_addr = a.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
     let serving = a.line("serving ", Duration::from_secs(60));
     let id = serving.split_whitespace().nth(1).unwrap().to_string();
     assert_eq!(id.len(), 64);
 
-    let b = Node::start(&[
-        "--data-dir",
-        b_dir.to_str().unwrap(),
-        "run",
-        "--model",
-        &id,
-        "--serve-layers",
-        "15:30",
-        "--listen",
-        loopback,
-        "--bootstrap",
-        &a_addr,
-        "--announce-interval",
-        "1",
-        "--threads",
-        "1",
-    ]);
+    let b = common::run_node(&b_dir, &id, "15:30", Some(&a_addr), &[]);
     b.line("serving ", Duration::from_secs(90));
     // B holds exactly what it fetched: blocks 15..30, the head, the (tied) embedding, the metadata.
     let b_blobs =

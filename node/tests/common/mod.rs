@@ -137,3 +137,17 @@ pub fn log_tails(dir: &Path, lines: usize) -> String {
     }
     out
 }
+
+/// `nak-node --data-dir DATA run --model MODEL --serve-layers LAYERS` on a loopback TCP
+/// port with one CPU thread and 1 s announcements, joining through `bootstrap`, with
+/// `extra` arguments, logging to `DATA.log`.
+pub fn run_node(data: &Path, model: &str, layers: &str, bootstrap: Option<&str>, extra: &[&str]) -> Node {
+    let mut args = vec!["--data-dir", data.to_str().expect("utf-8 path"), "run", "--model", model];
+    args.extend(["--serve-layers", layers, "--listen", "/ip4/127.0.0.1/tcp/0", "--announce-interval", "1"]);
+    args.extend(["--threads", "1"]);
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap", b]);
+    }
+    args.extend(extra);
+    Node::start_logged(&args, Some(&data.with_extension("log")))
+}
