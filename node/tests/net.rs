@@ -362,3 +362,69 @@ async fn nodes_run_on_an_injected_in_memory_transport() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_streams_carry_frames_both_ways_and_refuse_oversized_ones() {
+    use futures::StreamExt;
+    use nak_node::net::frames::{read_frame, write_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = start(&dir.path().join("a"), vec![]).await;
+    let (b, _, _) = start(&dir.path().join("b"), vec![first_addr(&a).await]).await;
+    // A answers every frame with an error frame naming its session; a bad frame ends that stream only.
+    let mut incoming = a.streams().accept(INFERENCE_PROTOCOL).unwrap();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = refused.clone();
+    tokio::spawn(async move {
+        while let Some((_peer, mut stream)) = incoming.next().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    match read_frame::<pb::InferenceFrame, _>(&mut stream, MAX_INFERENCE_FRAME).await {
+                        Ok(pb::InferenceFrame { kind: Some(pb::inference_frame::Kind::Step(step)) }) => {
+                            let error =
+                                pb::ErrorFrame { session_id: step.session_id, message: "unknown session".into() };
+                            let reply = pb::InferenceFrame { kind: Some(pb::inference_frame::Kind::Error(error)) };
+                            write_frame(&mut stream, &reply, MAX_INFERENCE_FRAME).await.unwrap();
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if e.kind() == std::io::ErrorKind::InvalidData {
+                                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut control = b.streams();
+    let step = |id| pb::InferenceFrame {
+        kind: Some(pb::inference_frame::Kind::Step(pb::Step {
+            session_id: id,
+            step: 0,
+            tokens: vec![1],
+            hidden: vec![],
+        })),
+    };
+    let mut stream = control.open_stream(a.peer_id(), INFERENCE_PROTOCOL).await.unwrap();
+    for id in [7, 8, 9] {
+        write_frame(&mut stream, &step(id), MAX_INFERENCE_FRAME).await.unwrap();
+        let reply: pb::InferenceFrame = read_frame(&mut stream, MAX_INFERENCE_FRAME).await.unwrap();
+        let Some(pb::inference_frame::Kind::Error(e)) = reply.kind else { panic!("{reply:?}") };
+        assert_eq!((e.session_id, e.message.as_str()), (id, "unknown session"));
+    }
+    // A 1 GiB length prefix on a second stream: refused at once, the first stream still works.
+    let mut bad = control.open_stream(a.peer_id(), INFERENCE_PROTOCOL).await.unwrap();
+    futures::AsyncWriteExt::write_all(&mut bad, &[0x80, 0x80, 0x80, 0x80, 0x04]).await.unwrap();
+    futures::AsyncWriteExt::flush(&mut bad).await.unwrap();
+    eventually("the oversized frame refused", async || {
+        (refused.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    write_frame(&mut stream, &step(10), MAX_INFERENCE_FRAME).await.unwrap();
+    let reply: pb::InferenceFrame = read_frame(&mut stream, MAX_INFERENCE_FRAME).await.unwrap();
+    assert!(matches!(reply.kind, Some(pb::inference_frame::Kind::Error(e)) if e.session_id == 10));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -3,7 +3,8 @@
 //! One [`Behaviour`] combines identify, ping, Kademlia, gossipsub, blob exchange, and
 //! the NAT-traversal trio: AutoNAT (are we reachable?), the circuit-relay client (be
 //! reachable through a relay when not) and DCUtR (upgrade a relayed connection to a
-//! direct one by hole punching); a public node may also relay for others.
+//! direct one by hole punching); a public node may also relay for others. Raw streams
+//! (inference sessions) go through `libp2p-stream`, outside the swarm's event loop.
 //!
 //! The transport is TCP and QUIC by default. A caller may inject its own
 //! ([`InjectedTransport`], e.g. [`memory_transport`]) to run many nodes in one process;
@@ -40,6 +41,7 @@ pub(super) struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
+    pub streams: libp2p_stream::Behaviour,
 }
 
 /// An in-memory transport (addresses `/memory/<n>`) with noise and yamux, for many nodes
@@ -85,6 +87,7 @@ fn behaviour(
         relay_client,
         relay_server: cfg.relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default())).into(),
         dcutr: dcutr::Behaviour::new(peer_id),
+        streams: libp2p_stream::Behaviour::new(),
     })
 }
 

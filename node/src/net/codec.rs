@@ -8,11 +8,12 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use nak_protocol::frame::{read_varint, FrameCodec};
 use nak_protocol::pb;
 use prost::Message;
+
+use super::frames::{self, read_frame};
 
 /// Protocol name of blob exchange.
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/nakshatra/blobs/1");
@@ -55,32 +56,8 @@ impl BlobCodec {
     }
 }
 
-async fn read_frame<M: Message + Default, T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<M> {
-    let mut prefix = Vec::with_capacity(10);
-    let len = loop {
-        let mut byte = [0u8; 1];
-        io.read_exact(&mut byte).await?;
-        prefix.push(byte[0]);
-        match read_varint(&prefix) {
-            Ok(Some((len, _))) => break len,
-            Ok(None) => continue,
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        }
-    };
-    if len > max as u64 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max}"),
-        ));
-    }
-    let mut body = vec![0u8; len as usize];
-    io.read_exact(&mut body).await?;
-    M::decode(body.as_slice()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 async fn write_frame<M: Message, T: AsyncWrite + Unpin + Send>(io: &mut T, msg: &M, max: usize) -> io::Result<()> {
-    let bytes = FrameCodec::new(max).encode(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    io.write_all(&bytes).await?;
+    frames::write_frame(io, msg, max).await?;
     io.close().await
 }
 

@@ -19,6 +19,7 @@
 
 mod behaviour;
 mod codec;
+pub mod frames;
 pub mod identity;
 mod provider;
 mod task;
@@ -141,12 +142,19 @@ pub struct NetworkStats {
 pub struct NetworkHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    streams: libp2p_stream::Control,
 }
 
 impl NetworkHandle {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Opens and accepts raw protocol streams (inference sessions) without going
+    /// through the network task: the stream behaviour hands them over directly.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetworkError> {
@@ -268,8 +276,9 @@ impl Network {
             swarm.dial(addr.clone()).map_err(|e| setup(&e))?;
         }
         let (tx, rx) = mpsc::channel(cfg.command_queue);
+        let streams = swarm.behaviour().streams.new_control();
         let task = Task::new(swarm, rx, StoreProvider::new(store, peer_id.to_string()), codec, &cfg);
         let join = tokio::spawn(task.run());
-        Ok((NetworkHandle { tx, peer_id }, join))
+        Ok((NetworkHandle { tx, peer_id, streams }, join))
     }
 }
