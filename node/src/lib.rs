@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod chain;
 pub mod engine;
+pub mod inference;
 pub mod net;
 pub mod placement;
 pub mod reference;

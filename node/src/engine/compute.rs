@@ -19,6 +19,8 @@ pub trait Compute: Send {
     fn n_embd(&self) -> u32;
     /// Sessions it may hold at once.
     fn max_sessions(&self) -> u32;
+    /// Context length of each session.
+    fn ctx_per_session(&self) -> u32;
     /// Sessions open now.
     fn n_sessions(&self) -> usize;
     /// Opens a session.
@@ -40,6 +42,9 @@ impl Compute for SpanEngine {
     }
     fn max_sessions(&self) -> u32 {
         self.config().max_sessions
+    }
+    fn ctx_per_session(&self) -> u32 {
+        self.config().ctx_per_session
     }
     fn n_sessions(&self) -> usize {
         SpanEngine::n_sessions(self)

@@ -41,6 +41,7 @@ pub struct EngineWorker {
     span: LoadedSpan,
     n_embd: u32,
     max_sessions: u32,
+    ctx_per_session: u32,
 }
 
 impl EngineWorker {
@@ -48,8 +49,9 @@ impl EngineWorker {
     pub fn spawn(compute: Box<dyn Compute>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (span, n_embd, max_sessions) = (compute.span(), compute.n_embd(), compute.max_sessions());
+        let ctx_per_session = compute.ctx_per_session();
         std::thread::Builder::new().name("nak-engine".into()).spawn(move || run(compute, rx))?;
-        Ok(Self { tx, span, n_embd, max_sessions })
+        Ok(Self { tx, span, n_embd, max_sessions, ctx_per_session })
     }
 
     /// What the span holds.
@@ -65,6 +67,11 @@ impl EngineWorker {
     /// Sessions the engine may hold at once.
     pub fn max_sessions(&self) -> u32 {
         self.max_sessions
+    }
+
+    /// Context length of each session.
+    pub fn ctx_per_session(&self) -> u32 {
+        self.ctx_per_session
     }
 
     async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EngineError> {
