@@ -381,8 +381,11 @@ async fn inference_streams_carry_frames_both_ways_and_refuse_oversized_ones() {
                 loop {
                     match read_frame::<pb::InferenceFrame, _>(&mut stream, MAX_INFERENCE_FRAME).await {
                         Ok(pb::InferenceFrame { kind: Some(pb::inference_frame::Kind::Step(step)) }) => {
-                            let error =
-                                pb::ErrorFrame { session_id: step.session_id, message: "unknown session".into() };
+                            let error = pb::ErrorFrame {
+                                session_id: step.session_id,
+                                message: "unknown session".into(),
+                                ..Default::default()
+                            };
                             let reply = pb::InferenceFrame { kind: Some(pb::inference_frame::Kind::Error(error)) };
                             write_frame(&mut stream, &reply, MAX_INFERENCE_FRAME).await.unwrap();
                         }
