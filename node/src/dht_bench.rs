@@ -14,7 +14,7 @@ use nak_node::net::NetworkHandle;
 use nak_protocol::keys;
 use nak_shard_store::Store;
 
-use crate::swarm_commands::{listen_addrs, network_config, start_network};
+use crate::swarm_commands::{network_config, start_network};
 
 /// Blocks of the test model.
 const BLOCKS: u32 = 30;
@@ -33,7 +33,7 @@ async fn start(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Result<Netwo
 pub async fn peer(bootstrap: Vec<Multiaddr>, first: u32, end: u32) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let net = start(dir.path(), bootstrap).await?;
-    for a in listen_addrs(&net).await? {
+    for a in net.wait_for_listen_addrs(std::time::Duration::from_secs(5)).await? {
         println!("listening {a}");
     }
     // Let the bootstrap connection and the routing table settle before publishing records.

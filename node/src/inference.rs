@@ -64,8 +64,15 @@ impl InferenceService {
 struct Live {
     engine: SessionId,
     next_step: u64,
-    /// The last step's result, for a replay.
-    last: Option<pb::StepResult>,
+    /// The last step's result frame, sent again on a replay.
+    last: Option<pb::InferenceFrame>,
+}
+
+/// What to send back: a new frame, or the session's cached last result (a hidden state
+/// can be megabytes, so it is written from the cache rather than copied into it).
+enum Reply {
+    Frame(pb::InferenceFrame),
+    LastResult(u64),
 }
 
 struct Served {
@@ -103,7 +110,7 @@ impl Served {
                 Err(_) => break, // the peer went away
             };
             let reply = match frame.kind {
-                Some(Kind::Open(open)) => Some(self.open(&mut sessions, open).await),
+                Some(Kind::Open(open)) => Some(Reply::Frame(self.open(&mut sessions, open).await)),
                 Some(Kind::Step(step)) => Some(self.step(&mut sessions, step).await),
                 Some(Kind::Close(close)) => {
                     if let Some(live) = sessions.remove(&close.session_id) {
@@ -111,10 +118,17 @@ impl Served {
                     }
                     None
                 }
-                _ => Some(error(0, ErrorCode::BadFrame, "a client sends open, step and close frames only")),
+                _ => {
+                    Some(Reply::Frame(error(0, ErrorCode::BadFrame, "a client sends open, step and close frames only")))
+                }
             };
-            if let Some(reply) = reply {
-                if write_frame(&mut stream, &reply, MAX_INFERENCE_FRAME).await.is_err() {
+            let frame = match &reply {
+                Some(Reply::Frame(frame)) => Some(frame),
+                Some(Reply::LastResult(id)) => sessions.get(id).and_then(|live| live.last.as_ref()),
+                None => None,
+            };
+            if let Some(frame) = frame {
+                if write_frame(&mut stream, frame, MAX_INFERENCE_FRAME).await.is_err() {
                     break;
                 }
             }
@@ -170,27 +184,25 @@ impl Served {
         }
     }
 
-    async fn step(&self, sessions: &mut HashMap<u64, Live>, step: pb::Step) -> pb::InferenceFrame {
+    async fn step(&self, sessions: &mut HashMap<u64, Live>, step: pb::Step) -> Reply {
         let id = step.session_id;
         let Some(live) = sessions.get_mut(&id) else {
-            return error(id, ErrorCode::UnknownSession, format!("no session {id} on this stream"));
+            return Reply::Frame(error(id, ErrorCode::UnknownSession, format!("no session {id} on this stream")));
         };
-        if step.step + 1 == live.next_step {
-            if let Some(last) = &live.last {
-                return pb::InferenceFrame { kind: Some(Kind::Result(last.clone())) };
-            }
+        if step.step + 1 == live.next_step && live.last.is_some() {
+            return Reply::LastResult(id);
         }
         if step.step != live.next_step {
             let msg = format!("step {} out of order: expected {}", step.step, live.next_step);
-            return error(id, ErrorCode::StepOutOfOrder, msg);
+            return Reply::Frame(error(id, ErrorCode::StepOutOfOrder, msg));
         }
         let input = match (step.tokens.is_empty(), step.hidden.is_empty()) {
             (false, true) => StepInput::Tokens(step.tokens),
             (true, false) => match Activation::from_bytes(&step.hidden) {
                 Ok(a) => StepInput::Hidden(a),
-                Err(e) => return error(id, ErrorCode::BadInput, e.to_string()),
+                Err(e) => return Reply::Frame(error(id, ErrorCode::BadInput, e.to_string())),
             },
-            _ => return error(id, ErrorCode::BadInput, "a step carries either tokens or a hidden state"),
+            _ => return Reply::Frame(error(id, ErrorCode::BadInput, "a step carries either tokens or a hidden state")),
         };
         match self.worker.step(live.engine, input).await {
             Ok(out) => {
@@ -203,10 +215,10 @@ impl Served {
                     }
                 }
                 live.next_step += 1;
-                live.last = Some(result.clone());
-                pb::InferenceFrame { kind: Some(Kind::Result(result)) }
+                live.last = Some(pb::InferenceFrame { kind: Some(Kind::Result(result)) });
+                Reply::LastResult(id)
             }
-            Err(e) => error(id, code_of(&e), e.to_string()),
+            Err(e) => Reply::Frame(error(id, code_of(&e), e.to_string())),
         }
     }
 }

@@ -11,7 +11,7 @@ use nak_node::net::NetworkConfig;
 use nak_node::server::{EventSink, ModelSource, ServeLayers, Server, ServerConfig, ServerEvent};
 use nak_shard_store::{ModelId, Store};
 
-use crate::swarm_commands::{listen_addrs, network_config, start_network};
+use crate::swarm_commands::{network_config, start_network};
 
 /// Options of `run`.
 pub struct RunOptions {
@@ -27,7 +27,7 @@ pub struct RunOptions {
 pub async fn run(store: Store, opts: RunOptions) -> Result<()> {
     let cfg = NetworkConfig { relay_server: opts.relay_server, ..network_config(opts.listen, opts.bootstrap) };
     let (net, key) = start_network(&store, cfg).await?;
-    for addr in listen_addrs(&net).await? {
+    for addr in net.wait_for_listen_addrs(std::time::Duration::from_secs(5)).await? {
         println!("listening {addr}");
     }
     let model = if std::path::Path::new(&opts.model).is_file() {

@@ -27,18 +27,6 @@ pub fn network_config(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> Netw
     cfg
 }
 
-/// The listen addresses, waiting up to 5 s for the first to appear.
-pub async fn listen_addrs(net: &NetworkHandle) -> Result<Vec<Multiaddr>> {
-    let t0 = Instant::now();
-    loop {
-        let addrs = net.listen_addrs().await?;
-        if !addrs.is_empty() || t0.elapsed() > Duration::from_secs(5) {
-            return Ok(addrs);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `nak-node status`: listen to announcements for `wait`, then show each model's block
 /// coverage. Without `model`, the models are those whose announcement topics the peers
 /// we meet subscribe to. `local` (the user's store, if any) resolves id prefixes; other

@@ -64,14 +64,7 @@ async fn servers_run_in_one_process_on_injected_transport_and_compute() {
     };
 
     let (a_net, a_store, a_key) = memory_node(&dir.path().join("a"), port, vec![]).await;
-    let mut a_addrs = a_net.listen_addrs().await.unwrap();
-    for _ in 0..100 {
-        if !a_addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        a_addrs = a_net.listen_addrs().await.unwrap();
-    }
+    let a_addrs = a_net.wait_for_listen_addrs(Duration::from_secs(2)).await.unwrap();
     let a_addr = a_addrs.first().expect("a listen address").clone();
     let a = Server::start(
         a_store,

@@ -78,11 +78,8 @@ async fn sessions_over_a_stream_match_the_engine_and_bad_input_gets_error_frames
     let id = import_gguf(&a_store, &model, &mut |_| {}).unwrap().model_id;
     let worker = EngineWorker::spawn(LlamaLoader.load(&model, &cfg).unwrap()).unwrap();
     let _service = InferenceService::spawn(&a, id, worker).unwrap();
-    let mut a_addr = a.listen_addrs().await.unwrap();
-    while a_addr.is_empty() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        a_addr = a.listen_addrs().await.unwrap();
-    }
+    let a_addr = a.wait_for_listen_addrs(Duration::from_secs(2)).await.unwrap();
+    assert!(!a_addr.is_empty(), "a listen address");
     let (b, _) = node(&dir.path().join("b"), a_addr).await;
     let mut control = b.streams();
     let mut stream = control.open_stream(a.peer_id(), INFERENCE_PROTOCOL).await.unwrap();

@@ -25,13 +25,7 @@ async fn start(
 }
 
 async fn first_addr(h: &NetworkHandle) -> libp2p::Multiaddr {
-    for _ in 0..100 {
-        if let Some(a) = h.listen_addrs().await.unwrap().into_iter().next() {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no listen address");
+    h.wait_for_listen_addrs(Duration::from_secs(2)).await.unwrap().into_iter().next().expect("a listen address")
 }
 
 async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -58,10 +52,6 @@ async fn manifest_from(net: &NetworkHandle, peer: libp2p::PeerId, id: nak_shard_
     let resp = net.request(peer, req).await.unwrap();
     let Some(pb::blob_response::Result::Manifest(bytes)) = resp.result else { panic!("no manifest: {resp:?}") };
     Manifest::from_canonical(&bytes).unwrap()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +146,7 @@ async fn forged_announcements_are_rejected_and_honest_ones_arrive() {
         free_sessions: 2,
         version: "test".into(),
         addrs: vec![],
-        timestamp_ms: now_ms(),
+        timestamp_ms: announce::now_ms(),
         sequence: seq,
         ..Default::default()
     };

@@ -58,6 +58,11 @@ pub fn peer_id_of_ed25519(public_key: &[u8; 32]) -> Vec<u8> {
     out
 }
 
+/// Milliseconds since the Unix epoch: the clock announcements are dated and checked by.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Signs an announcement with the node's identity key.
 pub fn sign(key: &SigningKey, announcement: &pb::ServerAnnouncement) -> pb::SignedAnnouncement {
     let payload = announcement.encode_to_vec();

@@ -175,6 +175,19 @@ impl NetworkHandle {
         self.ask(|tx| Command::ListenOn(addr, tx)).await?
     }
 
+    /// The listen addresses, waiting up to `limit` for the first to appear (listeners
+    /// start asynchronously); empty if none did.
+    pub async fn wait_for_listen_addrs(&self, limit: Duration) -> Result<Vec<Multiaddr>, NetworkError> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let addrs = self.listen_addrs().await?;
+            if !addrs.is_empty() || t0.elapsed() > limit {
+                return Ok(addrs);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetworkError> {
         self.ask(|tx| Command::Dial(addr, tx)).await?

@@ -7,7 +7,7 @@
 //! such relayed connections with direct ones.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
@@ -48,10 +48,6 @@ pub(super) struct Task {
     reserved: HashSet<PeerId>,
     /// Whether we relay for others.
     relay_server: bool,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Task {
@@ -171,7 +167,7 @@ impl Task {
                 let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
             }
             Command::Announcements(reply) => {
-                let (now, default) = (now_ms(), self.max_age.as_millis() as u64);
+                let (now, default) = (announce::now_ms(), self.max_age.as_millis() as u64);
                 self.announcements.retain(|_, a| {
                     let valid = if a.valid_for_ms > 0 { a.valid_for_ms.min(default) } else { default };
                     now.saturating_sub(a.timestamp_ms) <= valid
@@ -260,7 +256,8 @@ impl Task {
                 message_id,
                 message,
             })) => {
-                let verdict = match announce::verify(&message.data, now_ms(), self.max_age.as_millis() as u64) {
+                let verdict = match announce::verify(&message.data, announce::now_ms(), self.max_age.as_millis() as u64)
+                {
                     Ok(ann) => {
                         let newer = self.announcements.get(&ann.peer_id).is_none_or(|old| old.sequence < ann.sequence);
                         if newer {

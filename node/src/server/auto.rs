@@ -9,7 +9,7 @@ use nak_shard_store::{BlobRole, Manifest, ModelId};
 
 use super::ServeError;
 use crate::net::NetworkHandle;
-use crate::placement::{self, Placement};
+use crate::placement::{self, BlockLoad, Placement};
 
 /// Bytes of weights a span needs (what the memory budget bounds).
 pub fn span_bytes(manifest: &Manifest, layers: &Range<u32>) -> u64 {
@@ -66,19 +66,22 @@ impl AutoPlacer {
 
     /// The span that most raises the weakest blocks, given the other servers.
     pub fn best(&self, others: &[Placement], throughput: f64) -> Range<u32> {
-        let loads = placement::block_loads(self.n_layer, others);
+        self.best_for(&placement::block_loads(self.n_layer, others), throughput)
+    }
+
+    fn best_for(&self, loads: &[BlockLoad], throughput: f64) -> Range<u32> {
         let tie_break = |start: u32| {
             let h = blake3::Hasher::new().update(&self.seed).update(&start.to_le_bytes()).finalize();
             u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
         };
-        placement::best_span(&loads, &self.candidates, throughput, tie_break)
+        placement::best_span(loads, &self.candidates, throughput, tie_break)
             .unwrap_or_else(|| self.candidates[0].clone())
     }
 
     /// Where to move from `current`, if moving clearly helps.
     pub fn recheck(&self, others: &[Placement], current: &Range<u32>, throughput: f64) -> Option<Range<u32>> {
-        let best = self.best(others, throughput);
         let loads = placement::block_loads(self.n_layer, others);
+        let best = self.best_for(&loads, throughput);
         placement::should_move(&loads, current, &best, throughput, self.min_gain).then_some(best)
     }
 }

@@ -22,7 +22,7 @@ use crate::net::{NetworkHandle, RemoteProvider};
 const PROVIDER_WAIT: Duration = Duration::from_secs(30);
 
 /// Retries `f` until it gives something or `limit` passes.
-pub async fn retry<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+async fn retry<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f().await {
@@ -65,6 +65,7 @@ pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> 
 
 /// Fetches every blob of `layers` (and the metadata) that the store lacks, from the
 /// blob's DHT providers, calling `progress(bytes done, bytes to fetch)` as blobs arrive.
+/// Each fetched blob is provided in the DHT at once: this node now holds it too.
 pub async fn fetch_span_blobs(
     store: &Store,
     net: &NetworkHandle,
@@ -82,6 +83,7 @@ pub async fn fetch_span_blobs(
     }
     for blob in needed {
         let report = fetch_one(store, net, blob.hash, blob.size).await?;
+        net.provide(keys::blob_key(&blob.hash.0)).await?;
         done += blob.size;
         progress(done, total);
         for (peer, reason) in &report.dropped {

@@ -36,7 +36,7 @@ use prost::Message;
 
 pub use auto::span_bytes;
 use auto::{jitter, others, AutoPlacer};
-pub use fetch::{fetch_manifest, fetch_span_blobs, retry};
+pub use fetch::{fetch_manifest, fetch_span_blobs};
 
 use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, SessionConfig, StepInput};
 use crate::net::{NetworkError, NetworkHandle};
@@ -248,10 +248,6 @@ async fn provide_blocks(
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Signs and publishes one announcement.
 #[allow(clippy::too_many_arguments)]
 async fn publish_announcement(
@@ -275,7 +271,7 @@ async fn publish_announcement(
         free_sessions,
         version: env!("CARGO_PKG_VERSION").to_string(),
         addrs: addrs.iter().map(|a| a.to_vec()).collect(),
-        timestamp_ms: now_ms(),
+        timestamp_ms: announce::now_ms(),
         sequence,
         valid_for_ms: valid_for.as_millis() as u64,
         ..Default::default()
@@ -358,7 +354,6 @@ impl Server {
         }
         let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
         let serving = load_span(s, nt, m, layers, l, cfg.engine.clone(), events.clone()).await?;
-        provide_blobs(&store, &net, &manifest).await?;
         provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
         events(ServerEvent::Serving { model: id, layers: serving.layers.clone(), throughput: serving.throughput });
         Ok(Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, events })
@@ -412,7 +407,6 @@ impl Server {
                     moving = None;
                     match done {
                         Ok(new) => {
-                            provide_blobs(&self.store, &self.net, &self.manifest).await?;
                             provide_blocks(&self.net, &id, &self.serving.layers, &new.layers).await?;
                             self.serving = new;
                             let s = &self.serving;
