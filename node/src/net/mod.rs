@@ -104,8 +104,9 @@ pub enum Command {
     Provide(Vec<u8>, oneshot::Sender<Result<(), NetworkError>>),
     /// Stop providing `key`.
     StopProviding(Vec<u8>),
-    /// Find providers of `key`.
-    Providers(Vec<u8>, oneshot::Sender<Result<Vec<PeerId>, NetworkError>>),
+    /// Find providers of `key`: the first peer's answer, or (`exhaustive`) every answer
+    /// until the query has asked the peers closest to the key.
+    Providers { key: Vec<u8>, exhaustive: bool, reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>> },
     /// Send a blob request to a peer.
     Request(PeerId, pb::BlobRequest, oneshot::Sender<Result<pb::BlobResponse, NetworkError>>),
     /// Subscribe to a topic.
@@ -203,9 +204,16 @@ impl NetworkHandle {
         self.tx.send(Command::StopProviding(key)).await.map_err(|_| NetworkError::Stopped)
     }
 
-    /// Finds the providers of a DHT key.
+    /// Finds providers of a DHT key: the first that any peer reports (fast).
     pub async fn providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetworkError> {
-        self.ask(|tx| Command::Providers(key, tx)).await?
+        self.ask(|reply| Command::Providers { key, exhaustive: false, reply }).await?
+    }
+
+    /// Finds every provider the peers closest to the key know of. Slower; for when the
+    /// first answer's providers have failed (records outlive the peers that made them,
+    /// and a record published before the swarm grew sits on fewer peers).
+    pub async fn all_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetworkError> {
+        self.ask(|reply| Command::Providers { key, exhaustive: true, reply }).await?
     }
 
     /// Sends a blob request and waits for the answer.

@@ -5,6 +5,11 @@
 //! are behind a NAT the node listens through one of them (a relay reservation), so
 //! others can dial us via `<relay>/p2p-circuit/p2p/<us>`; DCUtR then tries to replace
 //! such relayed connections with direct ones.
+//!
+//! While the swarm is smaller than Kademlia's K, each newcomer is among the K closest
+//! peers of every key, so the loop publishes its provider records again (once the joins
+//! of the moment settle): records made before anyone else joined do not stay on this
+//! node alone until the periodic republish.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -26,6 +31,12 @@ use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats};
 
 type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
 
+/// How long after a newcomer joins a small swarm our provider records are published again.
+const REPUBLISH_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A provider query: found so far, whether to run to the end, and where to answer.
+type ProviderQuery = (Vec<PeerId>, bool, Reply<Vec<PeerId>>);
+
 pub(super) struct Task {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -33,7 +44,7 @@ pub(super) struct Task {
     served_rx: mpsc::Receiver<(request_response::ResponseChannel<pb::BlobResponse>, pb::BlobResponse)>,
     provider: StoreProvider,
     codec: BlobCodec,
-    pending_providers: HashMap<kad::QueryId, (Vec<PeerId>, Reply<Vec<PeerId>>)>,
+    pending_providers: HashMap<kad::QueryId, ProviderQuery>,
     pending_provide: HashMap<kad::QueryId, Reply<()>>,
     pending_requests: HashMap<OutboundRequestId, Reply<pb::BlobResponse>>,
     pending_dials: HashMap<PeerId, Reply<()>>,
@@ -48,6 +59,8 @@ pub(super) struct Task {
     reserved: HashSet<PeerId>,
     /// Whether we relay for others.
     relay_server: bool,
+    /// When to publish our provider records again because the swarm grew.
+    republish_at: Option<tokio::time::Instant>,
 }
 
 impl Task {
@@ -78,13 +91,23 @@ impl Task {
             relays: HashMap::new(),
             reserved: HashSet::new(),
             relay_server: cfg.relay_server,
+            republish_at: None,
         }
     }
 
     pub(super) async fn run(mut self) {
         loop {
+            let republish_at = self.republish_at;
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = tokio::time::sleep_until(republish_at.unwrap_or_else(tokio::time::Instant::now)), if republish_at.is_some() => {
+                    self.republish_at = None;
+                    for key in self.provided.clone() {
+                        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                            tracing::debug!(error = %e, "could not republish a provider record");
+                        }
+                    }
+                }
                 Some((channel, response)) = self.served_rx.recv() => {
                     if self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err() {
                         tracing::debug!("a blob requester went away before its answer");
@@ -150,9 +173,9 @@ impl Task {
                 behaviour.kad.stop_providing(&key);
                 self.provided.retain(|k| *k != key);
             }
-            Command::Providers(key, reply) => {
+            Command::Providers { key, exhaustive, reply } => {
                 let id = behaviour.kad.get_providers(RecordKey::new(&key));
-                self.pending_providers.insert(id, (Vec::new(), reply));
+                self.pending_providers.insert(id, (Vec::new(), exhaustive, reply));
             }
             Command::Request(peer, req, reply) => {
                 let id = behaviour.blobs.send_request(&peer, req);
@@ -244,6 +267,15 @@ impl Task {
                 }
                 Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed"),
             },
+            // Records go to the K closest peers. While the swarm has fewer than K peers every
+            // newcomer is one of them, so records published before it joined are placed on
+            // it too, once the joins of the moment have settled.
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {
+                let known: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+                if known < kad::K_VALUE.get() && !self.provided.is_empty() && self.republish_at.is_none() {
+                    self.republish_at = Some(tokio::time::Instant::now() + REPUBLISH_SETTLE);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result,
@@ -301,19 +333,19 @@ impl Task {
     fn on_query(&mut self, id: kad::QueryId, result: QueryResult, last: bool) {
         match result {
             QueryResult::GetProviders(r) => {
-                let Some((found, _)) = self.pending_providers.get_mut(&id) else { return };
+                let Some((found, exhaustive, _)) = self.pending_providers.get_mut(&id) else { return };
                 let mut done = last;
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
                         found.extend(providers);
-                        // Enough to start fetching; a caller wanting more asks again.
-                        done = true;
+                        // Enough to start fetching, unless the caller asked for everyone.
+                        done |= !*exhaustive;
                     }
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
                     Err(e) => tracing::debug!(error = %e, "provider query ended"),
                 }
                 if done {
-                    if let Some((mut found, reply)) = self.pending_providers.remove(&id) {
+                    if let Some((mut found, _, reply)) = self.pending_providers.remove(&id) {
                         found.sort();
                         found.dedup();
                         let _ = reply.send(Ok(found));

@@ -95,14 +95,18 @@ pub async fn fetch_span_blobs(
 }
 
 /// Fetches one blob from its DHT providers. Provider records outlive the peers that
-/// made them, so when every listed provider fails the DHT is asked again, a few times.
+/// made them, so when every listed provider fails the DHT is asked again, a few times,
+/// each time for every provider it knows rather than the first answer.
 async fn fetch_one(store: &Store, net: &NetworkHandle, hash: Hash, size: u64) -> Result<FetchReport, ServeError> {
     const ATTEMPTS: usize = 3;
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // After a failure, ask the whole neighbourhood of the key, not just the first answer.
+        let exhaustive = attempt > 1;
         let peers: Vec<PeerId> = retry(PROVIDER_WAIT, async || {
-            let p = net.providers(keys::blob_key(&hash.0)).await.ok()?;
+            let key = keys::blob_key(&hash.0);
+            let p = if exhaustive { net.all_providers(key).await } else { net.providers(key).await }.ok()?;
             let p: Vec<PeerId> = p.into_iter().filter(|p| *p != net.peer_id()).collect();
             (!p.is_empty()).then_some(p)
         })

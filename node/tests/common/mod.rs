@@ -65,6 +65,7 @@ pub fn span_engines(dir: &Path, model: &Path, ranges: &[(u32, u32)], cfg: &Engin
 pub struct Node {
     child: Child,
     lines: mpsc::Receiver<String>,
+    log: Option<PathBuf>,
 }
 
 impl Drop for Node {
@@ -102,7 +103,7 @@ impl Node {
                 }
             }
         });
-        Node { child, lines }
+        Node { child, lines, log: log.map(Path::to_path_buf) }
     }
 
     /// The first stdout line starting with `prefix`, within `limit`.
@@ -113,7 +114,13 @@ impl Node {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(_) => continue,
-                Err(_) => panic!("no `{prefix}` line within {limit:?}"),
+                Err(_) => {
+                    let log = self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+                    // Backtrace frames are indented; the messages are not.
+                    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with(' ')).collect();
+                    let tail = &lines[lines.len().saturating_sub(20)..];
+                    panic!("no `{prefix}` line within {limit:?} (or the process ended); log:\n{}", tail.join("\n"))
+                }
             }
         }
     }
