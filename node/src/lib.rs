@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod chain;
+pub mod client;
 pub mod engine;
 pub mod inference;
 pub mod net;

@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+use libp2p::Multiaddr;
 use nak_node::bench::{self, BenchOptions};
 use nak_node::chain::{GenerateOptions, LocalChain};
+use nak_node::client::DecodeMode;
 use nak_node::engine::{EngineConfig, SamplingParams};
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
 
 mod batch_bench;
+mod client_commands;
 mod dht_bench;
 mod serve_command;
 mod store_commands;
@@ -29,8 +32,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate text with a whole model, or with it split into a local chain of spans.
+    /// Generate text with a whole model, with it split into a local chain of spans, or
+    /// (with --bootstrap) through the swarm's servers.
     Generate(GenerateArgs),
+    /// Chat with a model the swarm serves: streams answers, keeps the conversation,
+    /// `/reset` starts over, Ctrl-C stops an answer.
+    Chat {
+        /// Peers to join.
+        #[arg(long, required = true)]
+        bootstrap: Vec<Multiaddr>,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        /// System message.
+        #[arg(long)]
+        system: Option<String>,
+        /// Longest answer, in tokens.
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u32,
+        #[arg(long, value_enum, default_value = "ring")]
+        mode: DecodeMode,
+    },
     /// Split a GGUF into content-addressed blobs in the store; prints the model id.
     Import {
         /// The whole model.
@@ -260,6 +287,23 @@ struct GenerateArgs {
     json: bool,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    swarm: SwarmClientArgs,
+}
+
+/// Running through the swarm instead of locally.
+#[derive(clap::Args)]
+struct SwarmClientArgs {
+    /// Join the swarm at these addresses and generate through its servers (`--model` is then a model id).
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// ring: the last server samples and sends the token to the first; client: it sends
+    /// its top logits here and this client samples.
+    #[arg(long, value_enum, default_value = "ring")]
+    mode: DecodeMode,
+    /// Client mode: logits the last server returns per token.
+    #[arg(long, default_value_t = 16)]
+    top_k: u32,
 }
 
 #[derive(clap::Args)]
@@ -288,6 +332,17 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate(args, cli.data_dir),
+        Command::Chat { bootstrap, model, system, max_tokens, temperature, seed, mode } => {
+            let remote = client_commands::RemoteArgs {
+                bootstrap,
+                model,
+                mode,
+                sampling: SamplingParams { temperature, seed },
+                dtype: ActivationDtype::F32,
+                top_k: 16,
+            };
+            tokio::runtime::Runtime::new()?.block_on(client_commands::chat(remote, system, max_tokens))
+        }
         Command::Import { model, json } => store_commands::import(&open_store(cli.data_dir)?, &model, json),
         Command::Models { json } => store_commands::models(&open_store(cli.data_dir)?, json),
         Command::Store { command: StoreCommand::Verify { json } } => {
@@ -416,6 +471,18 @@ fn main() -> Result<()> {
 }
 
 fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    if !args.swarm.bootstrap.is_empty() {
+        let remote = client_commands::RemoteArgs {
+            bootstrap: args.swarm.bootstrap,
+            model: args.model.to_string_lossy().into_owned(),
+            mode: args.swarm.mode,
+            sampling: SamplingParams { temperature: args.temperature, seed: args.seed },
+            dtype: args.wire_dtype,
+            top_k: args.swarm.top_k,
+        };
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(client_commands::generate(remote, &args.prompt, args.max_tokens, args.json));
+    }
     let cfg = args.engine.config();
     let mut chain = if args.model.is_file() {
         LocalChain::from_model(&args.model, &args.local_split, &cfg)

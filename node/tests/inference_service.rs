@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use nak_node::engine::{ComputeLoader, EngineWorker, LlamaLoader, SessionConfig, StepInput, StepOutput};
-use nak_node::inference::InferenceService;
+use nak_node::inference::{InferenceService, ServiceConfig};
 use nak_node::net::frames::{read_frame, write_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
 use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle};
 use nak_protocol::{pb, Activation};
@@ -45,7 +45,7 @@ fn open(id: u64, model: &[u8; 32], layers: std::ops::Range<u32>) -> Kind {
 }
 
 fn step(id: u64, n: u64, tokens: Vec<i32>, hidden: Vec<u8>) -> Kind {
-    Kind::Step(pb::Step { session_id: id, step: n, tokens, hidden })
+    Kind::Step(pb::Step { session_id: id, step: n, tokens, hidden, ..Default::default() })
 }
 
 fn code(kind: &Kind) -> ErrorCode {
@@ -77,7 +77,8 @@ async fn sessions_over_a_stream_match_the_engine_and_bad_input_gets_error_frames
     let (a, a_store) = node(&dir.path().join("a"), vec![]).await;
     let id = import_gguf(&a_store, &model, &mut |_| {}).unwrap().model_id;
     let worker = EngineWorker::spawn(LlamaLoader.load(&model, &cfg).unwrap()).unwrap();
-    let _service = InferenceService::spawn(&a, id, worker).unwrap();
+    let service = InferenceService::spawn(&a, ServiceConfig::default()).unwrap();
+    service.serve(id, worker);
     let a_addr = a.wait_for_listen_addrs(Duration::from_secs(2)).await.unwrap();
     assert!(!a_addr.is_empty(), "a listen address");
     let (b, _) = node(&dir.path().join("b"), a_addr).await;

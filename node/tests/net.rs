@@ -397,7 +397,7 @@ async fn inference_streams_carry_frames_both_ways_and_refuse_oversized_ones() {
             session_id: id,
             step: 0,
             tokens: vec![1],
-            hidden: vec![],
+            ..Default::default()
         })),
     };
     let mut stream = control.open_stream(a.peer_id(), INFERENCE_PROTOCOL).await.unwrap();

@@ -128,7 +128,7 @@ mod tests {
         // Only the length prefix has arrived: it already says too much.
         let prefix = [0x80, 0x80, 0x40]; // 1 MiB
         assert_eq!(codec.decode::<pb::Step>(&prefix), Err(FrameError::TooLarge { len: 1 << 20, max: 1000 }));
-        let big = pb::Step { session_id: 1, step: 1, tokens: vec![], hidden: vec![0; 2000] };
+        let big = pb::Step { session_id: 1, step: 1, hidden: vec![0; 2000], ..Default::default() };
         assert!(matches!(codec.encode(&big), Err(FrameError::TooLarge { .. })));
         assert_eq!(codec.decode::<pb::Step>(&[0xff; 11]), Err(FrameError::BadLength));
     }

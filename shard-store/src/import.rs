@@ -343,3 +343,23 @@ pub fn verify_store(store: &Store) -> Result<VerifyReport, ImportError> {
     report.missing = users.into_iter().collect();
     Ok(report)
 }
+
+/// Writes a GGUF with model `id`'s metadata (tokenizer and chat template included) and no
+/// tensors, from its `meta` blob alone: what a client needs to tokenize. Returns its path
+/// (in the span cache; rewritten on every call, it is small).
+pub fn tokenizer_file(store: &Store, id: &ModelId) -> Result<PathBuf, ImportError> {
+    let manifest = store.manifest(id)?;
+    let meta_ref = manifest.blob(BlobRole::Meta, None).ok_or_else(|| ImportError::Incomplete("no meta blob".into()))?;
+    let metadata = decode_metadata(&store.read_blob(&meta_ref.hash)?, Path::new("<meta blob>"))?;
+    let out = store.span_cache_path(id, 0, 0).with_extension("tokenizer.gguf");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+    }
+    let tmp = store.temp_path("tokenizer");
+    if let Err(e) = GgufWriter::with_alignment(crate::gguf::DEFAULT_ALIGNMENT).write(&tmp, &metadata, vec![]) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    std::fs::rename(&tmp, &out).map_err(|source| StoreError::Io { path: out.clone(), source })?;
+    Ok(out)
+}

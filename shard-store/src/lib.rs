@@ -20,7 +20,7 @@ pub mod tensor_type;
 pub mod transfer;
 
 pub use gguf::{GgufError, GgufFile, GgufWriter, TensorInfo, Value};
-pub use import::{assemble_span, cached_span, import_gguf, ImportError, ImportReport};
+pub use import::{assemble_span, cached_span, import_gguf, tokenizer_file, ImportError, ImportReport};
 pub use manifest::{BlobRef, BlobRole, Hash, Manifest, ModelId};
 pub use span::{plan_span, write_span, SpanError, SpanPlan, SpanPosition};
 pub use store::{default_data_dir, Store, StoreError};

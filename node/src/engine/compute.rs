@@ -31,6 +31,8 @@ pub trait Compute: Send {
     fn step_batch(&mut self, requests: Vec<StepRequest>) -> Vec<Result<StepOutput, EngineError>>;
     /// Closes a session and frees its cache.
     fn close_session(&mut self, session: SessionId) -> Result<(), EngineError>;
+    /// Keeps the first `n_keep` positions of a session's cache and drops the rest.
+    fn truncate(&mut self, session: SessionId, n_keep: u32) -> Result<(), EngineError>;
 }
 
 impl Compute for SpanEngine {
@@ -60,6 +62,9 @@ impl Compute for SpanEngine {
     }
     fn close_session(&mut self, session: SessionId) -> Result<(), EngineError> {
         SpanEngine::close_session(self, session)
+    }
+    fn truncate(&mut self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        SpanEngine::truncate(self, session, n_keep)
     }
 }
 

@@ -66,6 +66,66 @@ impl Model {
         })
     }
 
+    /// Loads only the tokenizer and metadata of a GGUF (tensors are not read): what a
+    /// client needs to tokenize, detokenize and apply the chat template.
+    pub fn load_vocab(path: &Path) -> Result<Self, EngineError> {
+        init_backend();
+        let c_path = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| EngineError::Load(format!("{}: path contains NUL", path.display())))?;
+        // SAFETY: default params are plain data.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.vocab_only = true;
+        // SAFETY: c_path is a valid C string for the duration of the call.
+        let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
+        NonNull::new(raw)
+            .map(|ptr| Model { ptr })
+            .ok_or_else(|| EngineError::Load(format!("llama.cpp could not read the tokenizer of {}", path.display())))
+    }
+
+    /// The model's chat template, if its metadata has one.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: valid model pointer; a null name asks for the default template.
+        let ptr = unsafe { sys::llama_model_chat_template(self.as_ptr(), std::ptr::null()) };
+        // SAFETY: a non-null result is a NUL-terminated string owned by the model.
+        (!ptr.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+    }
+
+    /// Renders `(role, content)` messages with the model's chat template (llama.cpp's
+    /// built-in renderers), ending with the assistant's turn opener when `add_assistant`.
+    pub fn apply_chat_template(&self, messages: &[(&str, &str)], add_assistant: bool) -> Result<String, EngineError> {
+        let template = self.chat_template().ok_or(EngineError::Input("the model has no chat template".into()))?;
+        let c = |s: &str| CString::new(s).map_err(|_| EngineError::Input("a chat message contains NUL".into()));
+        let tmpl = c(&template)?;
+        let owned: Vec<(CString, CString)> =
+            messages.iter().map(|(r, t)| Ok((c(r)?, c(t)?))).collect::<Result<_, EngineError>>()?;
+        let msgs: Vec<sys::llama_chat_message> =
+            owned.iter().map(|(r, t)| sys::llama_chat_message { role: r.as_ptr(), content: t.as_ptr() }).collect();
+        let mut buf = vec![0u8; 2 * messages.iter().map(|m| m.0.len() + m.1.len()).sum::<usize>() + 256];
+        for _ in 0..2 {
+            // SAFETY: tmpl, msgs (and the strings they point to) and buf outlive the call.
+            let n = unsafe {
+                sys::llama_chat_apply_template(
+                    tmpl.as_ptr(),
+                    msgs.as_ptr(),
+                    msgs.len(),
+                    add_assistant,
+                    buf.as_mut_ptr().cast(),
+                    i32::try_from(buf.len()).unwrap_or(i32::MAX),
+                )
+            };
+            if n < 0 {
+                return Err(EngineError::Input("llama.cpp does not know this model's chat template".into()));
+            }
+            if n as usize <= buf.len() {
+                buf.truncate(n as usize);
+                return String::from_utf8(buf)
+                    .map_err(|_| EngineError::Input("chat template output is not UTF-8".into()));
+            }
+            buf.resize(n as usize, 0);
+        }
+        Err(EngineError::Input("chat template failed".into()))
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut sys::llama_model {
         self.ptr.as_ptr()
     }

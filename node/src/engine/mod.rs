@@ -26,7 +26,7 @@ use nak_protocol::{Activation, ActivationDtype, ActivationError};
 pub use compute::{Compute, ComputeLoader, LlamaLoader};
 pub use ffi::{init_backend, LoadedSpan, Model};
 use ffi::{Batch, Context, ContextParams};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{top_logprobs, Sampler, SamplingParams};
 pub use worker::{EngineWorker, WorkerStats};
 
 /// Errors of the span engine.

@@ -42,13 +42,56 @@ impl Sampler {
 
     /// Picks a token from `logits` (one per vocabulary entry).
     pub fn sample(&mut self, logits: &[f32]) -> i32 {
+        self.sample_candidates(logits.iter().enumerate().map(|(i, &l)| (i as i32, l)))
+    }
+
+    /// Picks a token from some of the vocabulary: `(token, logit)` pairs, in token order
+    /// where logits tie (greedy picks the first of equal logits).
+    pub fn sample_candidates(&mut self, candidates: impl IntoIterator<Item = (i32, f32)>) -> i32 {
         let mut data = LlamaTokenDataArray::from_iter(
-            logits.iter().enumerate().map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+            candidates.into_iter().map(|(t, l)| LlamaTokenData::new(LlamaToken(t), l, 0.0)),
             false,
         );
         self.inner.apply(&mut data);
         let token = data.selected_token().map_or(0, |t| t.0);
         self.inner.accept(LlamaToken(token));
         token
+    }
+}
+
+/// The `k` largest logits, largest first (ties: lower token first), with their
+/// log-probabilities over the whole vocabulary.
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(i32, f32, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let k = k.min(logits.len());
+    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    if k > 0 && k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_logit);
+        order.truncate(k);
+    }
+    order.sort_by(by_logit);
+    order.into_iter().map(|i| (i as i32, logits[i] - log_sum, logits[i])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_logprobs_are_ordered_normalised_and_tie_to_the_lower_token() {
+        let logits = [1.0, 3.0, 2.0, 3.0, -1.0];
+        let top = top_logprobs(&logits, 3);
+        let tokens: Vec<i32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(tokens, vec![1, 3, 2]);
+        let all: f32 = top_logprobs(&logits, 5).iter().map(|t| t.1.exp()).sum();
+        assert!((all - 1.0).abs() < 1e-5, "probabilities sum to {all}");
+        // Greedy over the top-k picks what greedy over the whole vocabulary picks.
+        let mut s = Sampler::new(&SamplingParams::default());
+        assert_eq!(
+            s.sample_candidates(top.iter().map(|t| (t.0, t.2))),
+            Sampler::new(&SamplingParams::default()).sample(&logits)
+        );
     }
 }

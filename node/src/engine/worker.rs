@@ -20,6 +20,7 @@ enum Job {
     Open(SessionConfig, oneshot::Sender<Result<SessionId, EngineError>>),
     Step(StepRequest, oneshot::Sender<Result<StepOutput, EngineError>>),
     Close(SessionId, oneshot::Sender<Result<(), EngineError>>),
+    Truncate(SessionId, u32, oneshot::Sender<Result<(), EngineError>>),
     Stats(oneshot::Sender<WorkerStats>),
 }
 
@@ -95,6 +96,11 @@ impl EngineWorker {
         self.ask(|tx| Job::Close(session, tx)).await?
     }
 
+    /// Keeps the first `n_keep` positions of a session's cache.
+    pub async fn truncate(&self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        self.ask(|tx| Job::Truncate(session, n_keep, tx)).await?
+    }
+
     /// Counters.
     pub async fn stats(&self) -> Result<WorkerStats, EngineError> {
         self.ask(Job::Stats).await
@@ -132,6 +138,9 @@ fn run(mut compute: Box<dyn Compute>, mut rx: mpsc::Receiver<Job>) {
                 }
                 Job::Close(session, reply) => {
                     let _ = reply.send(compute.close_session(session));
+                }
+                Job::Truncate(session, n_keep, reply) => {
+                    let _ = reply.send(compute.truncate(session, n_keep));
                 }
                 Job::Stats(reply) => {
                     let _ = reply.send(WorkerStats { sessions: compute.n_sessions(), ..stats });

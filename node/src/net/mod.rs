@@ -24,6 +24,7 @@ pub mod identity;
 mod provider;
 mod task;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
@@ -115,6 +116,8 @@ pub enum Command {
     Publish(String, Vec<u8>, oneshot::Sender<Result<(), NetworkError>>),
     /// The latest announcement of each peer, while it holds (see [`NetworkHandle::announcements`]).
     Announcements(oneshot::Sender<Vec<pb::ServerAnnouncement>>),
+    /// The latest ping round-trip time to each connected peer.
+    Rtts(oneshot::Sender<HashMap<PeerId, Duration>>),
     /// Gossip topics that connected peers subscribe to.
     PeerTopics(oneshot::Sender<Vec<String>>),
     /// Counters of the network task.
@@ -243,6 +246,11 @@ impl NetworkHandle {
     /// whose connection has not closed since.
     pub async fn announcements(&self) -> Result<Vec<pb::ServerAnnouncement>, NetworkError> {
         self.ask(Command::Announcements).await
+    }
+
+    /// The latest ping round-trip time to each connected peer (libp2p ping, every 15 s).
+    pub async fn rtts(&self) -> Result<HashMap<PeerId, Duration>, NetworkError> {
+        self.ask(Command::Rtts).await
     }
 
     /// Gossip topics that connected peers subscribe to (how `status` finds the models).

@@ -20,7 +20,7 @@ use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{autonat, dcutr, identify, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
 use nak_protocol::{announce, pb};
 use nak_shard_store::transfer::{BlobProvider, ChunkNum, ChunkRanges, ProviderError, StoreProvider};
 use nak_shard_store::Hash;
@@ -50,6 +50,7 @@ pub(super) struct Task {
     pending_dials: HashMap<PeerId, Reply<()>>,
     provided: Vec<RecordKey>,
     announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
+    rtts: HashMap<PeerId, Duration>,
     stats: NetworkStats,
     max_age: Duration,
     bootstrapped: bool,
@@ -85,6 +86,7 @@ impl Task {
             pending_dials: HashMap::new(),
             provided: Vec::new(),
             announcements: HashMap::new(),
+            rtts: HashMap::new(),
             stats: NetworkStats::default(),
             max_age: cfg.max_announcement_age,
             bootstrapped: false,
@@ -197,6 +199,9 @@ impl Task {
                 });
                 let _ = reply.send(self.announcements.values().cloned().collect());
             }
+            Command::Rtts(reply) => {
+                let _ = reply.send(self.rtts.clone());
+            }
             Command::PeerTopics(reply) => {
                 let mut topics: Vec<String> =
                     behaviour.gossipsub.all_peers().flat_map(|(_, t)| t.into_iter().map(|t| t.to_string())).collect();
@@ -231,10 +236,14 @@ impl Task {
                 }
             }
             // A server that went away no longer serves, whatever its last announcement said.
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
-                if self.announcements.remove(&peer_id.to_bytes()).is_some() =>
-            {
-                tracing::info!(peer = %peer_id, "dropped the announcement of a disconnected server");
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.rtts.remove(&peer_id);
+                if self.announcements.remove(&peer_id.to_bytes()).is_some() {
+                    tracing::info!(peer = %peer_id, "dropped the announcement of a disconnected server");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                self.rtts.insert(peer, rtt);
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 if let Some(reply) = self.pending_dials.remove(&peer) {

@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use nak_protocol::{keys, pb};
 use nak_shard_store::import::span_blobs;
 use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig, FetchReport};
-use nak_shard_store::{BlobRole, Hash, Manifest, ModelId, Store};
+use nak_shard_store::{BlobRef, BlobRole, Hash, Manifest, ModelId, Store};
 
 use super::ServeError;
 use crate::net::{NetworkHandle, RemoteProvider};
@@ -75,6 +75,19 @@ pub async fn fetch_span_blobs(
 ) -> Result<(), ServeError> {
     let mut needed = span_blobs(m, &layers);
     needed.extend(m.blob(BlobRole::Meta, None).cloned());
+    fetch_blobs(store, net, needed, true, progress).await
+}
+
+/// Fetches the blobs of `needed` that the store lacks (see [`fetch_span_blobs`]),
+/// providing each in the DHT when `provide` (a server does; a passing client does not,
+/// or its records would outlive it).
+pub async fn fetch_blobs(
+    store: &Store,
+    net: &NetworkHandle,
+    mut needed: Vec<BlobRef>,
+    provide: bool,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<(), ServeError> {
     needed.retain(|b| !store.has(&b.hash));
     let total: u64 = needed.iter().map(|b| b.size).sum();
     let mut done = 0;
@@ -83,7 +96,9 @@ pub async fn fetch_span_blobs(
     }
     for blob in needed {
         let report = fetch_one(store, net, blob.hash, blob.size).await?;
-        net.provide(keys::blob_key(&blob.hash.0)).await?;
+        if provide {
+            net.provide(keys::blob_key(&blob.hash.0)).await?;
+        }
         done += blob.size;
         progress(done, total);
         for (peer, reason) in &report.dropped {

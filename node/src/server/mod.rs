@@ -36,9 +36,10 @@ use prost::Message;
 
 pub use auto::span_bytes;
 use auto::{jitter, others, AutoPlacer};
-pub use fetch::{fetch_manifest, fetch_span_blobs};
+pub use fetch::{fetch_blobs, fetch_manifest, fetch_span_blobs};
 
-use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, SessionConfig, StepInput};
+use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, EngineWorker, SessionConfig, StepInput};
+use crate::inference::{InferenceService, ServiceConfig, ServiceError};
 use crate::net::{NetworkError, NetworkHandle};
 
 /// Errors of a server.
@@ -59,6 +60,9 @@ pub enum ServeError {
     /// Loading or measuring the span failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The inference service could not start.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// A blocking task died.
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -118,6 +122,8 @@ pub struct ServerConfig {
     pub rebalance_every: Duration,
     /// How much a move must lift the weakest blocks (`auto`). Default 1.25.
     pub min_gain: f64,
+    /// Limits of the inference service.
+    pub service: ServiceConfig,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +135,7 @@ impl Default for ServerConfig {
             announce_every: Duration::from_secs(10),
             rebalance_every: Duration::from_secs(120),
             min_gain: 1.25,
+            service: ServiceConfig::default(),
         }
     }
 }
@@ -149,10 +156,10 @@ pub enum ServerEvent {
 /// Where a server reports its [`ServerEvent`]s.
 pub type EventSink = Arc<dyn Fn(ServerEvent) + Send + Sync>;
 
-/// A loaded span and its measured speed.
+/// A loaded span, on its compute thread, and its measured speed.
 struct Serving {
     layers: Range<u32>,
-    compute: Box<dyn Compute>,
+    worker: EngineWorker,
     /// Tokens per second through one block.
     throughput: f64,
 }
@@ -168,6 +175,7 @@ pub struct Server {
     signer: ed25519_dalek::SigningKey,
     sequence: u64,
     serving: Serving,
+    service: InferenceService,
     events: EventSink,
 }
 
@@ -217,7 +225,8 @@ async fn load_span(
     tokio::task::spawn_blocking(move || -> Result<Serving, ServeError> {
         let mut compute = loader.load(&path, &cfg)?;
         let throughput = measure_block_throughput(compute.as_mut());
-        Ok(Serving { layers, compute, throughput })
+        let worker = EngineWorker::spawn(compute).map_err(|e| EngineError::Load(format!("compute thread: {e}")))?;
+        Ok(Serving { layers, worker, throughput })
     })
     .await?
 }
@@ -354,9 +363,11 @@ impl Server {
         }
         let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
         let serving = load_span(s, nt, m, layers, l, cfg.engine.clone(), events.clone()).await?;
+        let service = InferenceService::spawn(&net, cfg.service.clone())?;
+        service.serve(id, serving.worker.clone());
         provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
         events(ServerEvent::Serving { model: id, layers: serving.layers.clone(), throughput: serving.throughput });
-        Ok(Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, events })
+        Ok(Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, service, events })
     }
 
     /// The model served.
@@ -372,7 +383,8 @@ impl Server {
     async fn announce(&mut self) {
         self.sequence += 1;
         let s = &self.serving;
-        let free = s.compute.max_sessions().saturating_sub(s.compute.n_sessions() as u32);
+        let open = s.worker.stats().await.map_or(0, |st| st.sessions as u32);
+        let free = s.worker.max_sessions().saturating_sub(open);
         let valid = self.cfg.announce_every * 3;
         let (net, signer, id) = (&self.net, &self.signer, self.manifest.model_id());
         let online = pb::ServerState::Online;
@@ -408,6 +420,8 @@ impl Server {
                     match done {
                         Ok(new) => {
                             provide_blocks(&self.net, &id, &self.serving.layers, &new.layers).await?;
+                            // Open sessions finish on the old span; its thread ends with the last one.
+                            self.service.serve(id, new.worker.clone());
                             self.serving = new;
                             let s = &self.serving;
                             (self.events)(ServerEvent::Serving { model: id, layers: s.layers.clone(), throughput: s.throughput });
@@ -417,6 +431,7 @@ impl Server {
                     }
                 }
                 _ = &mut shutdown => {
+                    self.service.stop_admitting();
                     self.net.shutdown().await?;
                     return Ok(());
                 }

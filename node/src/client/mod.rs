@@ -1,0 +1,178 @@
+//! The client side of distributed generation: find the servers, pick a route, run
+//! sessions through it.
+//!
+//! [`SwarmModel::connect`] fetches the model's manifest and its metadata blob from the
+//! swarm (verified, like any blob) and loads the tokenizer from it; no weights are
+//! fetched. [`SwarmModel::view`] listens on the model's announcement topic until every
+//! layer is covered, and adds the ping round trip to each server; [`route::best_route`]
+//! picks the chain. [`RemoteSession::open`] ([`session`]) opens one session per hop,
+//! telling each where to push its output, and then generates in ring or
+//! client-sampled mode.
+
+pub mod route;
+mod session;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use nak_protocol::{keys, pb};
+use nak_shard_store::{tokenizer_file, BlobRole, Manifest, ModelId, Store};
+
+pub use route::{best_route, disjoint_routes, RouteHop, ServerInfo};
+pub use session::{DecodeMode, RemoteGeneration, RemoteSession, SessionOptions};
+
+use crate::engine::{EngineError, Model};
+use crate::net::{NetworkError, NetworkHandle};
+use crate::server::{fetch_blobs, fetch_manifest, ServeError};
+
+/// Errors of a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The network failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// Fetching the manifest or metadata failed.
+    #[error(transparent)]
+    Fetch(#[from] ServeError),
+    /// The tokenizer failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The store failed.
+    #[error(transparent)]
+    Import(#[from] nak_shard_store::ImportError),
+    /// Some layers have no server.
+    #[error("no route through the model: {0}")]
+    NoRoute(String),
+    /// A hop refused or failed.
+    #[error("hop {peer} (layers {start}:{end}): {code:?}: {message}")]
+    Hop {
+        /// The server.
+        peer: PeerId,
+        /// Its layers in this route.
+        start: u32,
+        /// End of them.
+        end: u32,
+        /// Why.
+        code: pb::ErrorCode,
+        /// In its words.
+        message: String,
+    },
+    /// A hop sent something the protocol does not allow here.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Nothing came for too long.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Bad arguments.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// A model in the swarm, as a client sees it: manifest and tokenizer.
+pub struct SwarmModel {
+    net: NetworkHandle,
+    manifest: Manifest,
+    vocab: Model,
+}
+
+impl SwarmModel {
+    /// Fetches the manifest and metadata of `id` into `store` (from the swarm unless the
+    /// store has them) and loads the tokenizer.
+    pub async fn connect(net: NetworkHandle, store: &Store, id: ModelId) -> Result<Self, ClientError> {
+        let manifest = fetch_manifest(store, &net, id).await?;
+        let meta = manifest.blob(BlobRole::Meta, None).cloned().into_iter().collect();
+        fetch_blobs(store, &net, meta, false, &|_, _| {}).await?;
+        net.subscribe(keys::announce_topic(&id.0)).await?;
+        let s = store.clone();
+        let path = tokio::task::spawn_blocking(move || tokenizer_file(&s, &id))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let vocab = tokio::task::spawn_blocking(move || Model::load_vocab(&path))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        Ok(Self { net, manifest, vocab })
+    }
+
+    /// The model's id.
+    pub fn id(&self) -> ModelId {
+        self.manifest.model_id()
+    }
+
+    /// Layers of the model.
+    pub fn n_layer(&self) -> u32 {
+        self.manifest.n_layer
+    }
+
+    /// The tokenizer (and chat template).
+    pub fn vocab(&self) -> &Model {
+        &self.vocab
+    }
+
+    /// The network.
+    pub fn net(&self) -> &NetworkHandle {
+        &self.net
+    }
+
+    /// The servers of this model that announce themselves online, waiting up to `wait`
+    /// for every layer to be covered (returning what is known then).
+    pub async fn view(&self, wait: Duration) -> Result<Vec<ServerInfo>, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let servers = self.servers().await?;
+            let covered = best_route(&servers, self.n_layer(), &HashSet::new()).is_some();
+            if covered || tokio::time::Instant::now() >= deadline {
+                return Ok(servers);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn servers(&self) -> Result<Vec<ServerInfo>, ClientError> {
+        let rtts = self.net.rtts().await?;
+        let me = self.net.peer_id();
+        let model = self.id();
+        let mut out = Vec::new();
+        for a in self.net.announcements().await? {
+            let Ok(peer) = PeerId::from_bytes(&a.peer_id) else { continue };
+            let online = a.state() == pb::ServerState::Online;
+            if peer == me || a.model_id != model.0 || !online || a.first_layer >= a.end_layer {
+                continue;
+            }
+            out.push(ServerInfo {
+                peer,
+                addrs: a.addrs.iter().filter_map(|b| Multiaddr::try_from(b.clone()).ok()).collect(),
+                layers: a.first_layer..a.end_layer.min(self.n_layer()),
+                block_throughput: a.block_throughput,
+                free_sessions: a.free_sessions,
+                rtt: rtts.get(&peer).copied(),
+            });
+        }
+        out.sort_by_key(|s| (s.layers.start, s.peer));
+        Ok(out)
+    }
+
+    /// The best route now, waiting up to `wait` for the swarm's announcements.
+    pub async fn route(&self, wait: Duration) -> Result<Vec<RouteHop>, ClientError> {
+        let servers = self.view(wait).await?;
+        best_route(&servers, self.n_layer(), &HashSet::new()).map(|(r, _)| r).ok_or_else(|| {
+            let held: Vec<String> = servers.iter().map(|s| format!("{}:{}", s.layers.start, s.layers.end)).collect();
+            ClientError::NoRoute(format!("{} layers; servers hold [{}]", self.n_layer(), held.join(", ")))
+        })
+    }
+
+    /// Every token that ends generation.
+    pub fn end_tokens(&self) -> Vec<i32> {
+        (0..self.vocab.n_vocab() as i32).filter(|&t| self.vocab.is_eog(t)).collect()
+    }
+
+    /// The text of tokens.
+    pub fn detokenize(&self, tokens: &[i32]) -> String {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.vocab.token_piece(t)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+pub(crate) fn peer_string<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(peer)
+}

@@ -1,0 +1,201 @@
+//! Choosing the chain of servers a session runs through.
+//!
+//! The model's layers are cut at block boundaries `0..=n`. Every server that holds
+//! layers `[s, e)` offers an edge from each boundary `a` to each later boundary `b`
+//! within its span (a route may enter and leave a span anywhere). An edge costs what
+//! the client expects one token to take there: `(b - a)` layers at the server's
+//! measured per-layer speed, slowed by how busy it is, plus half the ping round trip
+//! to it (the link into that hop) and a fixed per-hop overhead, so fewer hops win a
+//! tie. The route is the cheapest path from `0` to `n` (Dijkstra). Backups are found
+//! the same way without the servers of the routes before them, so they are disjoint.
+
+use std::collections::{BinaryHeap, HashSet};
+use std::ops::Range;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+
+/// Cost of one more hop beyond its compute and link: framing, a task switch, a copy.
+const HOP_OVERHEAD_S: f64 = 0.000_5;
+/// A server that announced no free session is this much more expensive.
+const FULL_PENALTY: f64 = 4.0;
+
+/// One server as the client sees it.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// Who.
+    pub peer: PeerId,
+    /// Where to dial it.
+    pub addrs: Vec<Multiaddr>,
+    /// Layers it holds.
+    pub layers: Range<u32>,
+    /// Tokens per second through one of its blocks.
+    pub block_throughput: f64,
+    /// Sessions it can still take, as announced.
+    pub free_sessions: u32,
+    /// Ping round trip, when known.
+    pub rtt: Option<Duration>,
+}
+
+/// One hop of a route: a server and the layers it runs for this session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteHop {
+    /// The server.
+    #[serde(serialize_with = "crate::client::peer_string")]
+    pub peer: PeerId,
+    /// First layer.
+    pub start: u32,
+    /// Layer after the last.
+    pub end: u32,
+    /// Where to dial it.
+    #[serde(skip)]
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// Expected seconds per token through `layers` of `server`.
+fn edge_cost(server: &ServerInfo, layers: u32) -> f64 {
+    let compute = layers as f64 / server.block_throughput.max(1e-9);
+    let busy = if server.free_sessions == 0 { FULL_PENALTY } else { 1.0 };
+    compute * busy + server.rtt.map_or(0.0, |r| r.as_secs_f64() / 2.0) + HOP_OVERHEAD_S
+}
+
+/// The cheapest route through all `n_layer` layers, avoiding `excluded` peers, and its
+/// expected seconds per token; `None` when some layer has no usable server.
+pub fn best_route(servers: &[ServerInfo], n_layer: u32, excluded: &HashSet<PeerId>) -> Option<(Vec<RouteHop>, f64)> {
+    let n = n_layer as usize;
+    let mut dist = vec![f64::INFINITY; n + 1];
+    // For each boundary: (server index, boundary we came from).
+    let mut prev: Vec<Option<(usize, usize)>> = vec![None; n + 1];
+    dist[0] = 0.0;
+    let mut heap = BinaryHeap::new();
+    heap.push(Visit { cost: 0.0, at: 0 });
+    while let Some(Visit { cost, at }) = heap.pop() {
+        if cost > dist[at] || at == n {
+            continue;
+        }
+        for (i, s) in servers.iter().enumerate() {
+            let (start, end) = (s.layers.start as usize, s.layers.end.min(n_layer) as usize);
+            if excluded.contains(&s.peer) || !(start..end).contains(&at) {
+                continue;
+            }
+            for b in at + 1..=end {
+                let c = cost + edge_cost(s, (b - at) as u32);
+                if c < dist[b] {
+                    dist[b] = c;
+                    prev[b] = Some((i, at));
+                    heap.push(Visit { cost: c, at: b });
+                }
+            }
+        }
+    }
+    if !dist[n].is_finite() {
+        return None;
+    }
+    let mut hops = Vec::new();
+    let mut at = n;
+    while at > 0 {
+        let (i, from) = prev[at]?;
+        let s = &servers[i];
+        hops.push(RouteHop { peer: s.peer, start: from as u32, end: at as u32, addrs: s.addrs.clone() });
+        at = from;
+    }
+    hops.reverse();
+    Some((hops, dist[n]))
+}
+
+/// Up to `count` routes that share no server, best first.
+pub fn disjoint_routes(servers: &[ServerInfo], n_layer: u32, count: usize) -> Vec<Vec<RouteHop>> {
+    let mut used = HashSet::new();
+    let mut routes = Vec::new();
+    while routes.len() < count {
+        let Some((route, _)) = best_route(servers, n_layer, &used) else { break };
+        used.extend(route.iter().map(|h| h.peer));
+        routes.push(route);
+    }
+    routes
+}
+
+#[derive(PartialEq)]
+struct Visit {
+    cost: f64,
+    at: usize,
+}
+
+impl Eq for Visit {}
+
+impl Ord for Visit {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Smallest cost first (BinaryHeap is a max-heap).
+        other.cost.total_cmp(&self.cost).then(other.at.cmp(&self.at))
+    }
+}
+
+impl PartialOrd for Visit {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(layers: Range<u32>, throughput: f64) -> ServerInfo {
+        ServerInfo {
+            peer: PeerId::random(),
+            addrs: vec![],
+            layers,
+            block_throughput: throughput,
+            free_sessions: 4,
+            rtt: Some(Duration::from_millis(1)),
+        }
+    }
+
+    fn spans(route: &[RouteHop]) -> Vec<(u32, u32)> {
+        route.iter().map(|h| (h.start, h.end)).collect()
+    }
+
+    #[test]
+    fn whole_spans_chain_end_to_end() {
+        let s = vec![server(0..10, 1000.0), server(10..20, 1000.0), server(20..30, 1000.0)];
+        let (route, cost) = best_route(&s, 30, &HashSet::new()).unwrap();
+        assert_eq!(spans(&route), vec![(0, 10), (10, 20), (20, 30)]);
+        assert_eq!(route[1].peer, s[1].peer);
+        assert!(cost > 0.03 && cost < 0.04, "{cost}");
+    }
+
+    #[test]
+    fn a_fast_server_is_entered_mid_span_and_a_missing_layer_means_no_route() {
+        // A slow server for 0:30 and a fast one for 10:30: run 0:10 slow, then the rest fast.
+        let s = vec![server(0..30, 100.0), server(10..30, 10_000.0)];
+        let (route, _) = best_route(&s, 30, &HashSet::new()).unwrap();
+        assert_eq!(spans(&route), vec![(0, 10), (10, 30)]);
+        assert_eq!(route[1].peer, s[1].peer);
+        let gap = vec![server(0..10, 100.0), server(11..30, 100.0)];
+        assert!(best_route(&gap, 30, &HashSet::new()).is_none());
+    }
+
+    #[test]
+    fn a_full_or_distant_server_loses_to_an_equal_free_near_one() {
+        let mut full = server(0..30, 1000.0);
+        full.free_sessions = 0;
+        let free = server(0..30, 1000.0);
+        let (route, _) = best_route(&[full.clone(), free.clone()], 30, &HashSet::new()).unwrap();
+        assert_eq!(route[0].peer, free.peer);
+        let mut far = server(0..30, 1000.0);
+        far.rtt = Some(Duration::from_millis(80));
+        let (route, _) = best_route(&[far, free.clone()], 30, &HashSet::new()).unwrap();
+        assert_eq!(route[0].peer, free.peer);
+    }
+
+    #[test]
+    fn backups_share_no_server() {
+        let s = vec![server(0..15, 1000.0), server(15..30, 1000.0), server(0..15, 900.0), server(15..30, 900.0)];
+        let routes = disjoint_routes(&s, 30, 3);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0][0].peer, s[0].peer);
+        let first: HashSet<PeerId> = routes[0].iter().map(|h| h.peer).collect();
+        assert!(routes[1].iter().all(|h| !first.contains(&h.peer)));
+    }
+}

@@ -1,0 +1,392 @@
+//! The server side of `/nakshatra/inference/1`: sessions over long-lived streams, with
+//! outputs pushed from server to server.
+//!
+//! [`InferenceService::spawn`] accepts inference streams from the network's stream
+//! control; [`InferenceService::serve`] says which engine new sessions run on (a move
+//! swaps it; sessions already open finish on the old one). Each stream gets a reader
+//! task and a writer task:
+//!
+//! - `Open` checks the model and layers against what this server holds, opens an engine
+//!   session on the shared [`EngineWorker`] (so the steps of every session batch
+//!   together) and starts the session's task ([`session`]); the stream becomes the
+//!   session's *control* stream, where its results and errors go. A full engine answers
+//!   `OVERLOADED`, so the client routes elsewhere.
+//! - `Step` goes to the session's inbox if it comes on the control stream, or from the
+//!   peer the opener named in `accept_from` (the previous hop pushing its output, or in
+//!   ring mode the last hop pushing the next token). Anyone else gets `UNKNOWN_SESSION`.
+//! - `Close` from the opener ends the session; so does the end of its control stream.
+//!
+//! A session whose open named `push_to` sends each output onward itself as the next
+//! hop's step input, so hidden states go hop to hop without the client relaying them.
+//! Limits: engine slots, sessions per peer, frames per second per stream, frame size and
+//! idle time. A frame that cannot be read ends its stream only.
+
+mod session;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, StreamExt};
+use libp2p::{Multiaddr, PeerId};
+use nak_protocol::{pb, ActivationDtype};
+use nak_shard_store::ModelId;
+use tokio::sync::mpsc;
+
+use crate::engine::{EngineError, EngineWorker, SamplingParams, SessionConfig};
+use crate::net::frames::{read_frame, write_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
+use crate::net::NetworkHandle;
+use session::{Input, Origin, Pusher, SessionTask};
+
+use pb::inference_frame::Kind;
+use pb::ErrorCode;
+
+/// Frames waiting for a stream's writer.
+const OUTBOX: usize = 64;
+/// Steps waiting for a session's task.
+const INBOX: usize = 64;
+/// Most logits a client may ask for with each token.
+const MAX_TOP_K: u32 = 1024;
+
+/// Errors starting the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Another service already accepts inference streams on this network.
+    #[error("inference streams are already being accepted")]
+    AlreadyAccepting,
+}
+
+/// Limits of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// A session with no step for this long is closed. Default 5 min.
+    pub idle_timeout: Duration,
+    /// Sessions one peer may hold open at once. Default 16.
+    pub max_sessions_per_peer: usize,
+    /// Frames per second one stream may send (bursts up to one second's worth). Default 2000.
+    pub max_frames_per_sec: u32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self { idle_timeout: Duration::from_secs(300), max_sessions_per_peer: 16, max_frames_per_sec: 2000 }
+    }
+}
+
+/// What new sessions run on.
+#[derive(Clone)]
+struct Backend {
+    model: ModelId,
+    worker: EngineWorker,
+}
+
+/// A live session, as the stream readers see it.
+struct Entry {
+    owner: PeerId,
+    control: u64,
+    accept_from: Option<PeerId>,
+    inbox: mpsc::Sender<Input>,
+}
+
+struct Shared {
+    net: NetworkHandle,
+    cfg: ServiceConfig,
+    backend: RwLock<Option<Backend>>,
+    sessions: Mutex<HashMap<u64, Entry>>,
+}
+
+impl Shared {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts and removes).
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets session `id` if it is still the one opened on `control`.
+    fn forget(&self, id: u64, control: u64) {
+        let mut sessions = self.sessions();
+        if sessions.get(&id).is_some_and(|e| e.control == control) {
+            sessions.remove(&id);
+        }
+    }
+}
+
+/// Accepts and serves inference streams; stops accepting when dropped.
+pub struct InferenceService {
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl InferenceService {
+    /// Accepts inference streams on `net`. Sessions are refused until [`Self::serve`].
+    pub fn spawn(net: &NetworkHandle, cfg: ServiceConfig) -> Result<Self, ServiceError> {
+        let mut incoming = net.streams().accept(INFERENCE_PROTOCOL).map_err(|_| ServiceError::AlreadyAccepting)?;
+        let shared = Arc::new(Shared {
+            net: net.clone(),
+            cfg,
+            backend: RwLock::new(None),
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let s = shared.clone();
+        let accept = tokio::spawn(async move {
+            let mut next_stream = 0u64;
+            while let Some((peer, stream)) = incoming.next().await {
+                next_stream += 1;
+                tokio::spawn(serve_stream(s.clone(), peer, stream, next_stream));
+            }
+        });
+        Ok(Self { shared, accept })
+    }
+
+    /// New sessions run `model`'s layers on `worker`; open ones keep their engine.
+    pub fn serve(&self, model: ModelId, worker: EngineWorker) {
+        *self.shared.backend.write().unwrap_or_else(|p| p.into_inner()) = Some(Backend { model, worker });
+    }
+
+    /// Refuses new sessions; open ones go on.
+    pub fn stop_admitting(&self) {
+        *self.shared.backend.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Sessions open now.
+    pub fn sessions(&self) -> usize {
+        self.shared.sessions().len()
+    }
+}
+
+impl Drop for InferenceService {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// An error frame.
+pub(crate) fn error(session_id: u64, code: ErrorCode, message: impl Into<String>) -> pb::InferenceFrame {
+    let mut e = pb::ErrorFrame { session_id, message: message.into(), ..Default::default() };
+    e.set_code(code);
+    pb::InferenceFrame { kind: Some(Kind::Error(e)) }
+}
+
+fn code_of(e: &EngineError) -> ErrorCode {
+    match e {
+        EngineError::UnknownSession(_) => ErrorCode::UnknownSession,
+        EngineError::TooManySessions(_) => ErrorCode::Overloaded,
+        EngineError::Input(_) | EngineError::Activation(_) | EngineError::ContextFull { .. } => ErrorCode::BadInput,
+        EngineError::WorkerStopped => ErrorCode::Closed,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// A token bucket: `rate` frames a second, bursts of up to `rate`.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32) -> Self {
+        let rate = f64::from(per_sec.max(1));
+        Self { rate, tokens: rate, at: Instant::now() }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        let ok = self.tokens >= 1.0;
+        if ok {
+            self.tokens -= 1.0;
+        }
+        ok
+    }
+}
+
+/// Writes frames from `rx` to a stream until every sender is gone or the stream fails.
+pub(crate) async fn write_loop(
+    mut writer: impl futures::AsyncWrite + Unpin,
+    mut rx: mpsc::Receiver<pb::InferenceFrame>,
+) {
+    while let Some(frame) = rx.recv().await {
+        if write_frame(&mut writer, &frame, MAX_INFERENCE_FRAME).await.is_err() {
+            break;
+        }
+    }
+    let _ = futures::AsyncWriteExt::close(&mut writer).await;
+}
+
+async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: libp2p::Stream, control: u64) {
+    let (mut reader, writer) = stream.split();
+    let (out, rx) = mpsc::channel(OUTBOX);
+    tokio::spawn(write_loop(writer, rx));
+    let mut opened_here = Vec::new();
+    let mut rate = RateLimit::new(shared.cfg.max_frames_per_sec);
+    loop {
+        let frame = match read_frame::<pb::InferenceFrame, _>(&mut reader, MAX_INFERENCE_FRAME).await {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(%peer, error = %e, "refused an inference frame; closing the stream");
+                let _ = out.send(error(0, ErrorCode::BadFrame, e.to_string())).await;
+                break;
+            }
+            Err(_) => break, // the peer went away
+        };
+        if !rate.allow() {
+            let msg = format!("over {} frames per second", shared.cfg.max_frames_per_sec);
+            let _ = out.send(error(0, ErrorCode::Overloaded, msg)).await;
+            continue;
+        }
+        let reply = match frame.kind {
+            Some(Kind::Open(open)) => {
+                let id = open.session_id;
+                let reply = open_session(&shared, peer, control, open, &out).await;
+                if matches!(reply.kind, Some(Kind::Opened(_))) {
+                    opened_here.push(id);
+                }
+                Some(reply)
+            }
+            Some(Kind::Step(step)) => route_step(&shared, peer, control, step).await,
+            Some(Kind::Close(close)) => {
+                // Dropping the entry drops the inbox's sender: the session's task closes it.
+                shared.forget(close.session_id, control);
+                None
+            }
+            _ => Some(error(0, ErrorCode::BadFrame, "a client sends open, step and close frames only")),
+        };
+        if let Some(reply) = reply {
+            if out.send(reply).await.is_err() {
+                break;
+            }
+        }
+    }
+    for id in opened_here {
+        shared.forget(id, control);
+    }
+}
+
+/// Hands a step to its session, or says why not.
+async fn route_step(shared: &Shared, peer: PeerId, control: u64, step: pb::Step) -> Option<pb::InferenceFrame> {
+    let id = step.session_id;
+    let target = shared.sessions().get(&id).and_then(|e| {
+        let origin = if e.owner == peer && e.control == control {
+            Origin::Client
+        } else if e.accept_from == Some(peer) {
+            Origin::Pushed
+        } else {
+            return None;
+        };
+        Some((e.inbox.clone(), origin))
+    });
+    let Some((inbox, origin)) = target else {
+        return Some(error(id, ErrorCode::UnknownSession, format!("no session {id} open to you here")));
+    };
+    match inbox.send(Input::Step(step, origin)).await {
+        Ok(()) => None,
+        Err(_) => Some(error(id, ErrorCode::Closed, "the session has ended")),
+    }
+}
+
+fn peer_from(bytes: &[u8]) -> Result<Option<PeerId>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    PeerId::from_bytes(bytes).map(Some).map_err(|e| format!("bad peer id: {e}"))
+}
+
+fn layers_held(worker: &EngineWorker) -> Range<u32> {
+    let span = worker.span();
+    span.first..span.first + span.n_layer
+}
+
+async fn open_session(
+    shared: &Arc<Shared>,
+    peer: PeerId,
+    control: u64,
+    open: pb::OpenSession,
+    out: &mpsc::Sender<pb::InferenceFrame>,
+) -> pb::InferenceFrame {
+    let id = open.session_id;
+    let backend = shared.backend.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(Backend { model, worker }) = backend else {
+        return error(id, ErrorCode::WrongSpan, "this server is not serving now");
+    };
+    if open.model_id != model.0 {
+        return error(id, ErrorCode::WrongSpan, "this server does not serve that model");
+    }
+    let held = layers_held(&worker);
+    let layers = open.first_layer..open.end_layer;
+    if layers.is_empty() || layers.start < held.start || layers.end > held.end {
+        let msg = format!(
+            "layers {}..{} are not within the {}..{} served here",
+            layers.start, layers.end, held.start, held.end
+        );
+        return error(id, ErrorCode::WrongSpan, msg);
+    }
+    let dtype = match open.dtype {
+        0 => ActivationDtype::F32,
+        1 => ActivationDtype::F16,
+        2 => ActivationDtype::Bf16,
+        other => return error(id, ErrorCode::BadInput, format!("unknown hidden-state encoding {other}")),
+    };
+    if !open.temperature.is_finite() || open.temperature < 0.0 {
+        return error(id, ErrorCode::BadInput, "temperature must be a finite number, at least 0");
+    }
+    if open.top_k > MAX_TOP_K {
+        return error(id, ErrorCode::BadInput, format!("top_k is at most {MAX_TOP_K}"));
+    }
+    let accept_from = match peer_from(&open.accept_from) {
+        Ok(p) => p,
+        Err(e) => return error(id, ErrorCode::BadInput, e),
+    };
+    let push = match &open.push_to {
+        None => None,
+        Some(hop) => match peer_from(&hop.peer_id) {
+            Ok(Some(target)) => {
+                let addrs = hop.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+                Some(Pusher::new(shared.net.clone(), target, addrs, hop.session_id))
+            }
+            Ok(None) => return error(id, ErrorCode::BadInput, "push_to names no peer"),
+            Err(e) => return error(id, ErrorCode::BadInput, e),
+        },
+    };
+    {
+        let sessions = shared.sessions();
+        if sessions.contains_key(&id) {
+            return error(id, ErrorCode::BadInput, "a session with this id is already open here");
+        }
+        if sessions.values().filter(|e| e.owner == peer).count() >= shared.cfg.max_sessions_per_peer {
+            let msg = format!("at most {} sessions per peer", shared.cfg.max_sessions_per_peer);
+            return error(id, ErrorCode::Overloaded, msg);
+        }
+    }
+    let cfg = SessionConfig {
+        layers: Some(layers),
+        sampling: SamplingParams { temperature: open.temperature, seed: open.seed },
+        dtype,
+    };
+    let engine = match worker.open_session(cfg).await {
+        Ok(engine) => engine,
+        Err(e) => return error(id, code_of(&e), e.to_string()),
+    };
+    let (inbox, rx) = mpsc::channel(INBOX);
+    let task = SessionTask::new(id, engine, worker.clone(), out.clone(), push, open.top_k, open.stop_tokens);
+    let registered = match shared.sessions().entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(Entry { owner: peer, control, accept_from, inbox });
+            true
+        }
+    };
+    if !registered {
+        let _ = worker.close_session(engine).await;
+        return error(id, ErrorCode::BadInput, "a session with this id is already open here");
+    }
+    let (s, idle) = (shared.clone(), shared.cfg.idle_timeout);
+    tokio::spawn(async move {
+        task.run(rx, idle).await;
+        s.forget(id, control);
+    });
+    pb::InferenceFrame {
+        kind: Some(Kind::Opened(pb::Opened { session_id: id, max_context: worker.ctx_per_session() })),
+    }
+}

@@ -1,0 +1,199 @@
+//! Generation through a swarm of separate processes: three `nak-node run` servers on
+//! loopback hold layers 0:10, 10:20 and 20:30 of SmolLM2-135M, and clients that know
+//! only the first server's address generate through them.
+//!
+//! - `generate --bootstrap` gives the whole model's greedy tokens (one process, no
+//!   network) for five prompts, in ring and in client-sampled mode, and reports the
+//!   route it took;
+//! - `chat`, driven in tmux as a person would: a turn whose answer equals the whole
+//!   model's, a second turn, Ctrl-C in the middle of a long answer (the program goes
+//!   on), and `/reset`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{log_tails, run_node, smollm_path, Node};
+
+const PROMPTS: [&str; 5] = [
+    "The capital of France is",
+    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+    "List three primary colors:",
+];
+const TOKENS: &str = "24";
+
+fn nak(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_nak-node")).args(args).env("NAK_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "nak-node {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+struct Swarm {
+    dir: tempfile::TempDir,
+    id: String,
+    addr: String,
+    _nodes: Vec<Node>,
+}
+
+fn swarm() -> Swarm {
+    let model = smollm_path();
+    assert!(model.exists(), "{} is missing: run the README's test command", model.display());
+    let dir = tempfile::tempdir().unwrap();
+    let first = run_node(&dir.path().join("a"), model.to_str().unwrap(), "0:10", None, &[]);
+    let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
+    let id = first.line("serving ", Duration::from_secs(60)).split_whitespace().nth(1).unwrap().to_string();
+    let mut nodes = vec![first];
+    for (name, layers) in [("b", "10:20"), ("c", "20:30")] {
+        nodes.push(run_node(&dir.path().join(name), &id, layers, Some(&addr), &[]));
+    }
+    for n in &nodes[1..] {
+        n.line("serving ", Duration::from_secs(90));
+    }
+    Swarm { dir, id, addr, _nodes: nodes }
+}
+
+#[test]
+fn three_processes_generate_the_whole_models_tokens_in_both_modes_and_chat_works_in_a_terminal() {
+    let swarm = swarm();
+    let model = smollm_path();
+    for prompt in PROMPTS {
+        let local = nak(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            TOKENS,
+            "--json",
+        ]);
+        assert!(!local["tokens"].as_array().unwrap().is_empty());
+        for mode in ["ring", "client"] {
+            let args = ["generate", "--bootstrap", &swarm.addr, "--model", &swarm.id, "--prompt", prompt];
+            let remote = nak(&[&args[..], &["--max-tokens", TOKENS, "--mode", mode, "--json"]].concat());
+            assert_eq!(
+                remote["tokens"],
+                local["tokens"],
+                "{mode} mode, prompt {prompt:?}\nlogs:\n{}",
+                log_tails(swarm.dir.path(), 15)
+            );
+            assert_eq!(remote["mode"], mode);
+            let route: Vec<(u64, u64)> = remote["route"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| (h["start"].as_u64().unwrap(), h["end"].as_u64().unwrap()))
+                .collect();
+            assert_eq!(route, vec![(0, 10), (10, 20), (20, 30)]);
+        }
+    }
+    chat_in_tmux(&swarm);
+}
+
+/// A tmux session running `chat`, killed when dropped.
+struct Tmux(String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).status();
+    }
+}
+
+impl Tmux {
+    fn keys(&self, keys: &[&str]) {
+        let ok = Command::new("tmux").args(["send-keys", "-t", &self.0]).args(keys).status().unwrap().success();
+        assert!(ok, "tmux send-keys failed");
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-J", "-S", "-", "-t", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until `done` holds for the screen; returns it.
+    fn wait(&self, what: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {limit:?}; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the `n`th input prompt.
+    fn prompts(&self, n: usize) -> String {
+        self.wait(&format!("prompt #{n}"), Duration::from_secs(60), |s| {
+            s.lines().filter(|l| l.starts_with("> ")).count() >= n
+        })
+    }
+}
+
+/// The answer printed after the line `> question` (up to the next prompt).
+fn answer_after(screen: &str, question: &str, nth: usize) -> String {
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = lines.iter().enumerate().filter(|(_, l)| **l == format!("> {question}")).nth(nth).map(|(i, _)| i);
+    let at = at.unwrap_or_else(|| panic!("no `> {question}` (#{nth}) on screen:\n{screen}"));
+    let rest: Vec<&str> = lines[at + 1..].iter().take_while(|l| !l.starts_with("> ")).copied().collect();
+    rest.join("\n")
+}
+
+fn squash(s: &str) -> String {
+    s.split_whitespace().collect()
+}
+
+fn chat_in_tmux(swarm: &Swarm) {
+    let model = smollm_path();
+    let question = "What is the capital of France?";
+    // What the whole model answers, in one process: the same chat template, greedy.
+    let vocab = nak_node::engine::Model::load_vocab(&model).unwrap();
+    let prompt = vocab.apply_chat_template(&[("user", question)], true).unwrap();
+    let local =
+        nak(&["generate", "--model", model.to_str().unwrap(), "--prompt", &prompt, "--max-tokens", "300", "--json"]);
+    let expected = local["text"].as_str().unwrap().to_string();
+
+    let name = format!("nak-chat-{}", std::process::id());
+    let bin = env!("CARGO_BIN_EXE_nak-node");
+    let cmd = format!("NAK_LOG=error {bin} chat --bootstrap {} --model {} --max-tokens 300", swarm.addr, swarm.id);
+    let ok = Command::new("tmux")
+        .args(["new-session", "-d", "-x", "200", "-y", "50", "-s", &name, &cmd])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tmux new-session failed");
+    let tmux = Tmux(name);
+    tmux.wait("connection", Duration::from_secs(60), |s| s.contains("connected: 3 hops"));
+    tmux.prompts(1);
+
+    tmux.keys(&[question, "Enter"]);
+    let screen = tmux.prompts(2);
+    assert_eq!(squash(&answer_after(&screen, question, 0)), squash(&expected), "screen:\n{screen}");
+
+    tmux.keys(&["And of Italy?", "Enter"]);
+    let screen = tmux.prompts(3);
+    assert!(!answer_after(&screen, "And of Italy?", 0).trim().is_empty(), "screen:\n{screen}");
+
+    // Ctrl-C once the long answer has started: it stops, the program does not.
+    let long = "Write a very long story about a dragon who learns to sing.";
+    tmux.keys(&[long, "Enter"]);
+    tmux.wait("the answer starting", Duration::from_secs(30), |s| {
+        s.contains(&format!("> {long}")) && !answer_after(s, long, 0).trim().is_empty()
+    });
+    tmux.keys(&["C-c"]);
+    let screen = tmux.prompts(4);
+    assert!(answer_after(&screen, long, 0).contains("[stopped]"), "screen:\n{screen}");
+
+    tmux.keys(&["/reset", "Enter"]);
+    tmux.wait("the reset", Duration::from_secs(10), |s| s.contains("(conversation reset)"));
+    tmux.prompts(5);
+    // A fresh conversation: the first question gets the first answer again.
+    tmux.keys(&[question, "Enter"]);
+    let screen = tmux.prompts(6);
+    assert_eq!(squash(&answer_after(&screen, question, 1)), squash(&expected), "screen:\n{screen}");
+    tmux.keys(&["/quit", "Enter"]);
+}
