@@ -60,10 +60,20 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
     Ok(RemoteSession::open(model, route, opts).await?)
 }
 
-/// `generate --bootstrap`: one prompt, through the swarm.
-pub async fn generate(args: RemoteArgs, prompt: &str, max_tokens: usize, json: bool) -> Result<()> {
+/// `generate --bootstrap`: one prompt, through the swarm; with `parallel`, that many
+/// sessions at once on the same route (a throughput benchmark).
+pub async fn generate(
+    args: RemoteArgs,
+    prompt: &str,
+    max_tokens: usize,
+    parallel: Option<usize>,
+    json: bool,
+) -> Result<()> {
     let (model, _scratch) = connect(&args).await?;
     let tokens = model.vocab().tokenize(prompt, true)?;
+    if let Some(n) = parallel {
+        return generate_parallel(&model, &args, &tokens, max_tokens, n.max(1)).await;
+    }
     let mut session = open(&model, &args).await?;
     let out = session.generate(&model, &tokens, max_tokens, |_| true).await?;
     session.close().await;
@@ -82,6 +92,37 @@ pub async fn generate(args: RemoteArgs, prompt: &str, max_tokens: usize, json: b
             out.generation.tokens.len()
         );
     }
+    Ok(())
+}
+
+async fn generate_parallel(
+    model: &SwarmModel,
+    args: &RemoteArgs,
+    tokens: &[i32],
+    max_tokens: usize,
+    parallel: usize,
+) -> Result<()> {
+    let mut sessions = Vec::new();
+    for _ in 0..parallel {
+        sessions.push(open(model, args).await?);
+    }
+    let t0 = std::time::Instant::now();
+    let runs = futures::future::join_all(sessions.iter_mut().map(|s| s.generate(model, tokens, max_tokens, |_| true)));
+    let outs = runs.await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let wall = t0.elapsed().as_secs_f64();
+    for s in sessions {
+        s.close().await;
+    }
+    let total: usize = outs.iter().map(|o| o.generation.tokens.len()).sum();
+    let report = serde_json::json!({
+        "sessions": parallel,
+        "tokens": total,
+        "wall_s": wall,
+        "aggregate_tokens_per_s": total as f64 / wall,
+        "decode_tokens_per_s": outs.iter().map(|o| o.generation.decode_tokens_per_s).collect::<Vec<_>>(),
+        "route": outs.first().map(|o| o.route.clone()),
+    });
+    println!("{report}");
     Ok(())
 }
 

@@ -153,6 +153,9 @@ enum Command {
         /// CPU threads.
         #[arg(long)]
         threads: Option<i32>,
+        /// Sessions this server holds at once (each with its own KV cache of 2048 positions).
+        #[arg(long, default_value_t = 8)]
+        max_sessions: u32,
         /// Seconds between announcements.
         #[arg(long, default_value_t = 10)]
         announce_interval: u64,
@@ -304,6 +307,9 @@ struct SwarmClientArgs {
     /// Client mode: logits the last server returns per token.
     #[arg(long, default_value_t = 16)]
     top_k: u32,
+    /// Run this many sessions at once on the same route and report their aggregate speed (JSON).
+    #[arg(long)]
+    parallel: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -402,6 +408,7 @@ fn main() -> Result<()> {
             bootstrap,
             max_memory,
             threads,
+            max_sessions,
             announce_interval,
             rebalance_interval,
             min_gain,
@@ -416,7 +423,7 @@ fn main() -> Result<()> {
                 relay_server,
                 server: nak_node::server::ServerConfig {
                     max_memory,
-                    engine: serve_command::engine_config(threads),
+                    engine: serve_command::engine_config(threads, max_sessions),
                     announce_every: std::time::Duration::from_secs(announce_interval.max(1)),
                     rebalance_every: std::time::Duration::from_secs(rebalance_interval.max(1)),
                     min_gain: if min_gain.is_finite() && min_gain >= 1.0 {
@@ -481,7 +488,13 @@ fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             top_k: args.swarm.top_k,
         };
         let rt = tokio::runtime::Runtime::new()?;
-        return rt.block_on(client_commands::generate(remote, &args.prompt, args.max_tokens, args.json));
+        return rt.block_on(client_commands::generate(
+            remote,
+            &args.prompt,
+            args.max_tokens,
+            args.swarm.parallel,
+            args.json,
+        ));
     }
     let cfg = args.engine.config();
     let mut chain = if args.model.is_file() {

@@ -84,8 +84,8 @@ pub async fn run(store: Store, opts: RunOptions) -> Result<()> {
 }
 
 /// Engine settings of a server: the defaults, with `threads` if given.
-pub fn engine_config(threads: Option<i32>) -> EngineConfig {
-    let mut cfg = EngineConfig::default();
+pub fn engine_config(threads: Option<i32>, max_sessions: u32) -> EngineConfig {
+    let mut cfg = EngineConfig { max_sessions: max_sessions.max(1), ..EngineConfig::default() };
     if let Some(t) = threads {
         cfg.threads = t;
     }

@@ -19,8 +19,10 @@ pub async fn start_network(store: &Store, cfg: NetworkConfig) -> Result<(Network
 }
 
 /// Network settings with these peers to join and, if any are given, these listen addresses.
+/// `NAK_LINK_DELAY_MS` (benchmarks) delays every byte received, as a wide-area link would.
 pub fn network_config(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> NetworkConfig {
-    let mut cfg = NetworkConfig { bootstrap, ..NetworkConfig::default() };
+    let link_delay = std::env::var("NAK_LINK_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    let mut cfg = NetworkConfig { bootstrap, link_delay, ..NetworkConfig::default() };
     if !listen.is_empty() {
         cfg.listen = listen;
     }

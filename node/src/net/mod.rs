@@ -19,6 +19,7 @@
 
 mod behaviour;
 mod codec;
+mod delay;
 pub mod frames;
 pub mod identity;
 mod provider;
@@ -37,6 +38,7 @@ use task::Task;
 
 pub use behaviour::{memory_transport, InjectedTransport};
 pub use codec::{BlobCodec, BLOB_PROTOCOL};
+pub use delay::delayed_tcp_transport;
 pub use provider::RemoteProvider;
 
 /// Kademlia protocol of the swarm.
@@ -60,6 +62,9 @@ pub struct NetworkConfig {
     /// Relay connections for peers that cannot be reached directly (a public node's
     /// service to the swarm). Default off.
     pub relay_server: bool,
+    /// Hold every received byte this long: TCP only, a wide-area link on loopback for
+    /// benchmarks ([`delayed_tcp_transport`]). Default none.
+    pub link_delay: Option<Duration>,
 }
 
 impl Default for NetworkConfig {
@@ -75,6 +80,7 @@ impl Default for NetworkConfig {
             max_announcement_age: Duration::from_secs(120),
             command_queue: 64,
             relay_server: false,
+            link_delay: None,
         }
     }
 }
@@ -294,8 +300,14 @@ impl Network {
         let peer_id = keypair.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
         let codec = BlobCodec::default();
-        let mut swarm = behaviour::build_swarm(keypair, &cfg, codec.clone(), transport)?;
-        for addr in &cfg.listen {
+        let delayed = match (transport.is_none(), cfg.link_delay) {
+            (true, Some(delay)) => Some(delayed_tcp_transport(&keypair, delay)?),
+            _ => None,
+        };
+        let tcp_only = delayed.is_some();
+        let mut swarm = behaviour::build_swarm(keypair, &cfg, codec.clone(), transport.or(delayed))?;
+        let quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
+        for addr in cfg.listen.iter().filter(|a| !(tcp_only && quic(a))) {
             swarm.listen_on(addr.clone()).map_err(|e| setup(&e))?;
         }
         for addr in &cfg.bootstrap {

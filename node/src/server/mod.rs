@@ -4,15 +4,18 @@
 //! from its DHT providers) and provides what the store holds of it; picks the span
 //! (`all`, `A:B`, or `auto`); fetches the blobs it needs from their providers
 //! (verified), assembles it, loads it with the injected [`ComputeLoader`], measures
-//! it, and provides its blocks. [`Server::run`] then announces it on the model's topic
-//! every interval until `shutdown` resolves, when it stops providing and leaves.
+//! it, and provides its blocks. The span runs on an [`EngineWorker`] behind the
+//! [`InferenceService`], which serves sessions to clients. [`Server::run`] then announces
+//! it on the model's topic every interval until `shutdown` resolves, when it stops
+//! providing and leaves.
 //!
 //! With `auto` the server first measures its speed on one block, listens to the
 //! swarm's announcements, and takes the span that most raises the weakest blocks
 //! within its memory budget ([`crate::placement`]), announcing it as *joining* while it
 //! loads. Every re-check interval (jittered, so servers do not move in lockstep) it
 //! asks the same question again and moves when that clearly helps and strands no
-//! block. A move loads the new span while the old one keeps being announced.
+//! block. A move loads the new span while the old one keeps being announced; open
+//! sessions finish on the old span, new ones get the new one.
 //!
 //! The network ([`crate::net`], possibly on an injected transport) and the compute
 //! (a [`ComputeLoader`]) both come from the caller, so many servers can run in one
