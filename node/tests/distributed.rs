@@ -14,15 +14,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{log_tails, run_node, smollm_path, Node};
+use common::{log_tails, run_node, smollm_path, Node, PROMPTS};
 
-const PROMPTS: [&str; 5] = [
-    "The capital of France is",
-    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village by the sea,",
-    "List three primary colors:",
-];
 const TOKENS: &str = "24";
 
 fn nak(args: &[&str]) -> serde_json::Value {

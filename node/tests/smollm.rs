@@ -5,19 +5,11 @@
 
 mod common;
 
-use common::{smollm_path, test_engine_config};
+use common::{smollm_path, test_engine_config, PROMPTS};
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::engine::{EngineConfig, SpanEngine};
 use nak_node::reference::ReferenceModel;
 use nak_shard_store::{span, GgufFile};
-
-const PROMPTS: [&str; 5] = [
-    "The capital of France is",
-    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village by the sea,",
-    "List three primary colors:",
-];
 
 fn model() -> std::path::PathBuf {
     let path = smollm_path();

@@ -23,7 +23,6 @@
 use std::time::{Duration, Instant};
 
 use futures::AsyncReadExt;
-use libp2p::multiaddr::Protocol;
 use nak_protocol::{pb, ActivationDtype};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -31,7 +30,7 @@ use tokio::sync::mpsc;
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::chain::Generation;
 use crate::engine::{Sampler, SamplingParams};
-use crate::inference::write_loop;
+use crate::inference::{error, write_loop};
 use crate::net::frames::{read_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
 
 use pb::inference_frame::Kind;
@@ -121,22 +120,8 @@ impl RemoteSession {
         let mut writers = Vec::new();
         let last = route.len() - 1;
         for (i, hop) in route.iter().enumerate() {
-            let mut control = net.streams();
-            let stream = match control.open_stream(hop.peer, INFERENCE_PROTOCOL).await {
-                Ok(s) => s,
-                Err(_) => {
-                    for addr in &hop.addrs {
-                        let mut addr = addr.clone();
-                        if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-                            addr.push(Protocol::P2p(hop.peer));
-                        }
-                        if net.dial(addr).await.is_ok() {
-                            break;
-                        }
-                    }
-                    control.open_stream(hop.peer, INFERENCE_PROTOCOL).await.map_err(|e| hop_error(hop, e))?
-                }
-            };
+            let stream =
+                net.open_stream(hop.peer, &hop.addrs, INFERENCE_PROTOCOL).await.map_err(|e| hop_error(hop, e))?;
             let (mut reader, writer) = stream.split();
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(write_loop(writer, rx));
@@ -147,7 +132,7 @@ impl RemoteSession {
                         break;
                     }
                 }
-                let closed = super::super::inference::error(0, pb::ErrorCode::Closed, "the stream closed");
+                let closed = error(0, pb::ErrorCode::Closed, "the stream closed");
                 let _ = frames_tx.send((i, closed)).await;
             });
             let ring = opts.mode == DecodeMode::Ring;

@@ -16,7 +16,6 @@
 
 use std::time::Duration;
 
-use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use nak_protocol::{pb, Activation};
 use tokio::sync::mpsc;
@@ -60,25 +59,11 @@ impl Pusher {
     /// Opens the stream: dials one of the given addresses first unless already connected.
     /// Error frames the next hop sends back on it go to `errors` (our client).
     async fn connect(&mut self, errors: &mpsc::Sender<pb::InferenceFrame>, our_id: u64) -> Result<(), String> {
-        let mut control = self.net.streams();
-        let stream = match control.open_stream(self.target, INFERENCE_PROTOCOL).await {
-            Ok(s) => s,
-            Err(first) => {
-                for addr in &self.addrs {
-                    let mut addr = addr.clone();
-                    if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-                        addr.push(Protocol::P2p(self.target));
-                    }
-                    if self.net.dial(addr).await.is_ok() {
-                        break;
-                    }
-                }
-                control
-                    .open_stream(self.target, INFERENCE_PROTOCOL)
-                    .await
-                    .map_err(|e| format!("cannot reach the next hop {}: {e} (first try: {first})", self.target))?
-            }
-        };
+        let stream = self
+            .net
+            .open_stream(self.target, &self.addrs, INFERENCE_PROTOCOL)
+            .await
+            .map_err(|e| format!("cannot reach the next hop: {e}"))?;
         let (mut reader, writer) = futures::AsyncReadExt::split(stream);
         let (tx, rx) = mpsc::channel(OUTBOX);
         tokio::spawn(write_loop(writer, rx));

@@ -185,6 +185,34 @@ impl NetworkHandle {
         self.ask(|tx| Command::ListenOn(addr, tx)).await?
     }
 
+    /// Opens a `protocol` stream to `peer`; when no connection exists, dials `addrs` (with
+    /// the peer's `/p2p/` part added) until one connects, then tries again.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream, NetworkError> {
+        let mut control = self.streams();
+        let first = match control.open_stream(peer, protocol.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => e,
+        };
+        for addr in addrs {
+            let mut addr = addr.clone();
+            if !matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                addr.push(libp2p::multiaddr::Protocol::P2p(peer));
+            }
+            if self.dial(addr).await.is_ok() {
+                break;
+            }
+        }
+        control
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| NetworkError::Failed(format!("no stream to {peer}: {e} (first try: {first})")))
+    }
+
     /// The listen addresses, waiting up to `limit` for the first to appear (listeners
     /// start asynchronously); empty if none did.
     pub async fn wait_for_listen_addrs(&self, limit: Duration) -> Result<Vec<Multiaddr>, NetworkError> {

@@ -8,6 +8,15 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use nak_node::engine::{EngineConfig, SpanEngine};
+
+/// Prompts the SmolLM2 equality tests generate from.
+pub const PROMPTS: [&str; 5] = [
+    "The capital of France is",
+    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+    "List three primary colors:",
+];
 use nak_shard_store::{span, write_synthetic, GgufFile, SynthConfig, TensorType};
 
 /// Engine settings small enough for fast tests.
