@@ -1,7 +1,8 @@
 // Decode and prefill speed of a model whose layers are split over llama.cpp RPC servers
 // (all layers offloaded, split evenly): the baseline Nakshatra's chains are compared with.
-// Usage: rpc_bench MODEL THREADS HOST:PORT[,HOST:PORT...] CONTEXTS(e.g. 8,450) TOKENS REPS
-// Prints one line per context: medians of prefill ms and decode tokens/s.
+// Usage: rpc_bench MODEL THREADS HOST:PORT[,HOST:PORT...] TOKENS REPS PROMPT...
+// Each prompt is tokenized as nak-node's generate does (special tokens added and parsed);
+// prints one JSON line per prompt with the medians of prefill ms and decode tokens/s.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -27,14 +28,13 @@ static double median(std::vector<double> v) {
 
 int main(int argc, char ** argv) {
     if (argc < 7) {
-        std::fprintf(stderr, "usage: %s MODEL THREADS ENDPOINTS CONTEXTS TOKENS REPS\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL THREADS ENDPOINTS TOKENS REPS PROMPT...\n", argv[0]);
         return 2;
     }
     const int threads = std::atoi(argv[2]);
     const auto endpoints = split(argv[3]);
-    const auto contexts = split(argv[4]);
-    const int n_gen = std::atoi(argv[5]);
-    const int reps = std::atoi(argv[6]);
+    const int n_gen = std::atoi(argv[4]);
+    const int reps = std::atoi(argv[5]);
 
     llama_log_set([](ggml_log_level, const char *, void *) {}, nullptr);
     llama_backend_init();
@@ -64,15 +64,15 @@ int main(int argc, char ** argv) {
     const llama_vocab * vocab = llama_model_get_vocab(model);
     const int n_vocab = llama_vocab_n_tokens(vocab);
 
-    // A prompt of any length: a paragraph repeated, tokenized, cut to size.
-    std::string text;
-    while (text.size() < 8000) text += "The river runs past the old mill and the village sleeps under a quiet sky. ";
-    std::vector<llama_token> all(text.size() + 8);
-    int n_all = llama_tokenize(vocab, text.c_str(), (int) text.size(), all.data(), (int) all.size(), true, false);
-    all.resize(std::max(n_all, 0));
-
-    for (const auto & c : contexts) {
-        const int n_prompt = std::min((int) all.size(), std::atoi(c.c_str()));
+    for (int p = 6; p < argc; p++) {
+        const std::string text = argv[p];
+        std::vector<llama_token> prompt(text.size() + 8);
+        const int n_prompt = llama_tokenize(vocab, text.c_str(), (int) text.size(), prompt.data(), (int) prompt.size(), true, true);
+        if (n_prompt <= 0) {
+            std::fprintf(stderr, "cannot tokenize prompt %d\n", p - 5);
+            return 1;
+        }
+        prompt.resize(n_prompt);
         std::vector<double> prefill_ms, decode_tps;
         for (int r = 0; r < reps; r++) {
             auto cparams = llama_context_default_params();
@@ -85,7 +85,6 @@ int main(int argc, char ** argv) {
                 std::fprintf(stderr, "cannot create a context\n");
                 return 1;
             }
-            std::vector<llama_token> prompt(all.begin(), all.begin() + n_prompt);
             auto t0 = std::chrono::steady_clock::now();
             if (llama_decode(ctx, llama_batch_get_one(prompt.data(), n_prompt)) != 0) return 1;
             auto argmax = [&]() {
@@ -103,8 +102,8 @@ int main(int argc, char ** argv) {
             decode_tps.push_back((n_gen - 1) / std::chrono::duration<double>(t2 - t1).count());
             llama_free(ctx);
         }
-        std::printf("rpc split over %zu server(s), context %d: prefill %.1f ms, decode %.1f tokens/s\n",
-                    endpoints.size(), n_prompt, median(prefill_ms), median(decode_tps));
+        std::printf("{\"servers\":%zu,\"threads\":%d,\"prompt_tokens\":%d,\"prefill_ms\":%.2f,\"decode_tokens_per_s\":%.2f}\n",
+                    endpoints.size(), threads, n_prompt, median(prefill_ms), median(decode_tps));
         std::fflush(stdout);
     }
     llama_model_free(model);

@@ -15,7 +15,7 @@ use nak_protocol::{Activation, ActivationDtype};
 use nak_shard_store::{span, GgufFile};
 
 use crate::engine::{
-    EngineConfig, EngineError, SamplingParams, SessionConfig, SessionId, SpanEngine, StepInput, StepOutput,
+    EngineConfig, EngineError, SamplingParams, SessionConfig, SessionId, SpanEngine, StepInput, StepOutput, StepRequest,
 };
 
 /// Errors of building or running a chain.
@@ -187,7 +187,7 @@ impl LocalChain {
 
     /// Generates from `prompt` (token ids).
     pub fn generate(&mut self, prompt: &[i32], opts: &GenerateOptions) -> Result<Generation, ChainError> {
-        let scfg = SessionConfig { layers: None, sampling: opts.sampling, dtype: opts.dtype };
+        let scfg = SessionConfig { layers: None, sampling: opts.sampling, dtype: opts.dtype, return_logits: false };
         let mut sessions = Vec::with_capacity(self.engines.len());
         for e in &mut self.engines {
             match e.open_session(scfg.clone()) {
@@ -209,11 +209,14 @@ impl LocalChain {
         }
     }
 
-    /// One pass of `tokens` through every span; returns the sampled token.
+    /// One pass of `tokens` through every span; returns the sampled token. Every span
+    /// learns the tokens, as hops do, so the last one's penalties see them.
     fn forward(&mut self, sessions: &[SessionId], tokens: Vec<i32>) -> Result<i32, ChainError> {
-        let mut input = StepInput::Tokens(tokens);
+        let mut input = StepInput::Tokens(tokens.clone());
         for (e, id) in self.engines.iter_mut().zip(sessions) {
-            match e.step(*id, input)? {
+            let request = StepRequest { session: *id, input, row_tokens: tokens.clone() };
+            let out = e.step_batch(vec![request]).pop().unwrap_or(Err(EngineError::NoOutput("result")));
+            match out? {
                 // Through the wire format, exactly as a remote hop would receive it.
                 StepOutput::Hidden(a) => {
                     input = StepInput::Hidden(Activation::from_bytes(&a.to_bytes()).map_err(EngineError::from)?)

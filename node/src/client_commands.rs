@@ -31,7 +31,7 @@ pub struct RemoteArgs {
     /// Hidden states between hops.
     pub dtype: ActivationDtype,
     /// Client mode: logits per token.
-    pub top_k: u32,
+    pub top_logits: u32,
 }
 
 /// Joins the swarm on a throwaway identity and store, and finds the model.
@@ -54,7 +54,7 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
         mode: args.mode,
         sampling: args.sampling,
         dtype: args.dtype,
-        top_k: args.top_k,
+        top_logits: args.top_logits,
         ..Default::default()
     };
     Ok(RemoteSession::open(model, route, opts).await?)
@@ -120,6 +120,7 @@ async fn generate_parallel(
         "wall_s": wall,
         "aggregate_tokens_per_s": total as f64 / wall,
         "decode_tokens_per_s": outs.iter().map(|o| o.generation.decode_tokens_per_s).collect::<Vec<_>>(),
+        "session_tokens": outs.iter().map(|o| &o.generation.tokens).collect::<Vec<_>>(),
         "route": outs.first().map(|o| o.route.clone()),
     });
     println!("{report}");

@@ -50,11 +50,8 @@ enum Command {
         /// Longest answer, in tokens.
         #[arg(long, default_value_t = 512)]
         max_tokens: usize,
-        /// 0 = greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u32,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[arg(long, value_enum, default_value = "ring")]
         mode: DecodeMode,
     },
@@ -274,11 +271,8 @@ struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Cut the model at these layer indices into a local chain of spans, e.g. 10,20.
     #[arg(long, value_delimiter = ',')]
     local_split: Vec<u32>,
@@ -304,12 +298,63 @@ struct SwarmClientArgs {
     /// its top logits here and this client samples.
     #[arg(long, value_enum, default_value = "ring")]
     mode: DecodeMode,
-    /// Client mode: logits the last server returns per token.
+    /// Client mode: logits the last server returns per token (the client samples among them).
     #[arg(long, default_value_t = 16)]
-    top_k: u32,
+    top_logits: u32,
     /// Run this many sessions at once on the same route and report their aggregate speed (JSON).
     #[arg(long)]
     parallel: Option<usize>,
+}
+
+/// How tokens are picked: llama.cpp's samplers and its option names. The defaults are
+/// greedy decoding with every filter and penalty off.
+#[derive(clap::Args)]
+struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Seed of the random draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// Keep the fewest tokens whose probabilities reach p (1 = all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens less likely than p × the most likely (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalty on tokens among the last --repeat-last-n, prompt included (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Recent tokens the penalties look at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: u32,
+    /// Subtracted per occurrence of a recent token (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Subtracted once from any recent token (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            seed: self.seed,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repeat_last_n: self.repeat_last_n,
+        };
+        p.validate().map_err(anyhow::Error::msg)?;
+        Ok(p)
+    }
 }
 
 #[derive(clap::Args)]
@@ -338,14 +383,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate(args, cli.data_dir),
-        Command::Chat { bootstrap, model, system, max_tokens, temperature, seed, mode } => {
+        Command::Chat { bootstrap, model, system, max_tokens, sampling, mode } => {
             let remote = client_commands::RemoteArgs {
                 bootstrap,
                 model,
                 mode,
-                sampling: SamplingParams { temperature, seed },
+                sampling: sampling.params()?,
                 dtype: ActivationDtype::F32,
-                top_k: 16,
+                top_logits: 16,
             };
             tokio::runtime::Runtime::new()?.block_on(client_commands::chat(remote, system, max_tokens))
         }
@@ -483,9 +528,9 @@ fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             bootstrap: args.swarm.bootstrap,
             model: args.model.to_string_lossy().into_owned(),
             mode: args.swarm.mode,
-            sampling: SamplingParams { temperature: args.temperature, seed: args.seed },
+            sampling: args.sampling.params()?,
             dtype: args.wire_dtype,
-            top_k: args.swarm.top_k,
+            top_logits: args.swarm.top_logits,
         };
         let rt = tokio::runtime::Runtime::new()?;
         return rt.block_on(client_commands::generate(
@@ -510,7 +555,7 @@ fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
     let prompt = chain.tokenize(&args.prompt)?;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, seed: args.seed },
+        sampling: args.sampling.params()?,
         dtype: args.wire_dtype,
         ignore_eos: false,
     };

@@ -94,9 +94,9 @@ fn bad_hidden_states_are_rejected_and_the_engine_goes_on() {
     // One bad request in a batch does not spoil the good one beside it.
     let s2 = middle.open_session(SessionConfig::default()).unwrap();
     let results = middle.step_batch(vec![
-        StepRequest { session: s, input: StepInput::Hidden(good.clone()) },
-        StepRequest { session: 12345, input: StepInput::Hidden(good.clone()) },
-        StepRequest { session: s2, input: StepInput::Tokens(vec![3]) },
+        StepRequest::new(s, StepInput::Hidden(good.clone())),
+        StepRequest::new(12345, StepInput::Hidden(good.clone())),
+        StepRequest::new(s2, StepInput::Tokens(vec![3])),
     ]);
     assert!(matches!(&results[0], Ok(StepOutput::Hidden(a)) if a.n_rows == 4));
     assert!(matches!(results[1], Err(EngineError::UnknownSession(12345))));

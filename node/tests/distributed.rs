@@ -4,7 +4,8 @@
 //!
 //! - `generate --bootstrap` gives the whole model's greedy tokens (one process, no
 //!   network) for five prompts, in ring and in client-sampled mode, and reports the
-//!   route it took;
+//!   route it took; seeded sampling with penalties gives the whole model's tokens too,
+//!   and eight sessions at once each get what one gets alone;
 //! - `chat`, driven in tmux as a person would: a turn whose answer equals the whole
 //!   model's, a second turn, Ctrl-C in the middle of a long answer (the program goes
 //!   on), and `/reset`.
@@ -83,7 +84,35 @@ fn three_processes_generate_the_whole_models_tokens_in_both_modes_and_chat_works
             assert_eq!(route, vec![(0, 10), (10, 20), (20, 30)]);
         }
     }
+    sampled_and_parallel(&swarm);
     chat_in_tmux(&swarm);
+}
+
+/// Seeded sampling with top-k, top-p and a repetition penalty gives the whole model's
+/// tokens in both modes (the last hop's penalties see the prompt through the row tokens
+/// each hop passes on), and eight sessions at once each get the greedy tokens of one.
+fn sampled_and_parallel(swarm: &Swarm) {
+    let model = smollm_path();
+    let prompt = PROMPTS[3];
+    let sampling =
+        ["--temperature", "0.8", "--top-k", "10", "--top-p", "0.9", "--seed", "7", "--repeat-penalty", "1.3"];
+    let local_args =
+        ["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", TOKENS, "--json"];
+    let local = nak(&[&local_args[..], &sampling[..]].concat());
+    let greedy = nak(&local_args);
+    assert_ne!(local["tokens"], greedy["tokens"], "the sampling options change the text");
+    let remote_args = ["generate", "--bootstrap", &swarm.addr, "--model", &swarm.id, "--prompt", prompt];
+    for mode in ["ring", "client"] {
+        let remote =
+            nak(&[&remote_args[..], &["--max-tokens", TOKENS, "--mode", mode, "--json"], &sampling[..]].concat());
+        assert_eq!(remote["tokens"], local["tokens"], "{mode} mode with sampling options");
+    }
+    let parallel = nak(&[&remote_args[..], &["--max-tokens", TOKENS, "--parallel", "8", "--json"]].concat());
+    let sessions = parallel["session_tokens"].as_array().unwrap();
+    assert_eq!(sessions.len(), 8, "{parallel}");
+    for tokens in sessions {
+        assert_eq!(tokens, &greedy["tokens"], "a session among eight");
+    }
 }
 
 /// A tmux session running `chat`, killed when dropped.

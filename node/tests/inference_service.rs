@@ -140,6 +140,21 @@ async fn sessions_over_a_stream_match_the_engine_and_bad_input_gets_error_frames
     };
     assert_eq!(code(&ask(&mut stream, step(3, n, vec![], nan.to_bytes())).await), ErrorCode::BadInput);
     assert_eq!(code(&ask(&mut stream, step(1, n, vec![1_000_000], vec![])).await), ErrorCode::BadInput);
+    // Row tokens (for the last hop's penalties) must match the rows and the vocabulary.
+    let good = Activation::encode(&[0.25; 64], 64, Default::default()).unwrap().to_bytes();
+    for row_tokens in [vec![1, 2], vec![-3]] {
+        let s = pb::Step { session_id: 3, step: n, hidden: good.clone(), row_tokens, ..Default::default() };
+        assert_eq!(code(&ask(&mut stream, Kind::Step(s)).await), ErrorCode::BadInput);
+    }
+    // Sampling parameters that are not numbers, or out of range, are refused at the open.
+    for sampling in [
+        pb::Sampling { temperature: f32::NAN, top_p: 1.0, repeat_penalty: 1.0, ..Default::default() },
+        pb::Sampling { top_p: 0.0, repeat_penalty: 1.0, ..Default::default() },
+    ] {
+        let Kind::Open(mut o) = open(7, &id.0, 0..6) else { unreachable!() };
+        o.sampling = Some(sampling);
+        assert_eq!(code(&ask(&mut stream, Kind::Open(o)).await), ErrorCode::BadInput);
+    }
 
     // Four slots: sessions 1..3 hold three, one more fits, the next is turned away.
     assert!(matches!(ask(&mut stream, open(5, &id.0, 0..6)).await, Kind::Opened(_)));

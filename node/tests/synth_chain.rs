@@ -44,7 +44,7 @@ fn chains_reproduce_the_whole_model_for_any_cuts() {
 fn chain_prompt_logits(engines: &mut [SpanEngine], prompt: &[i32]) -> Vec<f32> {
     let mut input = StepInput::Tokens(prompt.to_vec());
     for e in engines.iter_mut() {
-        let s = e.open_session(SessionConfig::default()).unwrap();
+        let s = e.open_session(SessionConfig { return_logits: true, ..SessionConfig::default() }).unwrap();
         match e.step(s, input).unwrap() {
             StepOutput::Hidden(a) => input = StepInput::Hidden(a),
             StepOutput::Token { logits, .. } => return logits,
@@ -117,7 +117,7 @@ fn run_batched(
             let requests = inputs
                 .drain(..)
                 .zip(&sessions[stage])
-                .map(|(input, &session)| StepRequest { session, input })
+                .map(|(input, &session)| StepRequest::new(session, input))
                 .collect();
             for (i, result) in engines[*e].step_batch(requests).into_iter().enumerate() {
                 match result.unwrap() {

@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::chain::Generation;
 use crate::engine::{Sampler, SamplingParams};
-use crate::inference::{error, write_loop};
-use crate::net::frames::{read_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
+use crate::inference::{connect, error, write_loop};
+use crate::net::frames::{read_frame, MAX_INFERENCE_FRAME};
 
 use pb::inference_frame::Kind;
 
@@ -58,7 +58,7 @@ pub struct SessionOptions {
     /// Hidden-state encoding between hops. Default f32 (exact).
     pub dtype: ActivationDtype,
     /// Client mode: logits the last hop returns with each token. Default 16.
-    pub top_k: u32,
+    pub top_logits: u32,
     /// Longest wait for any answer. Default 60 s.
     pub timeout: Duration,
 }
@@ -69,7 +69,7 @@ impl Default for SessionOptions {
             mode: DecodeMode::Ring,
             sampling: SamplingParams::default(),
             dtype: ActivationDtype::F32,
-            top_k: 16,
+            top_logits: 16,
             timeout: Duration::from_secs(60),
         }
     }
@@ -119,9 +119,13 @@ impl RemoteSession {
         let (frames_tx, frames) = mpsc::channel(256);
         let mut writers = Vec::new();
         let last = route.len() - 1;
-        for (i, hop) in route.iter().enumerate() {
-            let stream =
-                net.open_stream(hop.peer, &hop.addrs, INFERENCE_PROTOCOL).await.map_err(|e| hop_error(hop, e))?;
+        let streams = futures::future::try_join_all(
+            route
+                .iter()
+                .map(|hop| async move { connect(net, hop.peer, &hop.addrs).await.map_err(|e| hop_error(hop, e)) }),
+        )
+        .await?;
+        for (i, (hop, stream)) in route.iter().zip(streams).enumerate() {
             let (mut reader, writer) = stream.split();
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(write_loop(writer, rx));
@@ -156,8 +160,12 @@ impl RemoteSession {
                 first_layer: hop.start,
                 end_layer: hop.end,
                 max_context: 0,
-                temperature: if ring { opts.sampling.temperature } else { 0.0 },
-                seed: opts.sampling.seed,
+                // Client mode: the last hop applies the penalties before choosing the top
+                // logits, and this client samples from those.
+                sampling: Some(
+                    if ring { opts.sampling } else { SamplingParams::default().with_penalties_of(&opts.sampling) }
+                        .into(),
+                ),
                 dtype: opts.dtype as u32,
                 push_to: next.map(|n| pb::Hop {
                     peer_id: route[n].peer.to_bytes(),
@@ -165,7 +173,7 @@ impl RemoteSession {
                     session_id: base_id + n as u64,
                 }),
                 accept_from: prev.map(|p| route[p].peer.to_bytes()).unwrap_or_default(),
-                top_k: if i == last && !ring { opts.top_k.max(1) } else { 0 },
+                top_logits: if i == last && !ring { opts.top_logits.max(1) } else { 0 },
                 stop_tokens: if i == last && ring { end_tokens.clone() } else { vec![] },
             };
             tx.send(pb::InferenceFrame { kind: Some(Kind::Open(open)) })
@@ -173,7 +181,7 @@ impl RemoteSession {
                 .map_err(|_| ClientError::Protocol(format!("the stream to {} closed", hop.peer)))?;
             writers.push(tx);
         }
-        let sampler = Sampler::new(&opts.sampling);
+        let sampler = Sampler::new(&opts.sampling.without_penalties());
         let mut session = Self {
             route,
             opts,
@@ -272,7 +280,7 @@ impl RemoteSession {
                 keep: keep as u32,
                 more: c + 1 < chunks.len(),
                 max_tokens: if ring { max_tokens as u32 } else { 0 },
-                hidden: vec![],
+                ..Default::default()
             };
             self.next_step += 1;
             self.send_first(step).await?;

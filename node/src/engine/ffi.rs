@@ -226,11 +226,46 @@ pub struct ContextParams {
     pub n_ubatch: u32,
     pub n_seq_max: u32,
     pub n_threads: i32,
+    /// How long idle compute threads poll for the next decode before sleeping
+    /// (ggml's polling level, 0–100).
+    pub poll: u32,
 }
 
-/// A llama.cpp context (KV cache and compute state) over a [`Model`].
+/// The CPU threads a context computes with, owned here so that we choose how they wait.
+///
+/// Without one, ggml spins up threads for every decode, or (OpenMP builds) leaves them
+/// spinning for milliseconds after it; either way a server steals the cores that the
+/// next hop on the same machine needs. A pool whose `poll` is 0 sleeps as soon as a
+/// decode ends and is woken by the next one.
+struct ThreadPool {
+    ptr: NonNull<sys::ggml_threadpool>,
+}
+
+impl ThreadPool {
+    fn new(n_threads: i32, poll: u32) -> Result<Self, EngineError> {
+        // SAFETY: plain-data defaults for n_threads threads.
+        let mut params = unsafe { sys::ggml_threadpool_params_default(n_threads.max(1)) };
+        params.poll = poll.min(100);
+        // SAFETY: params is a valid, initialised struct for the duration of the call.
+        let raw = unsafe { sys::ggml_threadpool_new(&mut params) };
+        NonNull::new(raw)
+            .map(|ptr| ThreadPool { ptr })
+            .ok_or_else(|| EngineError::Load("ggml could not start its compute threads".into()))
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        // SAFETY: we own the pool; the context that used it has been freed (Context field order).
+        unsafe { sys::ggml_threadpool_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// A llama.cpp context (KV cache and compute state) over a [`Model`]. Field order
+/// matters: the context is freed before its thread pool.
 pub struct Context {
     ptr: NonNull<sys::llama_context>,
+    _threads: ThreadPool,
 }
 
 // SAFETY: a context is used from one thread at a time (the engine takes &mut self).
@@ -248,11 +283,13 @@ impl Context {
         params.n_threads = p.n_threads;
         params.n_threads_batch = p.n_threads;
         params.no_perf = true;
+        let threads = ThreadPool::new(p.n_threads, p.poll)?;
         // SAFETY: valid model pointer.
         let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), params) };
-        NonNull::new(raw)
-            .map(|ptr| Context { ptr })
-            .ok_or_else(|| EngineError::Load("llama.cpp could not create a context".into()))
+        let ptr = NonNull::new(raw).ok_or_else(|| EngineError::Load("llama.cpp could not create a context".into()))?;
+        // SAFETY: both pointers are valid; the pool outlives the context (field order).
+        unsafe { sys::llama_attach_threadpool(ptr.as_ptr(), threads.ptr.as_ptr(), threads.ptr.as_ptr()) };
+        Ok(Context { ptr, _threads: threads })
     }
 
     fn as_ptr(&self) -> *mut sys::llama_context {
@@ -294,15 +331,16 @@ impl Context {
         Ok(unsafe { std::slice::from_raw_parts(p, width) })
     }
 
-    /// Logits of batch row `i` after a logits decode.
-    pub fn logits_row(&self, i: i32, n_vocab: usize) -> Result<&[f32], EngineError> {
+    /// Logits of batch row `i` after a logits decode, to be changed in place (penalties).
+    pub fn logits_row_mut(&mut self, i: i32, n_vocab: usize) -> Result<&mut [f32], EngineError> {
         // SAFETY: valid context; null for rows without output.
         let p = unsafe { sys::llama_get_logits_ith(self.as_ptr(), i) };
         if p.is_null() {
             return Err(EngineError::NoOutput("logits"));
         }
-        // SAFETY: n_vocab floats at p until the next decode.
-        Ok(unsafe { std::slice::from_raw_parts(p, n_vocab) })
+        // SAFETY: n_vocab floats at p, owned by the context until the next decode; &mut self
+        // keeps anything else from reading or writing them meanwhile.
+        Ok(unsafe { std::slice::from_raw_parts_mut(p, n_vocab) })
     }
 
     /// Drops a sequence's cache from position `from` on (`from = 0` drops it all).

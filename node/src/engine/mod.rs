@@ -90,6 +90,12 @@ pub struct EngineConfig {
     pub threads: i32,
     /// Layers offloaded to an accelerator (0 = CPU only). Default 0.
     pub gpu_layers: u32,
+    /// How long idle CPU compute threads poll for the next decode before they sleep:
+    /// ggml's polling level, 0 (sleep at once) to 100. Default 0, so that a server
+    /// leaves the cores to whatever else runs between its decodes (the next hop of a
+    /// chain on the same machine, other sessions' network work). Only builds without
+    /// OpenMP use it.
+    pub poll: u32,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +106,7 @@ impl Default for EngineConfig {
             max_batch_rows: 512,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
             gpu_layers: 0,
+            poll: 0,
         }
     }
 }
@@ -113,6 +120,9 @@ pub struct SessionConfig {
     pub sampling: SamplingParams,
     /// Encoding of the hidden states it returns.
     pub dtype: ActivationDtype,
+    /// Return the logits a token was sampled from (a copy of the vocabulary's worth per
+    /// step); otherwise [`StepOutput::Token`] carries none.
+    pub return_logits: bool,
 }
 
 /// Input of one step.
@@ -133,7 +143,8 @@ pub enum StepOutput {
     Token {
         /// Sampled token.
         token: i32,
-        /// Logits of the last input row.
+        /// Logits of the last input row, after the session's repetition penalties (empty
+        /// unless the session asked for them).
         logits: Vec<f32>,
     },
 }
@@ -145,6 +156,17 @@ pub struct StepRequest {
     pub session: SessionId,
     /// Its input.
     pub input: StepInput,
+    /// The token ids the input rows stand for, when the input is hidden states and the
+    /// session samples: its repetition penalties then see the whole context, not only
+    /// the tokens it sampled. Empty: unknown (ignored for token input, which speaks for itself).
+    pub row_tokens: Vec<i32>,
+}
+
+impl StepRequest {
+    /// A step with no row tokens.
+    pub fn new(session: SessionId, input: StepInput) -> Self {
+        Self { session, input, row_tokens: Vec::new() }
+    }
 }
 
 struct Session {
@@ -152,8 +174,35 @@ struct Session {
     /// Span-local layers.
     layers: Range<u32>,
     n_past: u32,
+    sampling: SamplingParams,
     sampler: Sampler,
+    return_logits: bool,
+    /// Token ids of the cached positions, as far as known (for penalties; sessions that sample).
+    history: Vec<i32>,
     dtype: ActivationDtype,
+}
+
+impl Session {
+    /// Records the tokens of rows starting at `start_pos`, skipping positions already known
+    /// (a token this session sampled comes back as the next step's input).
+    fn record(&mut self, start_pos: u32, tokens: &[i32]) {
+        let known = self.history.len().saturating_sub(start_pos as usize);
+        for &t in tokens.iter().skip(known) {
+            self.history.push(t);
+            self.sampler.accept(t);
+        }
+    }
+
+    /// Forgets positions from `n_keep` on; the penalties restart from what is left.
+    fn forget_from(&mut self, n_keep: u32) {
+        self.n_past = self.n_past.min(n_keep);
+        self.history.truncate(n_keep as usize);
+        self.sampler = Sampler::new(&self.sampling);
+        let recent = self.history.len().saturating_sub(self.sampling.repeat_last_n as usize);
+        for &t in &self.history[recent..] {
+            self.sampler.accept(t);
+        }
+    }
 }
 
 /// A loaded span with its sessions. Field order matters: the context drops before the model.
@@ -176,6 +225,7 @@ struct Prepared {
     seq: i32,
     start_pos: u32,
     rows: Rows,
+    row_tokens: Vec<i32>,
     emit_hidden: bool,
 }
 
@@ -225,6 +275,7 @@ impl SpanEngine {
                 n_ubatch: cfg.max_batch_rows,
                 n_seq_max: cfg.max_sessions,
                 n_threads: cfg.threads,
+                poll: cfg.poll,
             },
         )?;
         let n_embd = model.n_embd();
@@ -274,10 +325,17 @@ impl SpanEngine {
         let id = self.next_id;
         self.next_id += 1;
         let local = layers.start - first..layers.end - first;
-        self.sessions.insert(
-            id,
-            Session { seq, layers: local, n_past: 0, sampler: Sampler::new(&cfg.sampling), dtype: cfg.dtype },
-        );
+        let session = Session {
+            seq,
+            layers: local,
+            n_past: 0,
+            sampling: cfg.sampling,
+            sampler: Sampler::new(&cfg.sampling),
+            return_logits: cfg.return_logits,
+            history: Vec::new(),
+            dtype: cfg.dtype,
+        };
+        self.sessions.insert(id, session);
         Ok(id)
     }
 
@@ -294,7 +352,7 @@ impl SpanEngine {
         let s = self.sessions.get_mut(&id).ok_or(EngineError::UnknownSession(id))?;
         if n_keep < s.n_past {
             self.ctx.remove_from(s.seq, n_keep);
-            s.n_past = n_keep;
+            s.forget_from(n_keep);
         }
         Ok(())
     }
@@ -306,7 +364,7 @@ impl SpanEngine {
 
     /// Runs one step of one session.
     pub fn step(&mut self, session: SessionId, input: StepInput) -> Result<StepOutput, EngineError> {
-        self.step_batch(vec![StepRequest { session, input }]).pop().unwrap_or(Err(EngineError::NoOutput("result")))
+        self.step_batch(vec![StepRequest::new(session, input)]).pop().unwrap_or(Err(EngineError::NoOutput("result")))
     }
 
     /// Runs the steps of many sessions, batching those that share layers and input kind.
@@ -371,7 +429,21 @@ impl SpanEngine {
             return Err(EngineError::ContextFull { session: req.session, needed, limit: self.cfg.ctx_per_session });
         }
         let emit_hidden = s.layers.end < self.span.n_layer || !self.span.has_head;
-        Ok(Prepared { idx, session: req.session, seq: s.seq, start_pos: s.n_past, rows, emit_hidden })
+        let row_tokens = match &rows {
+            _ if emit_hidden => Vec::new(),
+            Rows::Tokens(t) => t.clone(),
+            Rows::Hidden(_) if req.row_tokens.is_empty() => Vec::new(),
+            Rows::Hidden(_) => {
+                if req.row_tokens.len() != n as usize {
+                    return Err(EngineError::Input(format!("{} row tokens for {n} rows", req.row_tokens.len())));
+                }
+                if let Some(bad) = req.row_tokens.iter().find(|&&t| t < 0 || t as u32 >= self.n_vocab) {
+                    return Err(EngineError::Input(format!("row token {bad} is outside the vocabulary")));
+                }
+                req.row_tokens
+            }
+        };
+        Ok(Prepared { idx, session: req.session, seq: s.seq, start_pos: s.n_past, rows, row_tokens, emit_hidden })
     }
 
     /// Decodes one group (same layers, same input kind) in as few batches as fit.
@@ -385,7 +457,8 @@ impl SpanEngine {
         let cap = self.cfg.max_batch_rows as usize;
         let mut done = vec![0usize; members.len()];
         let mut hidden_out: Vec<Vec<f32>> = members.iter().map(|_| Vec::new()).collect();
-        let mut last_logits: Vec<Option<Vec<f32>>> = members.iter().map(|_| None).collect();
+        // Each member's sampled token and (when asked for) its logits.
+        let mut sampled: Vec<Option<(i32, Vec<f32>)>> = members.iter().map(|_| None).collect();
         let mut failed: Option<EngineError> = None;
 
         while failed.is_none() && members.iter().zip(&done).any(|(p, d)| *d < p.rows.len(width)) {
@@ -410,7 +483,11 @@ impl SpanEngine {
                 }
                 placed.push((m, first_row, take));
             }
-            if let Err(e) = self.ctx.decode(&batch) {
+            let started = std::time::Instant::now();
+            let decoded = self.ctx.decode(&batch);
+            // Benchmarks read this to separate compute from everything around it.
+            tracing::trace!(rows = batch.len(), decode_us = started.elapsed().as_micros() as u64, "decode");
+            if let Err(e) = decoded {
                 failed = Some(e);
                 break;
             }
@@ -423,8 +500,15 @@ impl SpanEngine {
                             Err(e) => failed = Some(e),
                         }
                     } else if done[m] + r + 1 == members[m].rows.len(width) {
-                        match self.ctx.logits_row(row, self.n_vocab as usize) {
-                            Ok(l) => last_logits[m] = Some(l.to_vec()),
+                        let p = &members[m];
+                        let Some(s) = self.sessions.get_mut(&p.session) else { continue };
+                        // The rows' tokens enter the penalties' history before the draw.
+                        s.record(p.start_pos, &p.row_tokens);
+                        match self.ctx.logits_row_mut(row, self.n_vocab as usize) {
+                            Ok(l) => {
+                                let token = s.sampler.sample(l);
+                                sampled[m] = Some((token, if s.return_logits { l.to_vec() } else { Vec::new() }));
+                            }
                             Err(e) => failed = Some(e),
                         }
                     }
@@ -441,6 +525,9 @@ impl SpanEngine {
             if let Some(e) = &failed {
                 // Roll the cache back so the session can retry this step.
                 self.ctx.remove_from(p.seq, p.start_pos);
+                if s.history.len() > p.start_pos as usize {
+                    s.forget_from(p.start_pos);
+                }
                 out.push((p.idx, Err(e.clone())));
                 continue;
             }
@@ -450,8 +537,8 @@ impl SpanEngine {
                     .map(StepOutput::Hidden)
                     .map_err(EngineError::from)
             } else {
-                match last_logits[m].take() {
-                    Some(logits) => Ok(StepOutput::Token { token: s.sampler.sample(&logits), logits }),
+                match sampled[m].take() {
+                    Some((token, logits)) => Ok(StepOutput::Token { token, logits }),
                     None => Err(EngineError::NoOutput("logits")),
                 }
             };

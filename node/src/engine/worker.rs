@@ -88,7 +88,12 @@ impl EngineWorker {
 
     /// Runs one step, batched with whatever other sessions step meanwhile.
     pub async fn step(&self, session: SessionId, input: StepInput) -> Result<StepOutput, EngineError> {
-        self.ask(|tx| Job::Step(StepRequest { session, input }, tx)).await?
+        self.step_request(StepRequest::new(session, input)).await
+    }
+
+    /// The same for a step with row tokens.
+    pub async fn step_request(&self, request: StepRequest) -> Result<StepOutput, EngineError> {
+        self.ask(|tx| Job::Step(request, tx)).await?
     }
 
     /// Closes a session.

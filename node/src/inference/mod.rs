@@ -47,7 +47,7 @@ const OUTBOX: usize = 64;
 /// Steps waiting for a session's task.
 const INBOX: usize = 64;
 /// Most logits a client may ask for with each token.
-const MAX_TOP_K: u32 = 1024;
+const MAX_TOP_LOGITS: u32 = 1024;
 
 /// Errors starting the service.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +202,46 @@ impl RateLimit {
     }
 }
 
+/// Tries at opening an inference stream before giving up.
+const OPEN_ATTEMPTS: u32 = 5;
+/// Longest wait for the other side's hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens an inference stream to `peer` (dialling `addrs` if not connected) and waits for
+/// the peer's hello. libp2p-stream hands inbound streams to the service through a
+/// channel with room for one and drops any that arrive while it is full, which happens
+/// when many sessions open at once; such a stream is reset, the hello never comes, and
+/// we open another after a short random pause.
+pub(crate) async fn connect(net: &NetworkHandle, peer: PeerId, addrs: &[Multiaddr]) -> Result<libp2p::Stream, String> {
+    let hello = pb::InferenceFrame { kind: Some(Kind::Hello(pb::Hello {})) };
+    let mut last = String::new();
+    for attempt in 0..OPEN_ATTEMPTS {
+        if attempt > 0 {
+            let pause = rand::random::<u64>() % (20 << attempt);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let mut stream = match net.open_stream(peer, addrs, INFERENCE_PROTOCOL).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        let exchange = async {
+            write_frame(&mut stream, &hello, MAX_INFERENCE_FRAME).await?;
+            read_frame::<pb::InferenceFrame, _>(&mut stream, MAX_INFERENCE_FRAME).await
+        };
+        match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+            Ok(Ok(pb::InferenceFrame { kind: Some(Kind::Hello(_)) })) => return Ok(stream),
+            Ok(Ok(other)) => return Err(format!("{peer} answered the hello with {:?}", other.kind)),
+            Ok(Err(e)) => last = format!("the stream was closed before the hello: {e}"),
+            Err(_) => last = format!("no hello within {HELLO_TIMEOUT:?}"),
+        }
+        tracing::debug!(%peer, attempt, error = %last, "inference stream not taken; opening another");
+    }
+    Err(format!("no inference stream to {peer} after {OPEN_ATTEMPTS} tries: {last}"))
+}
+
 /// Writes frames from `rx` to a stream until every sender is gone or the stream fails.
 pub(crate) async fn write_loop(
     mut writer: impl futures::AsyncWrite + Unpin,
@@ -246,12 +286,13 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: libp2p::Stream,
                 Some(reply)
             }
             Some(Kind::Step(step)) => route_step(&shared, peer, control, step).await,
+            Some(Kind::Hello(_)) => Some(pb::InferenceFrame { kind: Some(Kind::Hello(pb::Hello {})) }),
             Some(Kind::Close(close)) => {
                 // Dropping the entry drops the inbox's sender: the session's task closes it.
                 shared.forget(close.session_id, control);
                 None
             }
-            _ => Some(error(0, ErrorCode::BadFrame, "a client sends open, step and close frames only")),
+            _ => Some(error(0, ErrorCode::BadFrame, "a client sends hello, open, step and close frames only")),
         };
         if let Some(reply) = reply {
             if out.send(reply).await.is_err() {
@@ -328,11 +369,12 @@ async fn open_session(
         2 => ActivationDtype::Bf16,
         other => return error(id, ErrorCode::BadInput, format!("unknown hidden-state encoding {other}")),
     };
-    if !open.temperature.is_finite() || open.temperature < 0.0 {
-        return error(id, ErrorCode::BadInput, "temperature must be a finite number, at least 0");
+    let sampling = open.sampling.as_ref().map(SamplingParams::from).unwrap_or_default();
+    if let Err(e) = sampling.validate() {
+        return error(id, ErrorCode::BadInput, e);
     }
-    if open.top_k > MAX_TOP_K {
-        return error(id, ErrorCode::BadInput, format!("top_k is at most {MAX_TOP_K}"));
+    if open.top_logits > MAX_TOP_LOGITS {
+        return error(id, ErrorCode::BadInput, format!("top_logits is at most {MAX_TOP_LOGITS}"));
     }
     let accept_from = match peer_from(&open.accept_from) {
         Ok(p) => p,
@@ -359,17 +401,13 @@ async fn open_session(
             return error(id, ErrorCode::Overloaded, msg);
         }
     }
-    let cfg = SessionConfig {
-        layers: Some(layers),
-        sampling: SamplingParams { temperature: open.temperature, seed: open.seed },
-        dtype,
-    };
+    let cfg = SessionConfig { layers: Some(layers), sampling, dtype, return_logits: open.top_logits > 0 };
     let engine = match worker.open_session(cfg).await {
         Ok(engine) => engine,
         Err(e) => return error(id, code_of(&e), e.to_string()),
     };
     let (inbox, rx) = mpsc::channel(INBOX);
-    let task = SessionTask::new(id, engine, worker.clone(), out.clone(), push, open.top_k, open.stop_tokens);
+    let task = SessionTask::new(id, engine, worker.clone(), out.clone(), push, open.top_logits, open.stop_tokens);
     let registered = match shared.sessions().entry(id) {
         std::collections::hash_map::Entry::Occupied(_) => false,
         std::collections::hash_map::Entry::Vacant(v) => {

@@ -20,9 +20,9 @@ use libp2p::{Multiaddr, PeerId};
 use nak_protocol::{pb, Activation};
 use tokio::sync::mpsc;
 
-use super::{code_of, error, write_loop, OUTBOX};
-use crate::engine::{top_logprobs, EngineWorker, SessionId, StepInput, StepOutput};
-use crate::net::frames::{read_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
+use super::{code_of, connect, error};
+use crate::engine::{top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
+use crate::net::frames::{read_frame, write_frame, MAX_INFERENCE_FRAME};
 use crate::net::NetworkHandle;
 
 use pb::inference_frame::Kind;
@@ -42,31 +42,28 @@ pub(super) enum Input {
     Step(pb::Step, Origin),
 }
 
-/// Sends a session's outputs to the next hop over a stream of its own, opened on first use.
+/// Sends a session's outputs to the next hop over a stream of its own, opened on first
+/// use. The session task writes to it directly: one task hand-off less per hop and token.
 pub(super) struct Pusher {
     net: NetworkHandle,
     target: PeerId,
     addrs: Vec<Multiaddr>,
     session_id: u64,
-    tx: Option<mpsc::Sender<pb::InferenceFrame>>,
+    writer: Option<futures::io::WriteHalf<libp2p::Stream>>,
 }
 
 impl Pusher {
     pub(super) fn new(net: NetworkHandle, target: PeerId, addrs: Vec<Multiaddr>, session_id: u64) -> Self {
-        Self { net, target, addrs, session_id, tx: None }
+        Self { net, target, addrs, session_id, writer: None }
     }
 
     /// Opens the stream: dials one of the given addresses first unless already connected.
     /// Error frames the next hop sends back on it go to `errors` (our client).
     async fn connect(&mut self, errors: &mpsc::Sender<pb::InferenceFrame>, our_id: u64) -> Result<(), String> {
-        let stream = self
-            .net
-            .open_stream(self.target, &self.addrs, INFERENCE_PROTOCOL)
+        let stream = connect(&self.net, self.target, &self.addrs)
             .await
             .map_err(|e| format!("cannot reach the next hop: {e}"))?;
         let (mut reader, writer) = futures::AsyncReadExt::split(stream);
-        let (tx, rx) = mpsc::channel(OUTBOX);
-        tokio::spawn(write_loop(writer, rx));
         let (errors, target) = (errors.clone(), self.target);
         tokio::spawn(async move {
             while let Ok(frame) = read_frame::<pb::InferenceFrame, _>(&mut reader, MAX_INFERENCE_FRAME).await {
@@ -77,7 +74,7 @@ impl Pusher {
                 }
             }
         });
-        self.tx = Some(tx);
+        self.writer = Some(writer);
         Ok(())
     }
 
@@ -89,12 +86,21 @@ impl Pusher {
     ) -> Result<(), String> {
         step.session_id = self.session_id;
         let frame = pb::InferenceFrame { kind: Some(Kind::Step(step)) };
-        if self.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+        if self.writer.is_none() {
             self.connect(errors, our_id).await?;
         }
-        match &self.tx {
-            Some(tx) => tx.send(frame).await.map_err(|_| format!("the stream to the next hop {} broke", self.target)),
-            None => Err("no stream to the next hop".into()),
+        let Some(writer) = &mut self.writer else { return Err("no stream to the next hop".into()) };
+        if let Err(e) = write_frame(writer, &frame, MAX_INFERENCE_FRAME).await {
+            self.writer = None; // the next push opens a new stream
+            return Err(format!("the stream to the next hop {} broke: {e}", self.target));
+        }
+        Ok(())
+    }
+
+    /// Ends the stream, so the next hop sees it close.
+    async fn close(&mut self) {
+        if let Some(mut writer) = self.writer.take() {
+            let _ = futures::AsyncWriteExt::close(&mut writer).await;
         }
     }
 }
@@ -106,7 +112,7 @@ pub(super) struct SessionTask {
     worker: EngineWorker,
     to_client: mpsc::Sender<pb::InferenceFrame>,
     push: Option<Pusher>,
-    top_k: u32,
+    top_logits: u32,
     stop_tokens: Vec<i32>,
     started: bool,
     generation: u32,
@@ -127,7 +133,7 @@ impl SessionTask {
         worker: EngineWorker,
         to_client: mpsc::Sender<pb::InferenceFrame>,
         push: Option<Pusher>,
-        top_k: u32,
+        top_logits: u32,
         stop_tokens: Vec<i32>,
     ) -> Self {
         Self {
@@ -136,7 +142,7 @@ impl SessionTask {
             worker,
             to_client,
             push,
-            top_k,
+            top_logits,
             stop_tokens,
             started: false,
             generation: 0,
@@ -170,6 +176,9 @@ impl SessionTask {
                     break;
                 }
             }
+        }
+        if let Some(push) = &mut self.push {
+            push.close().await;
         }
         let _ = self.worker.close_session(self.engine).await;
     }
@@ -213,16 +222,18 @@ impl SessionTask {
             return self.fail(ErrorCode::StepOutOfOrder, msg).await;
         }
 
-        let input = match (step.tokens.is_empty(), step.hidden.is_empty()) {
-            (false, true) => StepInput::Tokens(step.tokens),
+        // The tokens the rows stand for travel on with the hidden state, for the last hop's penalties.
+        let (input, row_tokens) = match (step.tokens.is_empty(), step.hidden.is_empty()) {
+            (false, true) => (StepInput::Tokens(step.tokens.clone()), step.tokens),
             (true, false) => match Activation::from_bytes(&step.hidden) {
-                Ok(a) => StepInput::Hidden(a),
+                Ok(a) => (StepInput::Hidden(a), step.row_tokens),
                 Err(e) => return self.fail(ErrorCode::BadInput, e.to_string()).await,
             },
             _ => return self.fail(ErrorCode::BadInput, "a step carries either tokens or a hidden state").await,
         };
         let started = std::time::Instant::now();
-        let out = match self.worker.step(self.engine, input).await {
+        let request = StepRequest { session: self.engine, input, row_tokens: row_tokens.clone() };
+        let out = match self.worker.step_request(request).await {
             Ok(out) => out,
             Err(e) => return self.fail(code_of(&e), e.to_string()).await,
         };
@@ -240,6 +251,7 @@ impl SessionTask {
                     more,
                     max_tokens: step.max_tokens,
                     tokens: vec![],
+                    row_tokens,
                 };
                 self.send_on(onward).await;
             }
@@ -251,7 +263,7 @@ impl SessionTask {
                 let ring = self.push.is_some();
                 let stop =
                     self.stop_tokens.contains(&token) || (self.max_tokens > 0 && self.produced >= self.max_tokens);
-                let top = match self.top_k {
+                let top = match self.top_logits {
                     0 => vec![],
                     k => top_logprobs(&logits, k as usize)
                         .into_iter()

@@ -21,7 +21,7 @@ use nak_shard_store::{span, write_synthetic, GgufFile, SynthConfig, TensorType};
 
 /// Engine settings small enough for fast tests.
 pub fn test_engine_config() -> EngineConfig {
-    EngineConfig { ctx_per_session: 256, max_sessions: 4, max_batch_rows: 64, threads: 2, gpu_layers: 0 }
+    EngineConfig { ctx_per_session: 256, max_sessions: 4, max_batch_rows: 64, threads: 2, ..EngineConfig::default() }
 }
 
 /// Writes a synthetic model into `dir` and returns its path.
