@@ -15,7 +15,7 @@ use nak_node::engine::{ComputeLoader, EngineConfig, EngineWorker, LlamaLoader, S
 fn token(out: StepOutput) -> i32 {
     match out {
         StepOutput::Token { token, .. } => token,
-        StepOutput::Hidden(_) => 0,
+        StepOutput::Hidden(_) | StepOutput::Cached => 0,
     }
 }
 

@@ -214,7 +214,7 @@ impl LocalChain {
     fn forward(&mut self, sessions: &[SessionId], tokens: Vec<i32>) -> Result<i32, ChainError> {
         let mut input = StepInput::Tokens(tokens.clone());
         for (e, id) in self.engines.iter_mut().zip(sessions) {
-            let request = StepRequest { session: *id, input, row_tokens: tokens.clone() };
+            let request = StepRequest { row_tokens: tokens.clone(), ..StepRequest::new(*id, input) };
             let out = e.step_batch(vec![request]).pop().unwrap_or(Err(EngineError::NoOutput("result")));
             match out? {
                 // Through the wire format, exactly as a remote hop would receive it.
@@ -222,6 +222,7 @@ impl LocalChain {
                     input = StepInput::Hidden(Activation::from_bytes(&a.to_bytes()).map_err(EngineError::from)?)
                 }
                 StepOutput::Token { token, .. } => return Ok(token),
+                StepOutput::Cached => return Err(EngineError::NoOutput("token").into()),
             }
         }
         Err(ChainError::Gap("the last span returned a hidden state".into()))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use libp2p::Multiaddr;
-use nak_node::client::{DecodeMode, RemoteSession, SessionOptions, SwarmModel};
+use nak_node::client::{DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
 use nak_node::engine::SamplingParams;
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{ModelId, Store};
@@ -32,6 +32,8 @@ pub struct RemoteArgs {
     pub dtype: ActivationDtype,
     /// Client mode: logits per token.
     pub top_logits: u32,
+    /// How a replacement for a failed hop rebuilds its cache.
+    pub replay: ReplayPolicy,
 }
 
 /// Joins the swarm on a throwaway identity and store, and finds the model.
@@ -49,15 +51,32 @@ async fn connect(args: &RemoteArgs) -> Result<(SwarmModel, tempfile::TempDir)> {
 }
 
 async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
-    let route = model.route(ROUTE_WAIT).await?;
     let opts = SessionOptions {
         mode: args.mode,
         sampling: args.sampling,
         dtype: args.dtype,
         top_logits: args.top_logits,
+        replay: args.replay,
         ..Default::default()
     };
-    Ok(RemoteSession::open(model, route, opts).await?)
+    Ok(RemoteSession::start(model, opts, ROUTE_WAIT).await?)
+}
+
+/// Says on stderr what went wrong with the route during a generation.
+fn report_repairs(out: &RemoteGeneration) {
+    for f in &out.failovers {
+        let hops: Vec<String> = f.replacement.iter().map(|h| format!("{}:{}@{}", h.start, h.end, h.peer)).collect();
+        let recovery = f.recovery_ms.map_or("no token since".to_string(), |ms| format!("next token {ms:.0} ms later"));
+        eprintln!(
+            "[failover after {} tokens: {} ({}); replaced by {}, {:?} replay of {} positions; {recovery}]",
+            f.step,
+            f.failed.join(", "),
+            f.cause,
+            hops.join(" -> "),
+            f.replay,
+            f.positions
+        );
+    }
 }
 
 /// `generate --bootstrap`: one prompt, through the swarm; with `parallel`, that many
@@ -80,6 +99,7 @@ pub async fn generate(
     if json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
+        report_repairs(&out);
         println!("{prompt}{}", out.generation.text);
         let route: Vec<String> = out.route.iter().map(|h| format!("{}:{}@{}", h.start, h.end, h.peer)).collect();
         eprintln!(
@@ -91,6 +111,9 @@ pub async fn generate(
             out.generation.decode_tokens_per_s,
             out.generation.tokens.len()
         );
+    }
+    if let Some(error) = &out.error {
+        anyhow::bail!("the generation stopped after {} tokens (kept above): {error}", out.generation.tokens.len());
     }
     Ok(())
 }
@@ -199,6 +222,10 @@ pub async fn chat(args: RemoteArgs, system: Option<String>, max_tokens: usize) -
             .await?;
         streamer.push(&[]);
         println!("{}", if out.cancelled { " [stopped]" } else { "" });
+        report_repairs(&out);
+        if let Some(error) = &out.error {
+            eprintln!("[the answer stopped: {error}]");
+        }
         messages.push(("assistant".into(), out.generation.text));
     }
     session.close().await;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use nak_node::bench::{self, BenchOptions};
 use nak_node::chain::{GenerateOptions, LocalChain};
-use nak_node::client::DecodeMode;
+use nak_node::client::{DecodeMode, ReplayPolicy};
 use nak_node::engine::{EngineConfig, SamplingParams};
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
@@ -16,6 +16,7 @@ use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
 mod batch_bench;
 mod client_commands;
 mod dht_bench;
+mod failover_bench;
 mod serve_command;
 mod store_commands;
 mod swarm_commands;
@@ -54,6 +55,9 @@ enum Command {
         sampling: SamplingArgs,
         #[arg(long, value_enum, default_value = "ring")]
         mode: DecodeMode,
+        /// How a server that takes over a failed one's layers rebuilds its cache.
+        #[arg(long, value_enum, default_value = "fast")]
+        replay: ReplayPolicy,
     },
     /// Split a GGUF into content-addressed blobs in the store; prints the model id.
     Import {
@@ -190,6 +194,22 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         lookups: usize,
     },
+    /// Time to recover from a hop killed mid-generation, by replay policy and history
+    /// (four `run` servers on loopback holding two routes of the model).
+    BenchFailover {
+        /// Model GGUF.
+        #[arg(long)]
+        model: PathBuf,
+        /// Tokens generated before the hop is killed.
+        #[arg(long, value_delimiter = ',', default_value = "50,200,1000")]
+        histories: Vec<usize>,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// CPU threads of each server.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+    },
     /// A peer of `bench-dht` (provides blocks of a test model until killed).
     #[command(hide = true)]
     DhtPeer {
@@ -304,6 +324,10 @@ struct SwarmClientArgs {
     /// Run this many sessions at once on the same route and report their aggregate speed (JSON).
     #[arg(long)]
     parallel: Option<usize>,
+    /// How a server that takes over a failed one's layers rebuilds its cache: exact (the
+    /// same computation, so the same tokens on CPU) or fast (one batched prefill).
+    #[arg(long, value_enum, default_value = "fast")]
+    replay: ReplayPolicy,
 }
 
 /// How tokens are picked: llama.cpp's samplers and its option names. The defaults are
@@ -383,7 +407,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate(args, cli.data_dir),
-        Command::Chat { bootstrap, model, system, max_tokens, sampling, mode } => {
+        Command::Chat { bootstrap, model, system, max_tokens, sampling, mode, replay } => {
             let remote = client_commands::RemoteArgs {
                 bootstrap,
                 model,
@@ -391,6 +415,7 @@ fn main() -> Result<()> {
                 sampling: sampling.params()?,
                 dtype: ActivationDtype::F32,
                 top_logits: 16,
+                replay,
             };
             tokio::runtime::Runtime::new()?.block_on(client_commands::chat(remote, system, max_tokens))
         }
@@ -438,6 +463,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Info { file, load, engine } => info(&file, load, &engine),
+        Command::BenchFailover { model, histories, reps, threads } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            print!("{}", rt.block_on(failover_bench::run(&model, &histories, reps.max(1), threads.max(1)))?);
+            Ok(())
+        }
         Command::BenchDht { processes, lookups } => {
             print!("{}", tokio::runtime::Runtime::new()?.block_on(dht_bench::run(processes, lookups))?);
             Ok(())
@@ -531,6 +561,7 @@ fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             sampling: args.sampling.params()?,
             dtype: args.wire_dtype,
             top_logits: args.swarm.top_logits,
+            replay: args.swarm.replay,
         };
         let rt = tokio::runtime::Runtime::new()?;
         return rt.block_on(client_commands::generate(

@@ -44,8 +44,13 @@ fn open(id: u64, model: &[u8; 32], layers: std::ops::Range<u32>) -> Kind {
     })
 }
 
+/// Step `n` of a session fed the 4-token prompt first, one token a step after it.
 fn step(id: u64, n: u64, tokens: Vec<i32>, hidden: Vec<u8>) -> Kind {
-    Kind::Step(pb::Step { session_id: id, step: n, tokens, hidden, ..Default::default() })
+    step_at(id, n, if n == 0 { 0 } else { 3 + n as u32 }, tokens, hidden)
+}
+
+fn step_at(id: u64, n: u64, position: u32, tokens: Vec<i32>, hidden: Vec<u8>) -> Kind {
+    Kind::Step(pb::Step { session_id: id, step: n, tokens, hidden, position, ..Default::default() })
 }
 
 fn code(kind: &Kind) -> ErrorCode {
@@ -115,12 +120,12 @@ async fn sessions_over_a_stream_match_the_engine_and_bad_input_gets_error_frames
     }
     assert_eq!(chained, expected);
 
-    // A replay of the last step gets the cached result; other numbers are out of order.
+    // A repeat of the last step gets the cached result; a step past the cache is out of order.
     let Kind::Result(again) = ask(&mut stream, step(3, TOKENS as u64 - 1, vec![], last_hidden.clone())).await else {
         panic!("no replay")
     };
     assert_eq!(again.token, *chained.last().unwrap());
-    assert_eq!(code(&ask(&mut stream, step(3, 99, vec![], last_hidden)).await), ErrorCode::StepOutOfOrder);
+    assert_eq!(code(&ask(&mut stream, step_at(3, 99, 99, vec![], last_hidden)).await), ErrorCode::StepOutOfOrder);
     assert_eq!(code(&ask(&mut stream, step(42, 0, vec![1], vec![])).await), ErrorCode::UnknownSession);
     assert_eq!(code(&ask(&mut stream, open(4, &[9; 32], 0..6)).await), ErrorCode::WrongSpan);
     assert_eq!(code(&ask(&mut stream, open(4, &id.0, 2..9)).await), ErrorCode::WrongSpan);
@@ -143,7 +148,14 @@ async fn sessions_over_a_stream_match_the_engine_and_bad_input_gets_error_frames
     // Row tokens (for the last hop's penalties) must match the rows and the vocabulary.
     let good = Activation::encode(&[0.25; 64], 64, Default::default()).unwrap().to_bytes();
     for row_tokens in [vec![1, 2], vec![-3]] {
-        let s = pb::Step { session_id: 3, step: n, hidden: good.clone(), row_tokens, ..Default::default() };
+        let s = pb::Step {
+            session_id: 3,
+            step: n,
+            hidden: good.clone(),
+            row_tokens,
+            position: 3 + n as u32,
+            ..Default::default()
+        };
         assert_eq!(code(&ask(&mut stream, Kind::Step(s)).await), ErrorCode::BadInput);
     }
     // Sampling parameters that are not numbers, or out of range, are refused at the open.

@@ -48,6 +48,7 @@ fn chain_prompt_logits(engines: &mut [SpanEngine], prompt: &[i32]) -> Vec<f32> {
         match e.step(s, input).unwrap() {
             StepOutput::Hidden(a) => input = StepInput::Hidden(a),
             StepOutput::Token { logits, .. } => return logits,
+            StepOutput::Cached => panic!("a step that samples returned no token"),
         }
     }
     panic!("the chain ended without a head");
@@ -126,6 +127,7 @@ fn run_batched(
                         out[i].push(token);
                         inputs.push(StepInput::Tokens(vec![token]));
                     }
+                    StepOutput::Cached => panic!("a step that samples returned no token"),
                 }
             }
         }

@@ -150,16 +150,7 @@ impl Activation {
         if self.n_rows == 0 {
             return Err(ActivationError::Empty);
         }
-        let expected = self.n_rows as usize * self.width as usize * self.dtype.size();
-        if self.data.len() != expected {
-            return Err(ActivationError::Length {
-                got: self.data.len(),
-                expected,
-                rows: self.n_rows,
-                width: self.width,
-                dtype: self.dtype,
-            });
-        }
+        self.check_length()?;
         let values: Vec<f32> = match self.dtype {
             ActivationDtype::F32 => {
                 self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
@@ -173,6 +164,59 @@ impl Activation {
         };
         check_finite(&values, self.width)?;
         Ok(values)
+    }
+
+    /// Bytes of one row.
+    fn row_len(&self) -> usize {
+        self.width as usize * self.dtype.size()
+    }
+
+    /// Checks that the payload holds exactly `n_rows` rows (decoding checks values too).
+    fn check_length(&self) -> Result<(), ActivationError> {
+        let expected = self.n_rows as usize * self.row_len();
+        if self.data.len() != expected {
+            return Err(ActivationError::Length {
+                got: self.data.len(),
+                expected,
+                rows: self.n_rows,
+                width: self.width,
+                dtype: self.dtype,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rows `rows` of this hidden state, without decoding it.
+    pub fn slice_rows(&self, rows: std::ops::Range<u32>) -> Result<Self, ActivationError> {
+        self.check_length()?;
+        if rows.is_empty() || rows.end > self.n_rows {
+            return Err(ActivationError::Frame(format!("rows {rows:?} of {}", self.n_rows)));
+        }
+        let len = self.row_len();
+        let data = self.data[rows.start as usize * len..rows.end as usize * len].to_vec();
+        Ok(Activation { dtype: self.dtype, n_rows: rows.end - rows.start, width: self.width, data })
+    }
+
+    /// The rows of several hidden states, in order; they must share dtype and width.
+    pub fn concat<'a>(parts: impl IntoIterator<Item = &'a Activation>) -> Result<Self, ActivationError> {
+        let mut out: Option<Activation> = None;
+        for part in parts {
+            part.check_length()?;
+            match &mut out {
+                None => out = Some(part.clone()),
+                Some(o) if o.dtype == part.dtype && o.width == part.width => {
+                    o.data.extend_from_slice(&part.data);
+                    o.n_rows += part.n_rows;
+                }
+                Some(o) => {
+                    return Err(ActivationError::Frame(format!(
+                        "cannot join {:?} × {} rows to {:?} × {}",
+                        part.dtype, part.width, o.dtype, o.width
+                    )))
+                }
+            }
+        }
+        out.ok_or(ActivationError::Empty)
     }
 
     /// The self-describing frame: header (dtype, 3 zero bytes, rows u32, width u32) + payload.
@@ -231,6 +275,23 @@ mod tests {
                 assert!((x - y).abs() < 1e-2, "{dtype:?}: {x} vs {y}");
             }
         }
+    }
+
+    #[test]
+    fn rows_slice_and_join_back_into_the_same_state() {
+        let v: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        for dtype in [ActivationDtype::F32, ActivationDtype::F16] {
+            let a = Activation::encode(&v, 4, dtype).unwrap();
+            let head = a.slice_rows(0..2).unwrap();
+            let tail = a.slice_rows(2..5).unwrap();
+            assert_eq!(tail.decode(4).unwrap(), a.decode(4).unwrap()[8..]);
+            assert_eq!(Activation::concat([&head, &tail]).unwrap(), a);
+            assert!(a.slice_rows(3..6).is_err() && a.slice_rows(2..2).is_err());
+        }
+        let wide = Activation::encode(&[1.0; 8], 8, ActivationDtype::F32).unwrap();
+        let narrow = Activation::encode(&[1.0; 8], 4, ActivationDtype::F32).unwrap();
+        assert!(Activation::concat([&wide, &narrow]).is_err());
+        assert_eq!(Activation::concat(std::iter::empty()), Err(ActivationError::Empty));
     }
 
     #[test]

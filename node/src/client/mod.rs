@@ -5,21 +5,28 @@
 //! swarm (verified, like any blob) and loads the tokenizer from it; no weights are
 //! fetched. [`SwarmModel::view`] listens on the model's announcement topic until every
 //! layer is covered, and adds the ping round trip to each server; [`route::best_route`]
-//! picks the chain. [`RemoteSession::open`] ([`session`]) opens one session per hop,
-//! telling each where to push its output, and then generates in ring or
-//! client-sampled mode.
+//! picks the chain. [`RemoteSession::open`] ([`session`]) opens one session per hop
+//! over control streams ([`links`]), telling each where to push its output, and then
+//! generates in ring or client-sampled mode. When a hop fails, [`recovery`] bans it,
+//! routes its layers through other servers and has the hop before it replay its outputs
+//! to them, and the generation goes on.
 
+mod links;
+mod recovery;
 pub mod route;
 mod session;
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use nak_protocol::{keys, pb};
 use nak_shard_store::{tokenizer_file, BlobRole, Manifest, ModelId, Store};
 
-pub use route::{best_route, disjoint_routes, RouteHop, ServerInfo};
+pub use recovery::{Failover, ReplayPolicy};
+pub use route::{best_route, best_route_between, disjoint_routes, RouteHop, ServerInfo};
 pub use session::{DecodeMode, RemoteGeneration, RemoteSession, SessionOptions};
 
 use crate::engine::{EngineError, Model};
@@ -64,16 +71,36 @@ pub enum ClientError {
     /// Nothing came for too long.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// A hop failed and no other server can take its layers.
+    #[error("no backup for layers {start}:{end} after {failed} failed: {detail}")]
+    NoBackup {
+        /// First layer left without a server.
+        start: u32,
+        /// Layer after the last.
+        end: u32,
+        /// The failed peer(s).
+        failed: String,
+        /// What the swarm offers.
+        detail: String,
+    },
     /// Bad arguments.
     #[error("{0}")]
     Input(String),
 }
 
-/// A model in the swarm, as a client sees it: manifest and tokenizer.
+/// First ban of a peer that failed us; it doubles with each further failure.
+const FIRST_BAN: Duration = Duration::from_secs(30);
+/// Longest ban.
+const LONGEST_BAN: Duration = Duration::from_secs(3600);
+
+/// A model in the swarm, as a client sees it: manifest, tokenizer, and the servers it
+/// keeps off its routes for now.
 pub struct SwarmModel {
     net: NetworkHandle,
     manifest: Manifest,
     vocab: Model,
+    /// Banned peers: until when, and how many times they failed.
+    bans: Mutex<HashMap<PeerId, (Instant, u32)>>,
 }
 
 impl SwarmModel {
@@ -91,7 +118,7 @@ impl SwarmModel {
         let vocab = tokio::task::spawn_blocking(move || Model::load_vocab(&path))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))??;
-        Ok(Self { net, manifest, vocab })
+        Ok(Self { net, manifest, vocab, bans: Mutex::new(HashMap::new()) })
     }
 
     /// The model's id.
@@ -152,13 +179,54 @@ impl SwarmModel {
         Ok(out)
     }
 
-    /// The best route now, waiting up to `wait` for the swarm's announcements.
-    pub async fn route(&self, wait: Duration) -> Result<Vec<RouteHop>, ClientError> {
+    /// The best route now, avoiding banned peers and `avoid`, waiting up to `wait` for
+    /// the swarm's announcements.
+    pub async fn route(&self, wait: Duration, avoid: &HashSet<PeerId>) -> Result<Vec<RouteHop>, ClientError> {
         let servers = self.view(wait).await?;
-        best_route(&servers, self.n_layer(), &HashSet::new()).map(|(r, _)| r).ok_or_else(|| {
-            let held: Vec<String> = servers.iter().map(|s| format!("{}:{}", s.layers.start, s.layers.end)).collect();
-            ClientError::NoRoute(format!("{} layers; servers hold [{}]", self.n_layer(), held.join(", ")))
+        let excluded: HashSet<PeerId> = self.banned().union(avoid).copied().collect();
+        best_route(&servers, self.n_layer(), &excluded).map(|(r, _)| r).ok_or_else(|| {
+            ClientError::NoRoute(format!("{} layers; servers hold [{}]", self.n_layer(), held(&servers, &excluded)))
         })
+    }
+
+    /// The best route through `layers` avoiding banned peers and `avoid`, waiting up to
+    /// `wait` for a server that can take them to be announced (a client that has just
+    /// joined may not have heard every server yet); the error says what the swarm offers.
+    pub async fn route_between(
+        &self,
+        layers: Range<u32>,
+        avoid: &HashSet<PeerId>,
+        wait: Duration,
+    ) -> Result<Vec<RouteHop>, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let servers = self.servers().await.map_err(|e| e.to_string())?;
+            let excluded: HashSet<PeerId> = self.banned().union(avoid).copied().collect();
+            if let Some((route, _)) = best_route_between(&servers, layers.clone(), &excluded) {
+                return Ok(route);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("usable servers hold [{}]", held(&servers, &excluded)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Keeps `peer` off this client's routes for a while, longer each time it fails;
+    /// returns for how long.
+    pub fn ban(&self, peer: PeerId) -> Duration {
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        let strikes = bans.get(&peer).map_or(0, |b| b.1) + 1;
+        let length = FIRST_BAN.saturating_mul(1 << (strikes - 1).min(16)).min(LONGEST_BAN);
+        bans.insert(peer, (Instant::now() + length, strikes));
+        length
+    }
+
+    /// Peers banned now.
+    pub fn banned(&self) -> HashSet<PeerId> {
+        let now = Instant::now();
+        let bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        bans.iter().filter(|(_, (until, _))| *until > now).map(|(p, _)| *p).collect()
     }
 
     /// Every token that ends generation.
@@ -171,6 +239,16 @@ impl SwarmModel {
         let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.vocab.token_piece(t)).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The spans of the servers not in `excluded`, for messages.
+fn held(servers: &[ServerInfo], excluded: &HashSet<PeerId>) -> String {
+    let spans: Vec<String> = servers
+        .iter()
+        .filter(|s| !excluded.contains(&s.peer))
+        .map(|s| format!("{}:{}", s.layers.start, s.layers.end))
+        .collect();
+    spans.join(", ")
 }
 
 pub(crate) fn peer_string<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error> {

@@ -39,7 +39,7 @@ pub struct ServerInfo {
 }
 
 /// One hop of a route: a server and the layers it runs for this session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteHop {
     /// The server.
     #[serde(serialize_with = "crate::client::peer_string")]
@@ -51,6 +51,10 @@ pub struct RouteHop {
     /// Where to dial it.
     #[serde(skip)]
     pub addrs: Vec<Multiaddr>,
+    /// Expected seconds per token through this hop (compute at its announced speed and
+    /// the link into it).
+    #[serde(skip)]
+    pub expected_s: f64,
 }
 
 /// Expected seconds per token through `layers` of `server`.
@@ -63,19 +67,31 @@ fn edge_cost(server: &ServerInfo, layers: u32) -> f64 {
 /// The cheapest route through all `n_layer` layers, avoiding `excluded` peers, and its
 /// expected seconds per token; `None` when some layer has no usable server.
 pub fn best_route(servers: &[ServerInfo], n_layer: u32, excluded: &HashSet<PeerId>) -> Option<(Vec<RouteHop>, f64)> {
-    let n = n_layer as usize;
+    best_route_between(servers, 0..n_layer, excluded)
+}
+
+/// The cheapest route through `layers` only (a replacement for some hops of a route).
+pub fn best_route_between(
+    servers: &[ServerInfo],
+    layers: Range<u32>,
+    excluded: &HashSet<PeerId>,
+) -> Option<(Vec<RouteHop>, f64)> {
+    let (from, n) = (layers.start as usize, layers.end as usize);
+    if from >= n {
+        return None;
+    }
     let mut dist = vec![f64::INFINITY; n + 1];
     // For each boundary: (server index, boundary we came from).
     let mut prev: Vec<Option<(usize, usize)>> = vec![None; n + 1];
-    dist[0] = 0.0;
+    dist[from] = 0.0;
     let mut heap = BinaryHeap::new();
-    heap.push(Visit { cost: 0.0, at: 0 });
+    heap.push(Visit { cost: 0.0, at: from });
     while let Some(Visit { cost, at }) = heap.pop() {
         if cost > dist[at] || at == n {
             continue;
         }
         for (i, s) in servers.iter().enumerate() {
-            let (start, end) = (s.layers.start as usize, s.layers.end.min(n_layer) as usize);
+            let (start, end) = (s.layers.start as usize, (s.layers.end as usize).min(n));
             if excluded.contains(&s.peer) || !(start..end).contains(&at) {
                 continue;
             }
@@ -94,11 +110,12 @@ pub fn best_route(servers: &[ServerInfo], n_layer: u32, excluded: &HashSet<PeerI
     }
     let mut hops = Vec::new();
     let mut at = n;
-    while at > 0 {
-        let (i, from) = prev[at]?;
+    while at > from {
+        let (i, before) = prev[at]?;
         let s = &servers[i];
-        hops.push(RouteHop { peer: s.peer, start: from as u32, end: at as u32, addrs: s.addrs.clone() });
-        at = from;
+        let expected_s = dist[at] - dist[before];
+        hops.push(RouteHop { peer: s.peer, start: before as u32, end: at as u32, addrs: s.addrs.clone(), expected_s });
+        at = before;
     }
     hops.reverse();
     Some((hops, dist[n]))
@@ -187,6 +204,18 @@ mod tests {
         far.rtt = Some(Duration::from_millis(80));
         let (route, _) = best_route(&[far, free.clone()], 30, &HashSet::new()).unwrap();
         assert_eq!(route[0].peer, free.peer);
+    }
+
+    #[test]
+    fn a_replacement_covers_only_the_layers_asked_for() {
+        let s = vec![server(0..15, 1000.0), server(15..30, 1000.0), server(10..30, 500.0), server(0..30, 100.0)];
+        let avoid: HashSet<PeerId> = [s[1].peer].into();
+        let (route, _) = best_route_between(&s, 15..30, &avoid).unwrap();
+        assert_eq!(spans(&route), vec![(15, 30)]);
+        assert_eq!(route[0].peer, s[2].peer, "entered mid-span, the failed server avoided");
+        assert!(best_route_between(&s, 15..15, &avoid).is_none());
+        let all: HashSet<PeerId> = s.iter().map(|x| x.peer).collect();
+        assert!(best_route_between(&s, 15..30, &all).is_none());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! A session through a route of servers, and generation over it.
 //!
-//! [`RemoteSession::open`] opens one control stream per hop and sends each its
-//! `OpenSession`: its layers, the hop to push its output to (the next one; in ring
-//! mode the last hop pushes to the first) and the peer allowed to push into it. Every
-//! hop's results and errors come back on its control stream; one reader task per
-//! stream feeds them into a single channel.
+//! [`RemoteSession::open`] opens a control stream to every hop ([`super::links`]) and
+//! sends each its `OpenSession`: its layers, the hop to push its output to (the next
+//! one; in ring mode the last hop pushes to the first) and the peer allowed to push into
+//! it. Every hop's results and errors come back on its control stream.
+//! [`RemoteSession::start`] also picks the route, and routes around servers that turn
+//! the session away (full, or no longer serving those layers).
 //!
 //! [`RemoteSession::generate`] sends the new tokens to the first hop in chunks (each
 //! chunk flows down the chain while the next is computed) and then:
@@ -15,28 +16,43 @@
 //! - *client-sampled*: the last hop sends its top logits here; the client samples and
 //!   sends the token to the first hop as the next step.
 //!
-//! The session remembers which tokens the servers' caches hold. The next `generate`
-//! (a chat's next turn) keeps the longest common prefix: each hop truncates its cache to
-//! it as the new generation's first step arrives, and steps of the old generation still
-//! in flight are dropped.
+//! Steps and results carry cache positions. The session keeps every token it fed the
+//! first hop and the shape of every step the first hop ran, which is what a replacement
+//! first hop is rebuilt from. A result at a position already seen is a replacement
+//! repeating it, and is dropped. When a hop fails (its stream ends, its neighbour cannot
+//! reach it, or it stops answering), [`super::recovery`] repairs the route and the
+//! generation goes on; when no other server can take its layers, the tokens so far are
+//! returned with the error.
+//!
+//! The next `generate` (a chat's next turn) keeps the longest common prefix: each hop
+//! truncates its cache to it as the new generation's first step arrives, and steps of
+//! the old generation still in flight are dropped.
 
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::time::Duration;
 
-use futures::AsyncReadExt;
+use libp2p::PeerId;
 use nak_protocol::{pb, ActivationDtype};
+use nak_shard_store::ModelId;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::links::{Link, Links};
+use super::recovery::{Failover, ReplayPolicy};
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::chain::Generation;
 use crate::engine::{Sampler, SamplingParams};
-use crate::inference::{connect, error, write_loop};
-use crate::net::frames::{read_frame, MAX_INFERENCE_FRAME};
 
 use pb::inference_frame::Kind;
 
 /// Prompt tokens per step: long prompts go down the chain in pieces of this size.
 const PREFILL_CHUNK: usize = 128;
+/// Routes tried when servers turn the session away.
+const OPEN_ATTEMPTS: usize = 4;
+/// A step is suspected stalled after this long at least...
+const STALL_FLOOR: Duration = Duration::from_secs(1);
+/// ...or this many times the route's expected time for its rows, if longer.
+const STALL_FACTOR: f64 = 20.0;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -59,8 +75,10 @@ pub struct SessionOptions {
     pub dtype: ActivationDtype,
     /// Client mode: logits the last hop returns with each token. Default 16.
     pub top_logits: u32,
-    /// Longest wait for any answer. Default 60 s.
+    /// Longest wait for any answer from a route that answers probes. Default 60 s.
     pub timeout: Duration,
+    /// How a replacement hop rebuilds its cache. Default fast.
+    pub replay: ReplayPolicy,
 }
 
 impl Default for SessionOptions {
@@ -71,6 +89,7 @@ impl Default for SessionOptions {
             dtype: ActivationDtype::F32,
             top_logits: 16,
             timeout: Duration::from_secs(60),
+            replay: ReplayPolicy::Fast,
         }
     }
 }
@@ -81,132 +100,124 @@ pub struct RemoteGeneration {
     /// What any generation reports.
     #[serde(flatten)]
     pub generation: Generation,
-    /// The hops used.
+    /// The hops used at the end.
     pub route: Vec<RouteHop>,
     /// How tokens were chosen.
     pub mode: DecodeMode,
     /// The caller stopped it before an end token or `max_tokens`.
     pub cancelled: bool,
+    /// Repairs of the route during this generation.
+    pub failovers: Vec<Failover>,
+    /// Why the generation ended early, keeping the tokens so far (no backup for a
+    /// failed hop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a session's route brings next, for [`RemoteSession::generate`].
+enum Event {
+    Token(pb::StepResult, i32),
+    Failed(HashSet<PeerId>, String),
+    Nothing,
+}
+
+/// One hop of the live route.
+pub(super) struct Hop {
+    pub(super) route: RouteHop,
+    pub(super) session_id: u64,
+    pub(super) link: Link,
+}
+
+/// A step the first hop ran, kept to replay it to a replacement first hop.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    pub(super) step: u64,
+    pub(super) position: u32,
+    pub(super) rows: u32,
+    pub(super) generation: u32,
+    pub(super) more: bool,
 }
 
 /// A session open on every hop of a route.
 pub struct RemoteSession {
-    route: Vec<RouteHop>,
-    opts: SessionOptions,
-    base_id: u64,
-    /// Control streams' writers, one per hop.
-    writers: Vec<mpsc::Sender<pb::InferenceFrame>>,
-    /// Frames from every hop: (hop index, frame).
-    frames: mpsc::Receiver<(usize, pb::InferenceFrame)>,
+    pub(super) opts: SessionOptions,
+    pub(super) model_id: ModelId,
+    pub(super) links: Links,
+    pub(super) hops: Vec<Hop>,
+    next_session_id: u64,
     sampler: Sampler,
     end_tokens: Vec<i32>,
     max_context: u32,
-    generation: u32,
+    pub(super) generation: u32,
     next_step: u64,
-    /// Tokens whose positions the hops' caches hold, in order.
-    cached: Vec<i32>,
+    /// The tokens fed to the first hop, by position.
+    pub(super) context: Vec<i32>,
+    /// The first hop's steps, in position order.
+    pub(super) shapes: Vec<Shape>,
+    /// Ring mode: the position of the last token to generate.
+    pub(super) stop_at: u32,
+}
+
+/// The server that turned a session away, if that is what `e` says.
+pub(super) fn refused(e: &ClientError) -> Option<PeerId> {
+    use pb::ErrorCode::{Closed, Overloaded, WrongSpan};
+    match e {
+        ClientError::Hop { peer, code: Overloaded | WrongSpan | Closed, .. } => Some(*peer),
+        _ => None,
+    }
 }
 
 impl RemoteSession {
+    /// Picks a route (waiting up to `wait` for announcements, avoiding banned servers)
+    /// and opens the session on it; a server that turns the session away is routed
+    /// around.
+    pub async fn start(model: &SwarmModel, opts: SessionOptions, wait: Duration) -> Result<Self, ClientError> {
+        let mut avoid = HashSet::new();
+        let mut last = None;
+        for _ in 0..OPEN_ATTEMPTS {
+            let route = model.route(wait, &avoid).await?;
+            match Self::open(model, route, opts.clone()).await {
+                Ok(session) => return Ok(session),
+                Err(e) => match refused(&e) {
+                    Some(peer) => {
+                        tracing::info!(%peer, error = %e, "a server turned the session away; routing around it");
+                        avoid.insert(peer);
+                        last = Some(e);
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::NoRoute("no server took the session".into())))
+    }
+
     /// Opens a session on every hop of `route` for `model`.
     pub async fn open(model: &SwarmModel, route: Vec<RouteHop>, opts: SessionOptions) -> Result<Self, ClientError> {
         if route.is_empty() {
             return Err(ClientError::NoRoute("empty route".into()));
         }
-        let net = model.net();
-        let base_id: u64 = rand::random::<u64>() & !0xff;
-        let end_tokens = model.end_tokens();
-        let (frames_tx, frames) = mpsc::channel(256);
-        let mut writers = Vec::new();
-        let last = route.len() - 1;
-        let streams = futures::future::try_join_all(
-            route
-                .iter()
-                .map(|hop| async move { connect(net, hop.peer, &hop.addrs).await.map_err(|e| hop_error(hop, e)) }),
-        )
-        .await?;
-        for (i, (hop, stream)) in route.iter().zip(streams).enumerate() {
-            let (mut reader, writer) = stream.split();
-            let (tx, rx) = mpsc::channel(64);
-            tokio::spawn(write_loop(writer, rx));
-            let frames_tx = frames_tx.clone();
-            tokio::spawn(async move {
-                while let Ok(frame) = read_frame::<pb::InferenceFrame, _>(&mut reader, MAX_INFERENCE_FRAME).await {
-                    if frames_tx.send((i, frame)).await.is_err() {
-                        break;
-                    }
-                }
-                let closed = error(0, pb::ErrorCode::Closed, "the stream closed");
-                let _ = frames_tx.send((i, closed)).await;
-            });
-            let ring = opts.mode == DecodeMode::Ring;
-            let next = if i < last {
-                Some(i + 1)
-            } else if ring {
-                Some(0)
-            } else {
-                None
-            };
-            let prev = if i > 0 {
-                Some(i - 1)
-            } else if ring {
-                Some(last)
-            } else {
-                None
-            };
-            let open = pb::OpenSession {
-                session_id: base_id + i as u64,
-                model_id: model.id().0.to_vec(),
-                first_layer: hop.start,
-                end_layer: hop.end,
-                max_context: 0,
-                // Client mode: the last hop applies the penalties before choosing the top
-                // logits, and this client samples from those.
-                sampling: Some(
-                    if ring { opts.sampling } else { SamplingParams::default().with_penalties_of(&opts.sampling) }
-                        .into(),
-                ),
-                dtype: opts.dtype as u32,
-                push_to: next.map(|n| pb::Hop {
-                    peer_id: route[n].peer.to_bytes(),
-                    addrs: route[n].addrs.iter().map(|a| a.to_vec()).collect(),
-                    session_id: base_id + n as u64,
-                }),
-                accept_from: prev.map(|p| route[p].peer.to_bytes()).unwrap_or_default(),
-                top_logits: if i == last && !ring { opts.top_logits.max(1) } else { 0 },
-                stop_tokens: if i == last && ring { end_tokens.clone() } else { vec![] },
-            };
-            tx.send(pb::InferenceFrame { kind: Some(Kind::Open(open)) })
-                .await
-                .map_err(|_| ClientError::Protocol(format!("the stream to {} closed", hop.peer)))?;
-            writers.push(tx);
-        }
-        let sampler = Sampler::new(&opts.sampling.without_penalties());
         let mut session = Self {
-            route,
+            sampler: Sampler::new(&opts.sampling.without_penalties()),
             opts,
-            base_id,
-            writers,
-            frames,
-            sampler,
-            end_tokens,
+            model_id: model.id(),
+            links: Links::new(model.net().clone()),
+            hops: Vec::new(),
+            next_session_id: rand::random::<u64>() & !0xffff,
+            end_tokens: model.end_tokens(),
             max_context: u32::MAX,
             generation: 0,
             next_step: 0,
-            cached: Vec::new(),
+            context: Vec::new(),
+            shapes: Vec::new(),
+            stop_at: 0,
         };
-        for _ in 0..session.route.len() {
-            match session.next_frame().await? {
-                (_, Kind::Opened(o)) => session.max_context = session.max_context.min(o.max_context),
-                (i, other) => return Err(ClientError::Protocol(format!("hop {i} answered the open with {other:?}"))),
-            }
-        }
+        session.hops = session.open_hops(&route, 0..0, 0).await?;
         Ok(session)
     }
 
-    /// The route this session runs on.
-    pub fn route(&self) -> &[RouteHop] {
-        &self.route
+    /// The route this session runs on now.
+    pub fn route(&self) -> Vec<RouteHop> {
+        self.hops.iter().map(|h| h.route.clone()).collect()
     }
 
     /// Context length every hop allows.
@@ -214,31 +225,149 @@ impl RemoteSession {
         self.max_context
     }
 
-    /// The next frame from any hop; an error frame becomes [`ClientError::Hop`].
-    async fn next_frame(&mut self) -> Result<(usize, Kind), ClientError> {
-        let (i, frame) = tokio::time::timeout(self.opts.timeout, self.frames.recv())
-            .await
-            .map_err(|_| ClientError::Timeout(self.opts.timeout))?
-            .ok_or_else(|| ClientError::Protocol("every stream closed".into()))?;
-        match frame.kind {
-            Some(Kind::Error(e)) => {
-                let hop = &self.route[i];
-                Err(ClientError::Hop {
-                    peer: hop.peer,
-                    start: hop.start,
-                    end: hop.end,
-                    code: e.code(),
-                    message: e.message,
-                })
+    pub(super) fn ring(&self) -> bool {
+        self.opts.mode == DecodeMode::Ring
+    }
+
+    /// Opens sessions on `new`, the hops that will stand at `replace` of the route (all
+    /// of it for a new session), wired to their neighbours in the route as it will be. A
+    /// new last hop emits tokens from position `emit_from`. Returns them once every one
+    /// has answered; a refusal is an error naming the server.
+    pub(super) async fn open_hops(
+        &mut self,
+        new: &[RouteHop],
+        replace: std::ops::Range<usize>,
+        emit_from: u32,
+    ) -> Result<Vec<Hop>, ClientError> {
+        let ids: Vec<u64> = (0..new.len() as u64).map(|k| self.next_session_id + k).collect();
+        self.next_session_id += new.len() as u64;
+        // The route as it will be: (peer, addresses, session id).
+        let before = self.hops[..replace.start].iter().map(|h| (&h.route, h.session_id));
+        let after = self.hops[replace.end..].iter().map(|h| (&h.route, h.session_id));
+        let planned: Vec<(&RouteHop, u64)> = before.chain(new.iter().zip(ids.iter().copied())).chain(after).collect();
+        let n = planned.len();
+        let ring = self.ring();
+        let links = &self.links;
+        let streams = futures::future::join_all(new.iter().map(|h| async move {
+            links.open(h.peer, &h.addrs).await.map_err(|e| hop_error(h, pb::ErrorCode::Closed, e))
+        }))
+        .await;
+        let mut opened = Vec::new();
+        for (k, (hop, stream)) in new.iter().zip(streams).enumerate() {
+            let link = stream?;
+            let i = replace.start + k;
+            let next = if i + 1 < n { Some(i + 1) } else { ring.then_some(0) };
+            let prev = if i > 0 { Some(i - 1) } else { ring.then(|| n - 1) };
+            let last = i == n - 1;
+            let sampling = if ring {
+                self.opts.sampling
+            } else {
+                SamplingParams::default().with_penalties_of(&self.opts.sampling)
+            };
+            let open = pb::OpenSession {
+                session_id: ids[k],
+                model_id: self.model_id.0.to_vec(),
+                first_layer: hop.start,
+                end_layer: hop.end,
+                max_context: 0,
+                // Client mode: the last hop applies the penalties before choosing the top
+                // logits, and this client samples from those.
+                sampling: Some(sampling.into()),
+                dtype: self.opts.dtype as u32,
+                push_to: next.map(|j| pb::Hop {
+                    peer_id: planned[j].0.peer.to_bytes(),
+                    addrs: planned[j].0.addrs.iter().map(|a| a.to_vec()).collect(),
+                    session_id: planned[j].1,
+                }),
+                accept_from: prev.map(|j| planned[j].0.peer.to_bytes()).unwrap_or_default(),
+                top_logits: if last && !ring { self.opts.top_logits.max(1) } else { 0 },
+                stop_tokens: if last && ring { self.end_tokens.clone() } else { vec![] },
+                emit_from: if last { emit_from } else { 0 },
+            };
+            if !link.send(Kind::Open(open)).await {
+                return Err(hop_error(hop, pb::ErrorCode::Closed, "the stream closed"));
             }
-            Some(kind) => Ok((i, kind)),
-            None => Err(ClientError::Protocol(format!("hop {i} sent an empty frame"))),
+            opened.push(Hop { route: hop.clone(), session_id: ids[k], link });
         }
+        let deadline = Instant::now() + self.opts.timeout;
+        for hop in &opened {
+            let id = hop.link.id;
+            let answer = self
+                .links
+                .wait_for(deadline, |link, frame| match &frame.kind {
+                    Some(Kind::Opened(o)) if link == id => Some(Ok(o.max_context)),
+                    Some(Kind::Error(e)) if link == id => Some(Err((e.code(), e.message.clone()))),
+                    _ => None,
+                })
+                .await;
+            match answer {
+                Some(Ok(max)) => self.max_context = self.max_context.min(max),
+                Some(Err((code, message))) => return Err(hop_error(&hop.route, code, message)),
+                None => return Err(ClientError::Timeout(self.opts.timeout)),
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Where `link` stands in the route, if it still does.
+    pub(super) fn hop_of(&self, link: u64) -> Option<usize> {
+        self.hops.iter().position(|h| h.link.id == link)
+    }
+
+    /// How long a step of `rows` rows may take before the route is probed.
+    pub(super) fn stall_timeout(&self, rows: usize) -> Duration {
+        let expected: f64 = self.hops.iter().map(|h| h.route.expected_s).sum();
+        let scaled = Duration::from_secs_f64(STALL_FACTOR * expected * (1.0 + rows as f64 / 8.0));
+        STALL_FLOOR.max(scaled)
     }
 
     async fn send_first(&self, step: pb::Step) -> Result<(), ClientError> {
-        let frame = pb::InferenceFrame { kind: Some(Kind::Step(step)) };
-        self.writers[0].send(frame).await.map_err(|_| ClientError::Protocol("the first hop's stream closed".into()))
+        let first = &self.hops[0];
+        let step = pb::Step { session_id: first.session_id, ..step };
+        // A closed stream shows up as the link's error frame, which starts a repair.
+        let _ = first.link.send(Kind::Step(step)).await;
+        Ok(())
+    }
+
+    /// Records a step the first hop runs, then sends it (a prompt chunk or, in client
+    /// mode, a sampled token).
+    async fn feed(&mut self, tokens: &[i32], keep: u32, more: bool) -> Result<(), ClientError> {
+        let (step, position) = (self.next_step, self.context.len() as u32);
+        self.record_fed(tokens, more);
+        let step = pb::Step {
+            step,
+            tokens: tokens.to_vec(),
+            generation: self.generation,
+            keep,
+            more,
+            position,
+            stop_at: self.stop_at,
+            ..Default::default()
+        };
+        self.send_first(step).await
+    }
+
+    /// Notes that the first hop takes `tokens` next, as one step.
+    fn record_fed(&mut self, tokens: &[i32], more: bool) {
+        let shape = Shape {
+            step: self.next_step,
+            position: self.context.len() as u32,
+            rows: tokens.len() as u32,
+            generation: self.generation,
+            more,
+        };
+        self.next_step += 1;
+        self.shapes.push(shape);
+        self.context.extend_from_slice(tokens);
+    }
+
+    /// Forgets positions from `keep` on.
+    fn truncate(&mut self, keep: usize) {
+        self.context.truncate(keep);
+        self.shapes.retain(|s| (s.position as usize) < keep);
+        if let Some(last) = self.shapes.last_mut() {
+            last.rows = last.rows.min(keep as u32 - last.position);
+        }
     }
 
     /// Generates after `tokens`, the whole conversation so far: the hops keep what their
@@ -255,7 +384,7 @@ impl RemoteSession {
             return Err(ClientError::Input("nothing to generate from: no tokens".into()));
         }
         // Keep the shared prefix, but always run at least one token.
-        let keep = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+        let keep = self.context.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
         let room = (self.max_context as usize).saturating_sub(tokens.len());
         let max_tokens = max_tokens.min(room);
         if max_tokens == 0 {
@@ -266,52 +395,50 @@ impl RemoteSession {
             )));
         }
         self.generation += 1;
-        self.cached.truncate(keep);
+        self.truncate(keep);
         let fresh = &tokens[keep..];
-        let ring = self.opts.mode == DecodeMode::Ring;
+        self.stop_at = if self.ring() { (tokens.len() + max_tokens - 1) as u32 } else { 0 };
         let t0 = Instant::now();
         let chunks: Vec<&[i32]> = fresh.chunks(PREFILL_CHUNK).collect();
         for (c, chunk) in chunks.iter().enumerate() {
-            let step = pb::Step {
-                session_id: self.base_id,
-                step: self.next_step,
-                tokens: chunk.to_vec(),
-                generation: self.generation,
-                keep: keep as u32,
-                more: c + 1 < chunks.len(),
-                max_tokens: if ring { max_tokens as u32 } else { 0 },
-                ..Default::default()
-            };
-            self.next_step += 1;
-            self.send_first(step).await?;
+            self.feed(chunk, keep as u32, c + 1 < chunks.len()).await?;
         }
-        self.cached.extend_from_slice(fresh);
 
-        let last = self.route.len() - 1;
         let mut out: Vec<i32> = Vec::new();
-        // The newest token: fed to the first hop, but in every hop's cache only once the
-        // token after it arrives.
-        let mut pending: Option<i32> = None;
-        let (mut prefill, mut cancelled) = (Duration::ZERO, false);
+        let mut failovers: Vec<Failover> = Vec::new();
+        // Repairs waiting for their first token, to time them.
+        let mut repaired: Vec<usize> = Vec::new();
+        let (mut prefill, mut cancelled, mut error) = (Duration::ZERO, false, None);
+        let mut deadline = Instant::now() + self.stall_timeout(fresh.len());
+        let mut progress = Instant::now();
         let t1 = loop {
-            let (i, kind) = self.next_frame().await?;
-            let Kind::Result(r) = kind else {
-                return Err(ClientError::Protocol(format!("hop {i} sent {kind:?} during generation")));
+            let (r, token) = match self.next_event(&mut deadline, progress).await? {
+                Event::Nothing => continue,
+                Event::Token(r, token) => (r, token),
+                Event::Failed(failed, cause) => {
+                    match self.repair(model, failed, &cause, out.len()).await {
+                        Ok(f) => {
+                            // The next token needs every replayed position computed first.
+                            deadline = Instant::now() + self.stall_timeout(f.positions as usize);
+                            repaired.push(failovers.len());
+                            failovers.push(f);
+                        }
+                        Err(e @ ClientError::NoBackup { .. }) => {
+                            error = Some(e.to_string());
+                            break Instant::now();
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
             };
-            if i != last || r.generation != self.generation || !r.has_token {
-                continue; // a late answer of a cancelled generation
-            }
-            let token = if ring {
-                r.token
-            } else if r.top.is_empty() {
-                return Err(ClientError::Protocol("the last hop sent no logits".into()));
-            } else {
-                self.sampler.sample_candidates(r.top.iter().map(|t| (t.token, t.logit)))
-            };
+            let now = Instant::now();
             if out.is_empty() {
-                prefill = t0.elapsed();
+                prefill = now - t0;
             }
-            self.cached.extend(pending.take());
+            for f in repaired.drain(..) {
+                failovers[f].recovery_ms = Some(failovers[f].detected.elapsed().as_secs_f64() * 1e3);
+            }
             let end = self.end_tokens.contains(&token);
             if !end {
                 out.push(token);
@@ -319,33 +446,27 @@ impl RemoteSession {
             let more = !end && out.len() < max_tokens && !r.last;
             if !end && !on_token(token) {
                 cancelled = more;
-                break Instant::now();
+                break now;
             }
             if !more {
-                break Instant::now();
+                break now;
             }
-            pending = Some(token);
-            self.next_step = r.step + 2;
-            if !ring {
-                let step = pb::Step {
-                    session_id: self.base_id,
-                    step: r.step + 1,
-                    tokens: vec![token],
-                    generation: self.generation,
-                    ..Default::default()
-                };
-                self.send_first(step).await?;
+            if self.ring() {
+                self.record_fed(&[token], false); // the last hop has pushed it to the first
+            } else {
+                self.feed(&[token], 0, false).await?;
             }
-            // In ring mode the last hop has already pushed this token to the first.
+            deadline = Instant::now() + self.stall_timeout(1);
+            progress = Instant::now();
         };
         if cancelled {
             // An empty step of a newer generation stops the ring at the first hop.
             self.generation += 1;
             let stop = pb::Step {
-                session_id: self.base_id,
                 step: self.next_step,
                 generation: self.generation,
-                keep: self.cached.len() as u32,
+                keep: self.context.len() as u32,
+                position: self.context.len() as u32,
                 ..Default::default()
             };
             self.send_first(stop).await?;
@@ -358,27 +479,69 @@ impl RemoteSession {
             prefill_ms: prefill.as_secs_f64() * 1e3,
             prefill_tokens_per_s: fresh.len() as f64 / prefill.as_secs_f64().max(1e-9),
             decode_tokens_per_s: steps_after_first as f64 / decode.as_secs_f64().max(1e-9),
-            spans: self.route.len(),
+            spans: self.hops.len(),
             tokens: out,
         };
-        Ok(RemoteGeneration { generation, route: self.route.clone(), mode: self.opts.mode, cancelled })
+        Ok(RemoteGeneration { generation, route: self.route(), mode: self.opts.mode, cancelled, failovers, error })
+    }
+
+    /// What the route brings next: a token, a failure (with its cause), or nothing of
+    /// note. A step slower than the stall time gets the hops probed (`deadline` then
+    /// moves on); a route that answers probes but brings nothing for the session's
+    /// timeout since the last `progress` is an error.
+    async fn next_event(&mut self, deadline: &mut Instant, progress: Instant) -> Result<Event, ClientError> {
+        let Some((link, frame)) = self.links.next(*deadline).await else {
+            let silent = self.probe().await;
+            if silent.is_empty() && progress.elapsed() >= self.opts.timeout {
+                return Err(ClientError::Timeout(self.opts.timeout));
+            }
+            *deadline = Instant::now() + self.stall_timeout(1);
+            return Ok(if silent.is_empty() { Event::Nothing } else { Event::Failed(silent, "stalled".into()) });
+        };
+        let Some(i) = self.hop_of(link) else { return Ok(Event::Nothing) }; // a hop no longer in the route
+        match frame.kind {
+            Some(Kind::Result(r)) => match self.accept(&r, i) {
+                Some(token) => Ok(Event::Token(r, token?)),
+                None => Ok(Event::Nothing),
+            },
+            Some(Kind::Error(e)) => match self.failed_by(i, &e) {
+                Some(failed) if failed.is_empty() => Ok(Event::Nothing), // about a hop already replaced
+                Some(failed) => Ok(Event::Failed(failed, format!("{:?}: {}", e.code(), e.message))),
+                None => Err(hop_error(&self.hops[i].route, e.code(), e.message)),
+            },
+            _ => Ok(Event::Nothing), // hello answers, late replies
+        }
+    }
+
+    /// The token a result from hop `i` brings, if it is the next one this generation
+    /// waits for (others are late answers of a cancelled generation, or positions a
+    /// replacement repeats).
+    fn accept(&mut self, r: &pb::StepResult, i: usize) -> Option<Result<i32, ClientError>> {
+        let expected = self.context.len() as u32;
+        if i + 1 != self.hops.len() || r.generation != self.generation || !r.has_token || r.position < expected {
+            return None;
+        }
+        if r.position > expected {
+            return Some(Err(ClientError::Protocol(format!("a token at position {} before {expected}", r.position))));
+        }
+        Some(if self.ring() {
+            Ok(r.token)
+        } else if r.top.is_empty() {
+            Err(ClientError::Protocol("the last hop sent no logits".into()))
+        } else {
+            Ok(self.sampler.sample_candidates(r.top.iter().map(|t| (t.token, t.logit))))
+        })
     }
 
     /// Closes the session on every hop.
     pub async fn close(self) {
-        for (i, w) in self.writers.iter().enumerate() {
-            let close = pb::CloseSession { session_id: self.base_id + i as u64 };
-            let _ = w.send(pb::InferenceFrame { kind: Some(Kind::Close(close)) }).await;
+        for hop in &self.hops {
+            let close = pb::CloseSession { session_id: hop.session_id };
+            let _ = hop.link.send(Kind::Close(close)).await;
         }
     }
 }
 
-fn hop_error(hop: &RouteHop, e: impl std::fmt::Display) -> ClientError {
-    ClientError::Hop {
-        peer: hop.peer,
-        start: hop.start,
-        end: hop.end,
-        code: pb::ErrorCode::Closed,
-        message: format!("cannot open a stream: {e}"),
-    }
+pub(super) fn hop_error(hop: &RouteHop, code: pb::ErrorCode, message: impl std::fmt::Display) -> ClientError {
+    ClientError::Hop { peer: hop.peer, start: hop.start, end: hop.end, code, message: message.to_string() }
 }

@@ -147,6 +147,8 @@ pub enum StepOutput {
         /// unless the session asked for them).
         logits: Vec<f32>,
     },
+    /// The rows are in the cache; no token was asked for (see [`StepRequest::sample`]).
+    Cached,
 }
 
 /// One step of one session, for [`SpanEngine::step_batch`].
@@ -160,12 +162,16 @@ pub struct StepRequest {
     /// session samples: its repetition penalties then see the whole context, not only
     /// the tokens it sampled. Empty: unknown (ignored for token input, which speaks for itself).
     pub row_tokens: Vec<i32>,
+    /// For a session that ends at the head: pick a token from the last row. False when
+    /// only the cache is wanted (a prompt chunk before the last, a position rebuilt for a
+    /// replacement), which spares the output head's work. Default true.
+    pub sample: bool,
 }
 
 impl StepRequest {
-    /// A step with no row tokens.
+    /// A step with no row tokens, that samples.
     pub fn new(session: SessionId, input: StepInput) -> Self {
-        Self { session, input, row_tokens: Vec::new() }
+        Self { session, input, row_tokens: Vec::new(), sample: true }
     }
 }
 
@@ -227,6 +233,7 @@ struct Prepared {
     rows: Rows,
     row_tokens: Vec<i32>,
     emit_hidden: bool,
+    sample: bool,
 }
 
 /// Steps that run the same layers with the same kind of input: one decode (or a few).
@@ -443,7 +450,17 @@ impl SpanEngine {
                 req.row_tokens
             }
         };
-        Ok(Prepared { idx, session: req.session, seq: s.seq, start_pos: s.n_past, rows, row_tokens, emit_hidden })
+        let sample = req.sample;
+        Ok(Prepared {
+            idx,
+            session: req.session,
+            seq: s.seq,
+            start_pos: s.n_past,
+            rows,
+            row_tokens,
+            emit_hidden,
+            sample,
+        })
     }
 
     /// Decodes one group (same layers, same input kind) in as few batches as fit.
@@ -475,7 +492,7 @@ impl SpanEngine {
                 let first_row = batch.len();
                 for r in done[m]..done[m] + take {
                     let pos = p.start_pos + r as u32;
-                    let output = emit_hidden || r + 1 == total;
+                    let output = emit_hidden || (p.sample && r + 1 == total);
                     match &p.rows {
                         Rows::Tokens(t) => batch.push_token(t[r], pos, p.seq, output),
                         Rows::Hidden(h) => batch.push_hidden(&h[r * width..(r + 1) * width], pos, p.seq, output),
@@ -499,7 +516,7 @@ impl SpanEngine {
                             Ok(h) => hidden_out[m].extend_from_slice(h),
                             Err(e) => failed = Some(e),
                         }
-                    } else if done[m] + r + 1 == members[m].rows.len(width) {
+                    } else if members[m].sample && done[m] + r + 1 == members[m].rows.len(width) {
                         let p = &members[m];
                         let Some(s) = self.sessions.get_mut(&p.session) else { continue };
                         // The rows' tokens enter the penalties' history before the draw.
@@ -536,6 +553,9 @@ impl SpanEngine {
                 Activation::encode(&hidden_out[m], self.n_embd, s.dtype)
                     .map(StepOutput::Hidden)
                     .map_err(EngineError::from)
+            } else if !p.sample {
+                s.record(p.start_pos, &p.row_tokens);
+                Ok(StepOutput::Cached)
             } else {
                 match sampled[m].take() {
                     Some((token, logits)) => Ok(StepOutput::Token { token, logits }),

@@ -15,12 +15,19 @@
 //!   peer the opener named in `accept_from` (the previous hop pushing its output, or in
 //!   ring mode the last hop pushing the next token). Anyone else gets `UNKNOWN_SESSION`.
 //! - `Close` from the opener ends the session; so does the end of its control stream.
+//! - `Retarget` from the opener rewires a session around a failed hop: who may push into
+//!   it (changed here, at once) and where it pushes (its task replays the outputs it
+//!   retained to the new next hop first); the task answers `Retargeted`.
+//! - `Hello` is answered at once: it opens every stream, and a client probes with it.
 //!
 //! A session whose open named `push_to` sends each output onward itself as the next
 //! hop's step input, so hidden states go hop to hop without the client relaying them.
-//! Limits: engine slots, sessions per peer, frames per second per stream, frame size and
-//! idle time. A frame that cannot be read ends its stream only.
+//! Limits: engine slots, sessions per peer, frames per second per stream, frame size,
+//! idle time, and the bytes of outputs retained for replays. A frame that cannot be
+//! read ends its stream only.
 
+mod log;
+mod push;
 mod session;
 
 use std::collections::HashMap;
@@ -37,7 +44,9 @@ use tokio::sync::mpsc;
 use crate::engine::{EngineError, EngineWorker, SamplingParams, SessionConfig};
 use crate::net::frames::{read_frame, write_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
 use crate::net::NetworkHandle;
-use session::{Input, Origin, Pusher, SessionTask};
+use log::{OutputLog, RetainBudget};
+use push::Pusher;
+use session::{Input, Origin, SessionSetup, SessionTask};
 
 use pb::inference_frame::Kind;
 use pb::ErrorCode;
@@ -66,11 +75,20 @@ pub struct ServiceConfig {
     pub max_sessions_per_peer: usize,
     /// Frames per second one stream may send (bursts up to one second's worth). Default 2000.
     pub max_frames_per_sec: u32,
+    /// Bytes of outputs kept, across sessions, to replay to a replacement next hop;
+    /// sessions past it stop retaining. Default 512 MiB (SmolLM2's hidden states are
+    /// 2.3 KB a position, a 4096-wide model's 16 KB).
+    pub retain_budget: u64,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self { idle_timeout: Duration::from_secs(300), max_sessions_per_peer: 16, max_frames_per_sec: 2000 }
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            max_sessions_per_peer: 16,
+            max_frames_per_sec: 2000,
+            retain_budget: 512 << 20,
+        }
     }
 }
 
@@ -92,6 +110,7 @@ struct Entry {
 struct Shared {
     net: NetworkHandle,
     cfg: ServiceConfig,
+    budget: Arc<RetainBudget>,
     backend: RwLock<Option<Backend>>,
     sessions: Mutex<HashMap<u64, Entry>>,
 }
@@ -123,6 +142,7 @@ impl InferenceService {
         let mut incoming = net.streams().accept(INFERENCE_PROTOCOL).map_err(|_| ServiceError::AlreadyAccepting)?;
         let shared = Arc::new(Shared {
             net: net.clone(),
+            budget: RetainBudget::new(cfg.retain_budget),
             cfg,
             backend: RwLock::new(None),
             sessions: Mutex::new(HashMap::new()),
@@ -151,6 +171,11 @@ impl InferenceService {
     /// Sessions open now.
     pub fn sessions(&self) -> usize {
         self.shared.sessions().len()
+    }
+
+    /// Bytes of outputs retained for replays now, across sessions.
+    pub fn retained_bytes(&self) -> u64 {
+        self.shared.budget.used()
     }
 }
 
@@ -287,12 +312,15 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: libp2p::Stream,
             }
             Some(Kind::Step(step)) => route_step(&shared, peer, control, step).await,
             Some(Kind::Hello(_)) => Some(pb::InferenceFrame { kind: Some(Kind::Hello(pb::Hello {})) }),
+            Some(Kind::Retarget(rt)) => retarget(&shared, peer, control, rt).await,
             Some(Kind::Close(close)) => {
                 // Dropping the entry drops the inbox's sender: the session's task closes it.
                 shared.forget(close.session_id, control);
                 None
             }
-            _ => Some(error(0, ErrorCode::BadFrame, "a client sends hello, open, step and close frames only")),
+            _ => {
+                Some(error(0, ErrorCode::BadFrame, "a client sends hello, open, step, retarget and close frames only"))
+            }
         };
         if let Some(reply) = reply {
             if out.send(reply).await.is_err() {
@@ -325,6 +353,42 @@ async fn route_step(shared: &Shared, peer: PeerId, control: u64, step: pb::Step)
         Ok(()) => None,
         Err(_) => Some(error(id, ErrorCode::Closed, "the session has ended")),
     }
+}
+
+/// Rewires a session (only its opener may, on its control stream).
+async fn retarget(shared: &Shared, peer: PeerId, control: u64, rt: pb::Retarget) -> Option<pb::InferenceFrame> {
+    let id = rt.session_id;
+    let accept_from = match peer_from(&rt.accept_from) {
+        Ok(p) => p,
+        Err(e) => return Some(error(id, ErrorCode::BadInput, e)),
+    };
+    let push = match &rt.push_to {
+        None => None,
+        Some(hop) => match pusher(shared, hop) {
+            Ok(p) => Some(p),
+            Err(e) => return Some(error(id, ErrorCode::BadInput, e)),
+        },
+    };
+    let inbox = {
+        let mut sessions = shared.sessions();
+        let Some(entry) = sessions.get_mut(&id).filter(|e| e.owner == peer && e.control == control) else {
+            return Some(error(id, ErrorCode::UnknownSession, format!("no session {id} opened on this stream")));
+        };
+        if accept_from.is_some() {
+            entry.accept_from = accept_from;
+        }
+        entry.inbox.clone()
+    };
+    match inbox.send(Input::Retarget(push, rt.replay())).await {
+        Ok(()) => None, // the session answers once it has done it
+        Err(_) => Some(error(id, ErrorCode::Closed, "the session has ended")),
+    }
+}
+
+fn pusher(shared: &Shared, hop: &pb::Hop) -> Result<Pusher, String> {
+    let target = peer_from(&hop.peer_id)?.ok_or("push_to names no peer")?;
+    let addrs = hop.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+    Ok(Pusher::new(shared.net.clone(), target, addrs, hop.session_id))
 }
 
 fn peer_from(bytes: &[u8]) -> Result<Option<PeerId>, String> {
@@ -382,12 +446,8 @@ async fn open_session(
     };
     let push = match &open.push_to {
         None => None,
-        Some(hop) => match peer_from(&hop.peer_id) {
-            Ok(Some(target)) => {
-                let addrs = hop.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
-                Some(Pusher::new(shared.net.clone(), target, addrs, hop.session_id))
-            }
-            Ok(None) => return error(id, ErrorCode::BadInput, "push_to names no peer"),
+        Some(hop) => match pusher(shared, hop) {
+            Ok(p) => Some(p),
             Err(e) => return error(id, ErrorCode::BadInput, e),
         },
     };
@@ -407,7 +467,15 @@ async fn open_session(
         Err(e) => return error(id, code_of(&e), e.to_string()),
     };
     let (inbox, rx) = mpsc::channel(INBOX);
-    let task = SessionTask::new(id, engine, worker.clone(), out.clone(), push, open.top_logits, open.stop_tokens);
+    let setup = SessionSetup {
+        push,
+        top_logits: open.top_logits,
+        stop_tokens: open.stop_tokens,
+        emit_from: open.emit_from,
+        log: OutputLog::new(shared.budget.clone()),
+        max_context: worker.ctx_per_session(),
+    };
+    let task = SessionTask::new(id, engine, worker.clone(), out.clone(), setup);
     let registered = match shared.sessions().entry(id) {
         std::collections::hash_map::Entry::Occupied(_) => false,
         std::collections::hash_map::Entry::Vacant(v) => {

@@ -1,32 +1,43 @@
-//! One session on a server: a task that runs its steps in order and sends each output
-//! where it goes.
+//! One session on a server: a task that runs its steps in cache order and sends each
+//! output where it goes.
 //!
 //! Steps arrive in the task's bounded inbox from the stream readers, from the client
-//! (the opener) or pushed by another hop. The task checks the generation and the step
-//! number, runs the step on the shared engine worker, then:
+//! (the opener) or pushed by another hop. Each names the cache position of its first
+//! row, which makes replays safe: rows the cache already holds are skipped, a step it
+//! holds entirely is ignored (a client repeating its last step gets the cached result),
+//! and a pushed step that starts past the cache waits, bounded, for the steps before it
+//! (after a repair, the replay and the ring's next step come on different streams). The
+//! task runs a step on the shared engine worker, then:
 //!
-//! - a hidden state goes to the next hop as its step input ([`Pusher`]), or back to the
-//!   client when the session pushes nowhere;
+//! - a hidden state is recorded in the session's [`OutputLog`] and goes to the next hop
+//!   as its step input ([`Pusher`]), or back to the client when the session pushes
+//!   nowhere;
 //! - a token (the last hop) goes to the client, with the top logits when asked; in ring
 //!   mode it also goes to the first hop as the next step's input, unless it is a stop
-//!   token or the generation's token budget is spent.
+//!   token or sits at the generation's `stop_at` position. Tokens before `emit_from`
+//!   (a replacement rebuilding positions the client already has) go nowhere.
 //!
-//! A step of a newer generation first truncates the cache to the positions the client
-//! keeps; steps of older generations still in flight (a cancelled ring) are dropped.
+//! A step of a newer generation first truncates the cache (and the log) to the
+//! positions the client keeps; steps of older generations still in flight are dropped.
+//! A failed push leaves the session waiting, outputs kept, for the client to retarget it
+//! to a replacement, to which it then replays the log.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use libp2p::{Multiaddr, PeerId};
 use nak_protocol::{pb, Activation};
 use tokio::sync::mpsc;
 
-use super::{code_of, connect, error};
+use super::log::{OutputLog, Shape};
+use super::push::Pusher;
+use super::{code_of, error};
 use crate::engine::{top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
-use crate::net::frames::{read_frame, write_frame, MAX_INFERENCE_FRAME};
-use crate::net::NetworkHandle;
 
 use pb::inference_frame::Kind;
 use pb::ErrorCode;
+
+/// Pushed steps held until the steps before them arrive.
+const MAX_WAITING: usize = 256;
 
 /// Where a step came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,69 +51,19 @@ pub(super) enum Origin {
 /// What the stream readers hand a session.
 pub(super) enum Input {
     Step(pb::Step, Origin),
+    /// Push to another hop from now on (first replaying the log to it), or only answer
+    /// `Retargeted` once what came before has been handled.
+    Retarget(Option<Pusher>, pb::ReplayPolicy),
 }
 
-/// Sends a session's outputs to the next hop over a stream of its own, opened on first
-/// use. The session task writes to it directly: one task hand-off less per hop and token.
-pub(super) struct Pusher {
-    net: NetworkHandle,
-    target: PeerId,
-    addrs: Vec<Multiaddr>,
-    session_id: u64,
-    writer: Option<futures::io::WriteHalf<libp2p::Stream>>,
-}
-
-impl Pusher {
-    pub(super) fn new(net: NetworkHandle, target: PeerId, addrs: Vec<Multiaddr>, session_id: u64) -> Self {
-        Self { net, target, addrs, session_id, writer: None }
-    }
-
-    /// Opens the stream: dials one of the given addresses first unless already connected.
-    /// Error frames the next hop sends back on it go to `errors` (our client).
-    async fn connect(&mut self, errors: &mpsc::Sender<pb::InferenceFrame>, our_id: u64) -> Result<(), String> {
-        let stream = connect(&self.net, self.target, &self.addrs)
-            .await
-            .map_err(|e| format!("cannot reach the next hop: {e}"))?;
-        let (mut reader, writer) = futures::AsyncReadExt::split(stream);
-        let (errors, target) = (errors.clone(), self.target);
-        tokio::spawn(async move {
-            while let Ok(frame) = read_frame::<pb::InferenceFrame, _>(&mut reader, MAX_INFERENCE_FRAME).await {
-                if let Some(Kind::Error(mut e)) = frame.kind {
-                    e.message = format!("next hop {target}: {}", e.message);
-                    e.session_id = our_id;
-                    let _ = errors.send(pb::InferenceFrame { kind: Some(Kind::Error(e)) }).await;
-                }
-            }
-        });
-        self.writer = Some(writer);
-        Ok(())
-    }
-
-    async fn push(
-        &mut self,
-        mut step: pb::Step,
-        errors: &mpsc::Sender<pb::InferenceFrame>,
-        our_id: u64,
-    ) -> Result<(), String> {
-        step.session_id = self.session_id;
-        let frame = pb::InferenceFrame { kind: Some(Kind::Step(step)) };
-        if self.writer.is_none() {
-            self.connect(errors, our_id).await?;
-        }
-        let Some(writer) = &mut self.writer else { return Err("no stream to the next hop".into()) };
-        if let Err(e) = write_frame(writer, &frame, MAX_INFERENCE_FRAME).await {
-            self.writer = None; // the next push opens a new stream
-            return Err(format!("the stream to the next hop {} broke: {e}", self.target));
-        }
-        Ok(())
-    }
-
-    /// Ends the stream, so the next hop sees it close.
-    async fn close(&mut self) {
-        if let Some(mut writer) = self.writer.take() {
-            let _ = futures::AsyncWriteExt::close(&mut writer).await;
-        }
-    }
+/// How a session was opened, beyond its engine session.
+pub(super) struct SessionSetup {
+    pub(super) push: Option<Pusher>,
+    pub(super) top_logits: u32,
+    pub(super) stop_tokens: Vec<i32>,
+    pub(super) emit_from: u32,
+    pub(super) log: OutputLog,
+    pub(super) max_context: u32,
 }
 
 /// A session's state and the task that runs it.
@@ -111,19 +72,19 @@ pub(super) struct SessionTask {
     engine: SessionId,
     worker: EngineWorker,
     to_client: mpsc::Sender<pb::InferenceFrame>,
-    push: Option<Pusher>,
-    top_logits: u32,
-    stop_tokens: Vec<i32>,
+    setup: SessionSetup,
     started: bool,
     generation: u32,
-    next_step: u64,
-    /// Tokens produced in this generation, and how many it may produce (0: no limit).
-    produced: u32,
-    max_tokens: u32,
-    /// The last result sent to the client, for a replayed step.
+    /// The position of the last token to generate in this generation (0: none).
+    stop_at: u32,
+    /// Positions in the engine's cache.
+    position: u32,
+    /// The last result sent to the client, for a repeated step.
     last: Option<(u64, pb::InferenceFrame)>,
     /// A step this session pushed to itself (a one-hop ring).
     looped: Option<pb::Step>,
+    /// Pushed steps that start past the cache, by position.
+    waiting: BTreeMap<u32, pb::Step>,
 }
 
 impl SessionTask {
@@ -132,25 +93,21 @@ impl SessionTask {
         engine: SessionId,
         worker: EngineWorker,
         to_client: mpsc::Sender<pb::InferenceFrame>,
-        push: Option<Pusher>,
-        top_logits: u32,
-        stop_tokens: Vec<i32>,
+        setup: SessionSetup,
     ) -> Self {
         Self {
             id,
             engine,
             worker,
             to_client,
-            push,
-            top_logits,
-            stop_tokens,
+            setup,
             started: false,
             generation: 0,
-            next_step: 0,
-            produced: 0,
-            max_tokens: 0,
+            stop_at: 0,
+            position: 0,
             last: None,
             looped: None,
+            waiting: BTreeMap::new(),
         }
     }
 
@@ -158,17 +115,22 @@ impl SessionTask {
     /// for `idle`; then frees the engine session.
     pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<Input>, idle: Duration) {
         loop {
-            // What is waiting (perhaps a newer generation) goes before a step we pushed to ourselves.
-            let next = match inbox.try_recv() {
-                Ok(input) => Ok(Some(input)),
-                Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
-                Err(mpsc::error::TryRecvError::Empty) => match self.looped.take() {
-                    Some(step) => Ok(Some(Input::Step(step, Origin::Pushed))),
-                    None => tokio::time::timeout(idle, inbox.recv()).await,
+            // A waiting step whose turn has come first; then what is in the inbox (perhaps
+            // a newer generation), before a step we pushed to ourselves.
+            let next = match self.next_waiting() {
+                Some(step) => Ok(Some(Input::Step(step, Origin::Pushed))),
+                None => match inbox.try_recv() {
+                    Ok(input) => Ok(Some(input)),
+                    Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                    Err(mpsc::error::TryRecvError::Empty) => match self.looped.take() {
+                        Some(step) => Ok(Some(Input::Step(step, Origin::Pushed))),
+                        None => tokio::time::timeout(idle, inbox.recv()).await,
+                    },
                 },
             };
             match next {
                 Ok(Some(Input::Step(step, origin))) => self.step(step, origin).await,
+                Ok(Some(Input::Retarget(push, replay))) => self.retarget(push, replay).await,
                 Ok(None) => break,
                 Err(_) => {
                     let msg = format!("closed after {} s without a step", idle.as_secs());
@@ -177,10 +139,15 @@ impl SessionTask {
                 }
             }
         }
-        if let Some(push) = &mut self.push {
+        if let Some(push) = &mut self.setup.push {
             push.close().await;
         }
         let _ = self.worker.close_session(self.engine).await;
+    }
+
+    fn next_waiting(&mut self) -> Option<pb::Step> {
+        let (&position, _) = self.waiting.first_key_value()?;
+        (position <= self.position).then(|| self.waiting.pop_first().map(|(_, step)| step)).flatten()
     }
 
     async fn tell_client(&self, frame: pb::InferenceFrame) {
@@ -191,117 +158,184 @@ impl SessionTask {
         self.tell_client(error(self.id, code, message)).await;
     }
 
+    /// Starts generation `step.generation`: keeps `step.keep` positions. False when the
+    /// step only stopped the previous generation (it carries no rows).
+    async fn start_generation(&mut self, step: &pb::Step) -> bool {
+        if let Err(e) = self.worker.truncate(self.engine, step.keep).await {
+            self.fail(code_of(&e), e.to_string()).await;
+            return false;
+        }
+        self.position = self.position.min(step.keep);
+        self.setup.log.truncate(self.position);
+        self.waiting.clear();
+        self.started = true;
+        self.generation = step.generation;
+        self.last = None;
+        !(step.tokens.is_empty() && step.hidden.is_empty())
+    }
+
     async fn step(&mut self, step: pb::Step, origin: Origin) {
-        let (id, n) = (self.id, step.step);
+        let n = step.step;
         if self.started && step.generation < self.generation {
             if origin == Origin::Client {
                 self.fail(ErrorCode::StepOutOfOrder, format!("generation {} has ended", step.generation)).await;
             }
             return;
         }
-        if !self.started || step.generation > self.generation {
-            if let Err(e) = self.worker.truncate(self.engine, step.keep).await {
-                return self.fail(code_of(&e), e.to_string()).await;
-            }
-            self.started = true;
-            (self.generation, self.next_step, self.produced, self.max_tokens) =
-                (step.generation, n, 0, step.max_tokens);
-            self.last = None;
-            if step.tokens.is_empty() && step.hidden.is_empty() {
-                return; // an empty step of a new generation: the client stopped the last one
-            }
-        } else if n + 1 == self.next_step {
-            match (&self.last, origin) {
-                (Some((s, frame)), Origin::Client) if *s == n => self.tell_client(frame.clone()).await,
-                (_, Origin::Client) => self.fail(ErrorCode::StepOutOfOrder, format!("step {n} was not kept")).await,
-                (_, Origin::Pushed) => {} // a hop resending what we already ran
-            }
+        if (!self.started || step.generation > self.generation) && !self.start_generation(&step).await {
             return;
-        } else if n != self.next_step {
-            let msg = format!("step {n} out of order: expected {}", self.next_step);
-            return self.fail(ErrorCode::StepOutOfOrder, msg).await;
         }
-
-        // The tokens the rows stand for travel on with the hidden state, for the last hop's penalties.
-        let (input, row_tokens) = match (step.tokens.is_empty(), step.hidden.is_empty()) {
-            (false, true) => (StepInput::Tokens(step.tokens.clone()), step.tokens),
+        let rows = match (step.tokens.is_empty(), step.hidden.is_empty()) {
+            (false, true) => step.tokens.len(),
             (true, false) => match Activation::from_bytes(&step.hidden) {
-                Ok(a) => (StepInput::Hidden(a), step.row_tokens),
+                Ok(a) => a.n_rows as usize,
                 Err(e) => return self.fail(ErrorCode::BadInput, e.to_string()).await,
             },
             _ => return self.fail(ErrorCode::BadInput, "a step carries either tokens or a hidden state").await,
         };
+        let Some(end) = u32::try_from(rows).ok().and_then(|r| step.position.checked_add(r)) else {
+            return self.fail(ErrorCode::BadInput, "the step's rows run past any context").await;
+        };
+        if end <= self.position {
+            // Held already: a replay reaching a hop that has it, or a repeated step.
+            if let (Origin::Client, Some((s, frame))) = (origin, &self.last) {
+                if *s == n {
+                    self.tell_client(frame.clone()).await;
+                }
+            }
+            return;
+        }
+        if step.position > self.position {
+            if origin == Origin::Pushed && self.waiting.len() < MAX_WAITING {
+                self.waiting.insert(step.position, step);
+                return;
+            }
+            let msg = format!("step {n} starts at position {} but the cache holds {}", step.position, self.position);
+            return self.fail(ErrorCode::StepOutOfOrder, msg).await;
+        }
+        self.stop_at = step.stop_at;
+        self.run_step(step, end).await;
+    }
+
+    /// Runs the rows of `step` the cache lacks (it holds the ones before `self.position`).
+    async fn run_step(&mut self, step: pb::Step, end: u32) {
+        let skip = (self.position - step.position) as usize;
+        let row_tokens: Vec<i32> = step.row_tokens.get(skip..).map(<[i32]>::to_vec).unwrap_or_default();
+        let input = if step.tokens.is_empty() {
+            let hidden = Activation::from_bytes(&step.hidden).and_then(|a| match skip {
+                0 => Ok(a),
+                _ => a.slice_rows(skip as u32..a.n_rows),
+            });
+            match hidden {
+                Ok(a) => StepInput::Hidden(a),
+                Err(e) => return self.fail(ErrorCode::BadInput, e.to_string()).await,
+            }
+        } else {
+            StepInput::Tokens(step.tokens[skip..].to_vec())
+        };
+        // The tokens the rows stand for travel on with the hidden state, for the last hop's penalties.
+        let row_tokens = match &input {
+            StepInput::Tokens(t) => t.clone(),
+            StepInput::Hidden(_) => row_tokens,
+        };
         let started = std::time::Instant::now();
-        let request = StepRequest { session: self.engine, input, row_tokens: row_tokens.clone() };
+        // A token is wanted unless more prompt follows or the client has it already.
+        let sample = !step.more && end >= self.setup.emit_from;
+        let request = StepRequest { session: self.engine, input, row_tokens: row_tokens.clone(), sample };
         let out = match self.worker.step_request(request).await {
             Ok(out) => out,
             Err(e) => return self.fail(code_of(&e), e.to_string()).await,
         };
-        tracing::trace!(session = id, step = n, compute_us = started.elapsed().as_micros() as u64, "step ran");
-        self.next_step += 1;
-        let (generation, more) = (step.generation, step.more);
+        tracing::trace!(
+            session = self.id,
+            step = step.step,
+            compute_us = started.elapsed().as_micros() as u64,
+            "step ran"
+        );
+        let first = self.position;
+        self.position = end;
         match out {
             StepOutput::Hidden(a) => {
+                self.setup.log.record(self.generation, step.step, first, step.more, &a, &row_tokens);
                 let onward = pb::Step {
-                    session_id: 0,
-                    step: n,
+                    step: step.step,
                     hidden: a.to_bytes(),
-                    generation,
+                    generation: self.generation,
                     keep: step.keep,
-                    more,
-                    max_tokens: step.max_tokens,
-                    tokens: vec![],
+                    more: step.more,
                     row_tokens,
+                    position: first,
+                    stop_at: step.stop_at,
+                    ..Default::default()
                 };
                 self.send_on(onward).await;
             }
-            StepOutput::Token { token, logits } => {
-                if more {
-                    return; // a prompt chunk before the last: no token yet
-                }
-                self.produced += 1;
-                let ring = self.push.is_some();
-                let stop =
-                    self.stop_tokens.contains(&token) || (self.max_tokens > 0 && self.produced >= self.max_tokens);
-                let top = match self.top_logits {
-                    0 => vec![],
-                    k => top_logprobs(&logits, k as usize)
-                        .into_iter()
-                        .map(|(token, logprob, logit)| pb::TokenLogprob { token, logprob, logit })
-                        .collect(),
-                };
-                let result = pb::StepResult {
-                    session_id: id,
-                    step: n,
-                    token,
-                    has_token: true,
-                    generation,
-                    top,
-                    last: ring && stop,
-                    hidden: vec![],
-                };
-                let frame = pb::InferenceFrame { kind: Some(Kind::Result(result)) };
-                self.tell_client(frame.clone()).await;
-                self.last = Some((n, frame));
-                if ring && !stop {
-                    let next = pb::Step { step: n + 1, tokens: vec![token], generation, ..Default::default() };
-                    self.send_on(next).await;
-                }
-            }
+            StepOutput::Token { token, logits } => self.emit(step.step, step.more, token, &logits).await,
+            StepOutput::Cached => {}
         }
     }
 
-    /// Pushes `step` to the next hop, or returns it to the client as a result.
-    async fn send_on(&mut self, step: pb::Step) {
+    /// Sends the token sampled at `self.position` to the client and, in ring mode, to the
+    /// first hop.
+    async fn emit(&mut self, n: u64, more: bool, token: i32, logits: &[f32]) {
+        let position = self.position;
+        if more || position < self.setup.emit_from {
+            return; // a prompt chunk before the last, or a token the client already has
+        }
+        let ring = self.setup.push.is_some();
+        let stop = self.setup.stop_tokens.contains(&token)
+            || (self.stop_at > 0 && position >= self.stop_at)
+            || position + 1 >= self.setup.max_context;
+        let top = match self.setup.top_logits {
+            0 => vec![],
+            k => top_logprobs(logits, k as usize)
+                .into_iter()
+                .map(|(token, logprob, logit)| pb::TokenLogprob { token, logprob, logit })
+                .collect(),
+        };
+        let result = pb::StepResult {
+            session_id: self.id,
+            step: n,
+            token,
+            has_token: true,
+            generation: self.generation,
+            top,
+            last: ring && stop,
+            hidden: vec![],
+            position,
+        };
+        let frame = pb::InferenceFrame { kind: Some(Kind::Result(result)) };
+        self.tell_client(frame.clone()).await;
+        self.last = Some((n, frame));
+        if ring && !stop {
+            let next = pb::Step {
+                step: n + 1,
+                tokens: vec![token],
+                generation: self.generation,
+                position,
+                stop_at: self.stop_at,
+                ..Default::default()
+            };
+            self.send_on(next).await;
+        }
+    }
+
+    /// Pushes `step` to the next hop, or returns it to the client as a result. False when
+    /// the push failed (the client has been told).
+    async fn send_on(&mut self, step: pb::Step) -> bool {
         let id = self.id;
-        match &mut self.push {
-            Some(push) if push.target == push.net.peer_id() && push.session_id == id => {
-                self.looped = Some(pb::Step { session_id: id, ..step });
-            }
+        match &mut self.setup.push {
+            Some(push) if push.is_loop(id) => self.looped = Some(pb::Step { session_id: id, ..step }),
             Some(push) => {
                 if let Err(e) = push.push(step, &self.to_client, id).await {
-                    tracing::warn!(session = id, error = %e, "push failed");
-                    self.fail(ErrorCode::Closed, e).await;
+                    let target = push.target();
+                    tracing::warn!(session = id, %target, error = %e, "push failed");
+                    let mut frame = error(id, ErrorCode::NextHop, format!("next hop {target}: {e}"));
+                    if let Some(Kind::Error(err)) = &mut frame.kind {
+                        err.peer = target.to_bytes();
+                    }
+                    self.tell_client(frame).await;
+                    return false;
                 }
             }
             None => {
@@ -310,6 +344,7 @@ impl SessionTask {
                     step: step.step,
                     hidden: step.hidden,
                     generation: step.generation,
+                    position: step.position,
                     ..Default::default()
                 };
                 let frame = pb::InferenceFrame { kind: Some(Kind::Result(result)) };
@@ -317,5 +352,33 @@ impl SessionTask {
                 self.last = Some((step.step, frame));
             }
         }
+        true
+    }
+
+    /// Rewires the session's output: to `push` from now on, first replaying every
+    /// retained output to it with `replay`'s shape; then tells the client.
+    async fn retarget(&mut self, push: Option<Pusher>, replay: pb::ReplayPolicy) {
+        if let Some(push) = push {
+            if let Some(old) = &mut self.setup.push {
+                old.close().await;
+            }
+            self.setup.push = Some(push);
+            let width_bytes = self.worker.n_embd() as usize * 4;
+            if let Some(shape) = Shape::of(replay, width_bytes) {
+                if !self.setup.log.complete() {
+                    let msg = "this hop did not retain the session's outputs (over its memory budget)";
+                    return self.fail(ErrorCode::ReplayUnavailable, msg).await;
+                }
+                let steps = self.setup.log.replay(shape, self.generation, self.stop_at);
+                tracing::debug!(session = self.id, steps = steps.len(), ?replay, "replaying to the new next hop");
+                for step in steps {
+                    if !self.send_on(step).await {
+                        return; // the client heard why, and retargets again
+                    }
+                }
+            }
+        }
+        let done = pb::Retargeted { session_id: self.id, position: self.position };
+        self.tell_client(pb::InferenceFrame { kind: Some(Kind::Retargeted(done)) }).await;
     }
 }

@@ -134,6 +134,23 @@ impl Node {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends the process a signal by name (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args([&format!("-{name}"), &self.pid().to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
     /// The next already-printed stdout line starting with `prefix`, without waiting.
     pub fn printed(&self, prefix: &str) -> Option<String> {
         self.lines.try_iter().find(|line| line.starts_with(prefix))

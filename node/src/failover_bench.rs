@@ -1,0 +1,231 @@
+//! `nak-node bench-failover`: how long a route takes to recover from a hop that dies,
+//! by replay policy and by how many positions the replacement has to rebuild.
+//!
+//! Four `nak-node run` processes on loopback hold two disjoint routes of the model (its
+//! first and second half, twice). For each replay policy, history length and hop of the
+//! route, a client in this process generates until it has that many tokens, kills the
+//! hop (SIGKILL), and records the repair: from detecting the failure to the next token.
+//! The killed server is started again (same data directory, so the same identity and
+//! cached span) before the next run, and each run has a client of its own, so no ban
+//! carries over. History is made of generated tokens, each of which the first hop ran
+//! as a one-row step: the slowest case for an exact replay.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use libp2p::PeerId;
+use nak_node::client::{RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
+use nak_shard_store::{ModelId, Store};
+
+use crate::swarm_commands::{network_config, start_network};
+
+const PROMPT: &str = "Once upon a time, in a small village by the sea,";
+
+/// A `nak-node run` child, killed when dropped.
+struct Server {
+    dir: PathBuf,
+    span: &'static str,
+    child: Option<Child>,
+    peer: Option<PeerId>,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Server {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (or restarts) the server and waits until it serves.
+    fn start(&mut self, model: &str, bootstrap: Option<&str>, threads: u32) -> Result<()> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--data-dir").arg(&self.dir).args(["run", "--model", model, "--serve-layers", self.span]);
+        cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--announce-interval", "1", "--threads"]);
+        cmd.arg(threads.to_string());
+        if let Some(b) = bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let lines = lines(&mut child)?;
+        self.child = Some(child);
+        let listening = wait_line(&lines, "listening ", Duration::from_secs(30))?;
+        self.addr = listening["listening ".len()..].to_string();
+        self.peer = self.addr.rsplit('/').next().and_then(|p| p.parse().ok());
+        wait_line(&lines, "serving ", Duration::from_secs(90))?;
+        Ok(())
+    }
+}
+
+fn lines(child: &mut Child) -> Result<Receiver<String>> {
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn wait_line(lines: &Receiver<String>, prefix: &str, limit: Duration) -> Result<String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return Ok(line),
+            Ok(_) => continue,
+            Err(_) => bail!("a server printed no `{prefix}` line within {limit:?}"),
+        }
+    }
+}
+
+/// One measured repair.
+struct Sample {
+    policy: ReplayPolicy,
+    history: usize,
+    hop: usize,
+    positions: u32,
+    recovery_ms: f64,
+}
+
+/// Runs the benchmark; returns the report.
+pub async fn run(model: &Path, histories: &[usize], reps: usize, threads: u32) -> Result<String> {
+    let work = tempfile::tempdir()?;
+    let spans = ["0:15", "15:30", "0:15", "15:30"];
+    let mut servers: Vec<Server> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, span)| Server {
+            dir: work.path().join(format!("s{i}")),
+            span,
+            child: None,
+            peer: None,
+            addr: String::new(),
+        })
+        .collect();
+    let model_path = model.to_str().context("model path is not UTF-8")?;
+    servers[0].start(model_path, None, threads)?;
+    let id =
+        Store::open(&servers[0].dir)?.model_ids()?.into_iter().next().context("the first server imported no model")?;
+    let id_hex = id.to_hex();
+    for i in 1..servers.len() {
+        let boot = servers[0].addr.clone();
+        servers[i].start(&id_hex, Some(&boot), threads)?;
+    }
+    let mut samples = Vec::new();
+    for policy in [ReplayPolicy::Fast, ReplayPolicy::Exact] {
+        for &history in histories {
+            for hop in [0, 1] {
+                for _ in 0..reps {
+                    restart_dead(&mut servers, &id_hex, threads)?;
+                    match measure(&mut servers, id, policy, history, hop).await {
+                        Ok(sample) => samples.push(sample),
+                        Err(e) => eprintln!("{policy:?} replay, {history} tokens, hop {hop}: {e:#}"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(report(&samples, reps, threads))
+}
+
+fn restart_dead(servers: &mut [Server], id: &str, threads: u32) -> Result<()> {
+    for i in 0..servers.len() {
+        if servers[i].child.is_none() {
+            let boot = servers.iter().find(|s| s.child.is_some()).map(|s| s.addr.clone());
+            servers[i].start(id, boot.as_deref(), threads)?;
+        }
+    }
+    Ok(())
+}
+
+async fn measure(
+    servers: &mut [Server],
+    id: ModelId,
+    policy: ReplayPolicy,
+    history: usize,
+    hop: usize,
+) -> Result<Sample> {
+    let scratch = tempfile::tempdir()?;
+    let store = Store::open(scratch.path())?;
+    let boot: Vec<libp2p::Multiaddr> = servers.iter().map(|s| s.addr.parse()).collect::<Result<_, _>>()?;
+    let listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    let (net, _) = start_network(&store, network_config(listen, boot)).await?;
+    let model = SwarmModel::connect(net.clone(), &store, id).await?;
+    // Every server announced, so the backup is known when the hop dies.
+    for _ in 0..50 {
+        if model.view(Duration::ZERO).await?.len() >= servers.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opts = SessionOptions { replay: policy, ..Default::default() };
+    let mut session = RemoteSession::start(&model, opts, Duration::from_secs(15)).await?;
+    let victim = session.route()[hop].peer;
+    let index = servers.iter().position(|s| s.peer == Some(victim)).context("the route's server is not ours")?;
+    let tokens = model.vocab().tokenize(PROMPT, true)?;
+    let mut count = 0;
+    let out = session
+        .generate(&model, &tokens, history + 8, |_| {
+            count += 1;
+            if count == history {
+                servers[index].kill();
+            }
+            true
+        })
+        .await?;
+    session.close().await;
+    let _ = net.shutdown().await;
+    let f = out.failovers.first().with_context(|| format!("no repair (error: {:?})", out.error))?;
+    Ok(Sample {
+        policy,
+        history,
+        hop,
+        positions: f.positions,
+        recovery_ms: f.recovery_ms.context("no token after the repair")?,
+    })
+}
+
+fn report(samples: &[Sample], reps: usize, threads: u32) -> String {
+    let mut out = format!(
+        "4 servers (0:15, 15:30, 0:15, 15:30) on loopback, {threads} thread(s) each; a hop of the route killed \
+         after N generated tokens; repair = detection to the next token, median of {reps}\n"
+    );
+    out += "replay  history  hop killed   positions   repair ms (min-max)\n";
+    for policy in [ReplayPolicy::Fast, ReplayPolicy::Exact] {
+        let mut keys: Vec<(usize, usize)> =
+            samples.iter().filter(|s| s.policy == policy).map(|s| (s.history, s.hop)).collect();
+        keys.dedup();
+        for (history, hop) in keys {
+            let picked: Vec<&Sample> =
+                samples.iter().filter(|s| s.policy == policy && s.history == history && s.hop == hop).collect();
+            let mut ms: Vec<f64> = picked.iter().map(|s| s.recovery_ms).collect();
+            ms.sort_by(f64::total_cmp);
+            let positions = picked.first().map_or(0, |s| s.positions);
+            out += &format!(
+                "{:<7} {history:>7}  {:<11} {positions:>9}   {:>9.0} ({:.0}-{:.0})\n",
+                format!("{policy:?}").to_lowercase(),
+                if hop == 0 { "first" } else { "last" },
+                ms[ms.len() / 2],
+                ms[0],
+                ms[ms.len() - 1]
+            );
+        }
+    }
+    out
+}

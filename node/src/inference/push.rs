@@ -1,0 +1,108 @@
+//! The stream a session pushes its outputs on to the next hop.
+//!
+//! A [`Pusher`] opens its stream on first use (dialling the next hop if needed, with the
+//! hello exchange of [`super::connect`]) and the session task writes each step to it
+//! directly. Error frames the next hop sends back on that stream go to the session's
+//! client, marked with the next hop's peer id so the client knows whom they are about.
+//! A write that fails, or that the next hop does not take within 10 s, drops the
+//! stream; the next push opens a new one.
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use nak_protocol::pb;
+use tokio::sync::mpsc;
+
+use super::connect;
+use crate::net::frames::{read_frame, write_frame, MAX_INFERENCE_FRAME};
+use crate::net::NetworkHandle;
+
+use pb::inference_frame::Kind;
+
+/// How long closing a stream to a hop that may be gone is waited for.
+const CLOSE_WAIT: Duration = Duration::from_millis(200);
+/// A next hop that takes no frame for this long is treated as gone: a stalled peer's
+/// stream fills its window and the write would otherwise wait forever, with the session
+/// unable to take the client's retarget.
+const PUSH_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends a session's outputs to the next hop over a stream of its own.
+pub(super) struct Pusher {
+    net: NetworkHandle,
+    target: PeerId,
+    addrs: Vec<Multiaddr>,
+    session_id: u64,
+    writer: Option<futures::io::WriteHalf<libp2p::Stream>>,
+}
+
+impl Pusher {
+    pub(super) fn new(net: NetworkHandle, target: PeerId, addrs: Vec<Multiaddr>, session_id: u64) -> Self {
+        Self { net, target, addrs, session_id, writer: None }
+    }
+
+    /// The hop pushed to.
+    pub(super) fn target(&self) -> PeerId {
+        self.target
+    }
+
+    /// Whether this pushes back into session `id` of this very node (a one-hop ring).
+    pub(super) fn is_loop(&self, id: u64) -> bool {
+        self.target == self.net.peer_id() && self.session_id == id
+    }
+
+    /// Opens the stream. Error frames the next hop sends back on it go to `errors`.
+    async fn connect(&mut self, errors: &mpsc::Sender<pb::InferenceFrame>, our_id: u64) -> Result<(), String> {
+        let stream = connect(&self.net, self.target, &self.addrs).await?;
+        let (mut reader, writer) = futures::AsyncReadExt::split(stream);
+        let (errors, target) = (errors.clone(), self.target);
+        tokio::spawn(async move {
+            while let Ok(frame) = read_frame::<pb::InferenceFrame, _>(&mut reader, MAX_INFERENCE_FRAME).await {
+                if let Some(Kind::Error(mut e)) = frame.kind {
+                    e.message = format!("next hop {target}: {}", e.message);
+                    e.session_id = our_id;
+                    if e.peer.is_empty() {
+                        e.peer = target.to_bytes();
+                    }
+                    let _ = errors.send(pb::InferenceFrame { kind: Some(Kind::Error(e)) }).await;
+                }
+            }
+        });
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// Writes `step` to the next hop (as its session's step).
+    pub(super) async fn push(
+        &mut self,
+        mut step: pb::Step,
+        errors: &mpsc::Sender<pb::InferenceFrame>,
+        our_id: u64,
+    ) -> Result<(), String> {
+        step.session_id = self.session_id;
+        let frame = pb::InferenceFrame { kind: Some(Kind::Step(step)) };
+        if self.writer.is_none() {
+            self.connect(errors, our_id).await?;
+        }
+        let Some(writer) = &mut self.writer else { return Err("no stream to the next hop".into()) };
+        let written = tokio::time::timeout(PUSH_WAIT, write_frame(writer, &frame, MAX_INFERENCE_FRAME)).await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.writer = None;
+                Err(format!("the stream broke: {e}"))
+            }
+            Err(_) => {
+                self.writer = None;
+                Err(format!("it took no frame for {} s", PUSH_WAIT.as_secs()))
+            }
+        }
+    }
+
+    /// Ends the stream, so the next hop sees it close (not waiting long for a hop that
+    /// is gone or stalled).
+    pub(super) async fn close(&mut self) {
+        if let Some(mut writer) = self.writer.take() {
+            let _ = tokio::time::timeout(CLOSE_WAIT, futures::AsyncWriteExt::close(&mut writer)).await;
+        }
+    }
+}
