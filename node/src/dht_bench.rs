@@ -4,16 +4,17 @@
 //! a 30-block test model; the first is everyone's bootstrap. The bench then joins as a
 //! client and times lookups of random blocks' providers, reporting p50 and p95.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use libp2p::Multiaddr;
 use nak_node::net::NetworkHandle;
 use nak_protocol::keys;
 use nak_shard_store::Store;
 
+use crate::child_lines;
 use crate::swarm_commands::{network_config, start_network};
 
 /// Blocks of the test model.
@@ -60,35 +61,17 @@ impl Drop for Peers {
     }
 }
 
-fn spawn_peer(bootstrap: Option<&str>, first: u32, end: u32) -> Result<(Child, std::sync::mpsc::Receiver<String>)> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
+fn spawn_peer(bootstrap: Option<&str>, first: u32, end: u32) -> Result<(Child, Receiver<String>)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["dht-peer", "--blocks", &format!("{first}:{end}")]);
     if let Some(b) = bootstrap {
         cmd.args(["--bootstrap", b]);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Ok((child, rx))
+    child_lines::spawn(&mut cmd)
 }
 
-fn wait_for(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).with_context(|| format!("a peer did not print `{prefix}`"))?;
-        if line.starts_with(prefix) {
-            return Ok(line);
-        }
-    }
+fn wait_for(rx: &Receiver<String>, prefix: &str) -> Result<String> {
+    child_lines::wait_line(rx, prefix, Duration::from_secs(30))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

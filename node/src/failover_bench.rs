@@ -10,17 +10,16 @@
 //! carries over. History is made of generated tokens, each of which the first hop ran
 //! as a one-row step: the slowest case for an exact replay.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use libp2p::PeerId;
 use nak_node::client::{RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
 use nak_shard_store::{ModelId, Store};
 
+use crate::child_lines;
 use crate::swarm_commands::{network_config, start_network};
 
 const PROMPT: &str = "Once upon a time, in a small village by the sea,";
@@ -58,39 +57,13 @@ impl Server {
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-        let lines = lines(&mut child)?;
+        let (child, lines) = child_lines::spawn(&mut cmd)?;
         self.child = Some(child);
-        let listening = wait_line(&lines, "listening ", Duration::from_secs(30))?;
+        let listening = child_lines::wait_line(&lines, "listening ", Duration::from_secs(30))?;
         self.addr = listening["listening ".len()..].to_string();
         self.peer = self.addr.rsplit('/').next().and_then(|p| p.parse().ok());
-        wait_line(&lines, "serving ", Duration::from_secs(90))?;
+        child_lines::wait_line(&lines, "serving ", Duration::from_secs(90))?;
         Ok(())
-    }
-}
-
-fn lines(child: &mut Child) -> Result<Receiver<String>> {
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(rx)
-}
-
-fn wait_line(lines: &Receiver<String>, prefix: &str, limit: Duration) -> Result<String> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.starts_with(prefix) => return Ok(line),
-            Ok(_) => continue,
-            Err(_) => bail!("a server printed no `{prefix}` line within {limit:?}"),
-        }
     }
 }
 

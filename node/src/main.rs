@@ -14,6 +14,7 @@ use nak_protocol::ActivationDtype;
 use nak_shard_store::{span, GgufFile, Store, SynthConfig, TensorType};
 
 mod batch_bench;
+mod child_lines;
 mod client_commands;
 mod dht_bench;
 mod failover_bench;

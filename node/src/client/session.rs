@@ -321,17 +321,17 @@ impl RemoteSession {
         STALL_FLOOR.max(scaled)
     }
 
-    async fn send_first(&self, step: pb::Step) -> Result<(), ClientError> {
+    /// Sends a step to the first hop. A closed stream shows up as the link's error
+    /// frame, which starts a repair.
+    async fn send_first(&self, step: pb::Step) {
         let first = &self.hops[0];
         let step = pb::Step { session_id: first.session_id, ..step };
-        // A closed stream shows up as the link's error frame, which starts a repair.
         let _ = first.link.send(Kind::Step(step)).await;
-        Ok(())
     }
 
     /// Records a step the first hop runs, then sends it (a prompt chunk or, in client
     /// mode, a sampled token).
-    async fn feed(&mut self, tokens: &[i32], keep: u32, more: bool) -> Result<(), ClientError> {
+    async fn feed(&mut self, tokens: &[i32], keep: u32, more: bool) {
         let (step, position) = (self.next_step, self.context.len() as u32);
         self.record_fed(tokens, more);
         let step = pb::Step {
@@ -344,7 +344,7 @@ impl RemoteSession {
             stop_at: self.stop_at,
             ..Default::default()
         };
-        self.send_first(step).await
+        self.send_first(step).await;
     }
 
     /// Notes that the first hop takes `tokens` next, as one step.
@@ -401,7 +401,7 @@ impl RemoteSession {
         let t0 = Instant::now();
         let chunks: Vec<&[i32]> = fresh.chunks(PREFILL_CHUNK).collect();
         for (c, chunk) in chunks.iter().enumerate() {
-            self.feed(chunk, keep as u32, c + 1 < chunks.len()).await?;
+            self.feed(chunk, keep as u32, c + 1 < chunks.len()).await;
         }
 
         let mut out: Vec<i32> = Vec::new();
@@ -454,7 +454,7 @@ impl RemoteSession {
             if self.ring() {
                 self.record_fed(&[token], false); // the last hop has pushed it to the first
             } else {
-                self.feed(&[token], 0, false).await?;
+                self.feed(&[token], 0, false).await;
             }
             deadline = Instant::now() + self.stall_timeout(1);
             progress = Instant::now();
@@ -469,7 +469,7 @@ impl RemoteSession {
                 position: self.context.len() as u32,
                 ..Default::default()
             };
-            self.send_first(stop).await?;
+            self.send_first(stop).await;
         }
         let decode = t1.saturating_duration_since(t0 + prefill);
         let steps_after_first = out.len().saturating_sub(1);

@@ -1,0 +1,37 @@
+//! Child processes of the benchmarks, read line by line: a thread reads each child's
+//! stdout into a channel, and [`wait_line`] waits for the line that says it is ready.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+/// Spawns `cmd` with its stdout piped (stderr dropped); its lines come on the receiver.
+pub fn spawn(cmd: &mut Command) -> Result<(Child, Receiver<String>)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// The next line starting with `prefix`, within `limit`.
+pub fn wait_line(lines: &Receiver<String>, prefix: &str, limit: Duration) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line =
+            lines.recv_timeout(left).with_context(|| format!("a child printed no `{prefix}` line in {limit:?}"))?;
+        if line.starts_with(prefix) {
+            return Ok(line);
+        }
+    }
+}
