@@ -215,8 +215,7 @@ impl LocalChain {
         let mut input = StepInput::Tokens(tokens.clone());
         for (e, id) in self.engines.iter_mut().zip(sessions) {
             let request = StepRequest { row_tokens: tokens.clone(), ..StepRequest::new(*id, input) };
-            let out = e.step_batch(vec![request]).pop().unwrap_or(Err(EngineError::NoOutput("result")));
-            match out? {
+            match e.step_request(request)? {
                 // Through the wire format, exactly as a remote hop would receive it.
                 StepOutput::Hidden(a) => {
                     input = StepInput::Hidden(Activation::from_bytes(&a.to_bytes()).map_err(EngineError::from)?)

@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         max_tokens: usize,
         #[command(flatten)]
-        sampling: SamplingArgs,
+        sampling: SamplingParams,
         #[arg(long, value_enum, default_value = "ring")]
         mode: DecodeMode,
         /// How a server that takes over a failed one's layers rebuilds its cache.
@@ -293,7 +293,7 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     #[command(flatten)]
-    sampling: SamplingArgs,
+    sampling: SamplingParams,
     /// Cut the model at these layer indices into a local chain of spans, e.g. 10,20.
     #[arg(long, value_delimiter = ',')]
     local_split: Vec<u32>,
@@ -331,57 +331,6 @@ struct SwarmClientArgs {
     replay: ReplayPolicy,
 }
 
-/// How tokens are picked: llama.cpp's samplers and its option names. The defaults are
-/// greedy decoding with every filter and penalty off.
-#[derive(clap::Args)]
-struct SamplingArgs {
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Seed of the random draw.
-    #[arg(long, default_value_t = 0)]
-    seed: u32,
-    /// Keep the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = 0)]
-    top_k: u32,
-    /// Keep the fewest tokens whose probabilities reach p (1 = all).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Drop tokens less likely than p × the most likely (0 = none).
-    #[arg(long, default_value_t = 0.0)]
-    min_p: f32,
-    /// Penalty on tokens among the last --repeat-last-n, prompt included (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// Recent tokens the penalties look at.
-    #[arg(long, default_value_t = 64)]
-    repeat_last_n: u32,
-    /// Subtracted per occurrence of a recent token (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    frequency_penalty: f32,
-    /// Subtracted once from any recent token (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    presence_penalty: f32,
-}
-
-impl SamplingArgs {
-    fn params(&self) -> Result<SamplingParams> {
-        let p = SamplingParams {
-            temperature: self.temperature,
-            seed: self.seed,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            frequency_penalty: self.frequency_penalty,
-            presence_penalty: self.presence_penalty,
-            repeat_last_n: self.repeat_last_n,
-        };
-        p.validate().map_err(anyhow::Error::msg)?;
-        Ok(p)
-    }
-}
-
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Model GGUF.
@@ -400,6 +349,12 @@ struct BenchArgs {
     engine: EngineArgs,
 }
 
+/// Sampling options as given, if they are in range.
+fn checked(sampling: SamplingParams) -> Result<SamplingParams> {
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    Ok(sampling)
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NAK_LOG").unwrap_or_else(|_| "warn".into()))
@@ -413,7 +368,7 @@ fn main() -> Result<()> {
                 bootstrap,
                 model,
                 mode,
-                sampling: sampling.params()?,
+                sampling: checked(sampling)?,
                 dtype: ActivationDtype::F32,
                 top_logits: 16,
                 replay,
@@ -559,7 +514,7 @@ fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             bootstrap: args.swarm.bootstrap,
             model: args.model.to_string_lossy().into_owned(),
             mode: args.swarm.mode,
-            sampling: args.sampling.params()?,
+            sampling: checked(args.sampling)?,
             dtype: args.wire_dtype,
             top_logits: args.swarm.top_logits,
             replay: args.swarm.replay,
@@ -587,7 +542,7 @@ fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
     let prompt = chain.tokenize(&args.prompt)?;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
-        sampling: args.sampling.params()?,
+        sampling: checked(args.sampling)?,
         dtype: args.wire_dtype,
         ignore_eos: false,
     };

@@ -31,8 +31,9 @@ use libp2p::PeerId;
 use nak_protocol::pb;
 use serde::Serialize;
 
-use super::session::{hop_error, refused, Shape};
+use super::session::{hop_error, push_target, refused, Shape};
 use super::{ClientError, RemoteSession, RouteHop, SwarmModel};
+use crate::inference::{replay_runs, FAST_REPLAY_ROWS};
 
 use pb::inference_frame::Kind;
 
@@ -44,8 +45,6 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// How long a failed hop's layers are looked for before there is no backup: servers
 /// announce themselves every few seconds, and a client may not have heard them all.
 const BACKUP_WAIT: Duration = Duration::from_secs(5);
-/// Most rows in one step of a fast replay from tokens.
-const FAST_REPLAY_ROWS: u32 = 512;
 
 /// How a replacement hop rebuilds its cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -238,7 +237,7 @@ impl RemoteSession {
             let accept = self.hops[last_new].route.peer;
             self.retarget(d, None, Some(accept), pb::ReplayPolicy::None).await?;
         }
-        let first_new = self.wire_hop(a);
+        let first_new = push_target(&self.hops[a].route, self.hops[a].session_id);
         if a > 0 {
             return self.retarget(a - 1, Some(first_new), None, self.opts.replay.wire()).await;
         }
@@ -247,16 +246,6 @@ impl RemoteSession {
             self.retarget(n - 1, Some(first_new), None, pb::ReplayPolicy::None).await?;
         }
         Ok(())
-    }
-
-    /// Hop `i` as a push target.
-    fn wire_hop(&self, i: usize) -> pb::Hop {
-        let hop = &self.hops[i];
-        pb::Hop {
-            peer_id: hop.route.peer.to_bytes(),
-            addrs: hop.route.addrs.iter().map(|a| a.to_vec()).collect(),
-            session_id: hop.session_id,
-        }
     }
 
     /// Sends hop `i` a retarget and waits until it has done it.
@@ -324,37 +313,23 @@ impl RemoteSession {
     }
 
     async fn send_shapes(&self, shapes: &[Shape]) {
-        let first = &self.hops[0];
-        for &s in shapes {
-            let (from, to) = (s.position as usize, (s.position + s.rows) as usize);
-            let step = pb::Step {
-                session_id: first.session_id,
-                step: s.step,
-                tokens: self.context[from..to.min(self.context.len())].to_vec(),
-                generation: self.generation,
-                more: s.more || s.generation < self.generation,
-                position: s.position,
-                stop_at: self.stop_at,
-                ..Default::default()
-            };
-            // A closed stream shows up as the link's error frame.
-            let _ = first.link.send(Kind::Step(step)).await;
+        for &shape in shapes {
+            self.send_first(self.step_of(shape)).await;
         }
     }
 }
 
-/// Consecutive steps joined into steps of up to [`FAST_REPLAY_ROWS`] rows.
+/// Consecutive steps joined into steps of up to [`FAST_REPLAY_ROWS`] rows, each
+/// labelled as the last step it joins.
 fn join(shapes: &[Shape]) -> Vec<Shape> {
-    let mut out: Vec<Shape> = Vec::new();
-    for s in shapes {
-        match out.last_mut() {
-            Some(last) if last.rows + s.rows <= FAST_REPLAY_ROWS => {
-                *last = Shape { position: last.position, rows: last.rows + s.rows, ..*s };
-            }
-            _ => out.push(*s),
-        }
-    }
-    out
+    let runs = replay_runs(shapes.iter().map(|s| (s.rows, ())), FAST_REPLAY_ROWS);
+    runs.into_iter()
+        .filter_map(|run| {
+            let group = &shapes[run];
+            let (first, last) = (group.first()?, group.last()?);
+            Some(Shape { position: first.position, rows: group.iter().map(|s| s.rows).sum(), ..*last })
+        })
+        .collect()
 }
 
 #[cfg(test)]

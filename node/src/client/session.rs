@@ -274,11 +274,7 @@ impl RemoteSession {
                 // logits, and this client samples from those.
                 sampling: Some(sampling.into()),
                 dtype: self.opts.dtype as u32,
-                push_to: next.map(|j| pb::Hop {
-                    peer_id: planned[j].0.peer.to_bytes(),
-                    addrs: planned[j].0.addrs.iter().map(|a| a.to_vec()).collect(),
-                    session_id: planned[j].1,
-                }),
+                push_to: next.map(|j| push_target(planned[j].0, planned[j].1)),
                 accept_from: prev.map(|j| planned[j].0.peer.to_bytes()).unwrap_or_default(),
                 top_logits: if last && !ring { self.opts.top_logits.max(1) } else { 0 },
                 stop_tokens: if last && ring { self.end_tokens.clone() } else { vec![] },
@@ -323,7 +319,7 @@ impl RemoteSession {
 
     /// Sends a step to the first hop. A closed stream shows up as the link's error
     /// frame, which starts a repair.
-    async fn send_first(&self, step: pb::Step) {
+    pub(super) async fn send_first(&self, step: pb::Step) {
         let first = &self.hops[0];
         let step = pb::Step { session_id: first.session_id, ..step };
         let _ = first.link.send(Kind::Step(step)).await;
@@ -332,23 +328,27 @@ impl RemoteSession {
     /// Records a step the first hop runs, then sends it (a prompt chunk or, in client
     /// mode, a sampled token).
     async fn feed(&mut self, tokens: &[i32], keep: u32, more: bool) {
-        let (step, position) = (self.next_step, self.context.len() as u32);
-        self.record_fed(tokens, more);
-        let step = pb::Step {
-            step,
-            tokens: tokens.to_vec(),
+        let shape = self.record_fed(tokens, more);
+        self.send_first(pb::Step { keep, ..self.step_of(shape) }).await;
+    }
+
+    /// The first hop's step `shape`, from the tokens fed. Steps of earlier generations
+    /// (a conversation's kept prefix) are prompt rows now.
+    pub(super) fn step_of(&self, shape: Shape) -> pb::Step {
+        let (from, to) = (shape.position as usize, (shape.position + shape.rows) as usize);
+        pb::Step {
+            step: shape.step,
+            tokens: self.context.get(from..to.min(self.context.len())).map(<[i32]>::to_vec).unwrap_or_default(),
             generation: self.generation,
-            keep,
-            more,
-            position,
+            more: shape.more || shape.generation < self.generation,
+            position: shape.position,
             stop_at: self.stop_at,
             ..Default::default()
-        };
-        self.send_first(step).await;
+        }
     }
 
     /// Notes that the first hop takes `tokens` next, as one step.
-    fn record_fed(&mut self, tokens: &[i32], more: bool) {
+    fn record_fed(&mut self, tokens: &[i32], more: bool) -> Shape {
         let shape = Shape {
             step: self.next_step,
             position: self.context.len() as u32,
@@ -359,6 +359,7 @@ impl RemoteSession {
         self.next_step += 1;
         self.shapes.push(shape);
         self.context.extend_from_slice(tokens);
+        shape
     }
 
     /// Forgets positions from `keep` on.
@@ -540,6 +541,11 @@ impl RemoteSession {
             let _ = hop.link.send(Kind::Close(close)).await;
         }
     }
+}
+
+/// `route` as the hop a server pushes its output to.
+pub(super) fn push_target(route: &RouteHop, session_id: u64) -> pb::Hop {
+    pb::Hop { peer_id: route.peer.to_bytes(), addrs: route.addrs.iter().map(|a| a.to_vec()).collect(), session_id }
 }
 
 pub(super) fn hop_error(hop: &RouteHop, code: pb::ErrorCode, message: impl std::fmt::Display) -> ClientError {

@@ -371,7 +371,12 @@ impl SpanEngine {
 
     /// Runs one step of one session.
     pub fn step(&mut self, session: SessionId, input: StepInput) -> Result<StepOutput, EngineError> {
-        self.step_batch(vec![StepRequest::new(session, input)]).pop().unwrap_or(Err(EngineError::NoOutput("result")))
+        self.step_request(StepRequest::new(session, input))
+    }
+
+    /// Runs one step given in full (row tokens, whether to sample).
+    pub fn step_request(&mut self, request: StepRequest) -> Result<StepOutput, EngineError> {
+        self.step_batch(vec![request]).pop().unwrap_or(Err(EngineError::NoOutput("result")))
     }
 
     /// Runs the steps of many sessions, batching those that share layers and input kind.

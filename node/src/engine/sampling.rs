@@ -19,26 +19,37 @@ use llama_cpp_2::token::LlamaToken;
 /// Most recent tokens a repetition penalty may look at.
 pub const MAX_REPEAT_LAST_N: u32 = 1 << 16;
 
-/// How to pick the next token. The defaults are plain greedy decoding.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+/// How to pick the next token: llama.cpp's samplers, under the names of its options
+/// (also this program's command-line options). The defaults, in [`Default`] and on each
+/// option, are plain greedy decoding with every filter and penalty off.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
 pub struct SamplingParams {
-    /// 0 = greedy. Default 0.
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
-    /// Seed of the random draw when temperature > 0. Default 0.
+    /// Seed of the random draw when temperature > 0.
+    #[arg(long, default_value_t = 0)]
     pub seed: u32,
-    /// Keep only the `top_k` most likely tokens (0 = all). Default 0.
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
     pub top_k: u32,
-    /// Keep the fewest tokens whose probabilities add up to `top_p` (1 = all). Default 1.
+    /// Keep the fewest tokens whose probabilities add up to p (1 = all).
+    #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
-    /// Drop tokens less likely than `min_p` × the most likely one (0 = none). Default 0.
+    /// Drop tokens less likely than p × the most likely one (0 = none).
+    #[arg(long, default_value_t = 0.0)]
     pub min_p: f32,
-    /// Repetition penalty on tokens among the last `repeat_last_n` (1 = off). Default 1.
+    /// Penalty on tokens among the last --repeat-last-n, prompt included (1 = off).
+    #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
-    /// Subtracted from a recent token's logit once per occurrence (0 = off). Default 0.
+    /// Subtracted from a recent token's logit once per occurrence (0 = off).
+    #[arg(long, default_value_t = 0.0)]
     pub frequency_penalty: f32,
-    /// Subtracted from a recent token's logit if it occurs at all (0 = off). Default 0.
+    /// Subtracted from a recent token's logit if it occurs at all (0 = off).
+    #[arg(long, default_value_t = 0.0)]
     pub presence_penalty: f32,
-    /// How many recent tokens the penalties look at (0 = none). Default 64.
+    /// How many recent tokens the penalties look at (0 = none).
+    #[arg(long, default_value_t = 64)]
     pub repeat_last_n: u32,
 }
 

@@ -12,13 +12,36 @@
 //! and a replay then fails so that the client replays from further up the route.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nak_protocol::{pb, Activation};
 
-/// Most rows in one fast-replay step.
-const FAST_REPLAY_ROWS: u32 = 512;
+/// Most rows in one step of a fast replay, whoever replays: a hop from its retained
+/// outputs, or the client from its tokens.
+pub(crate) const FAST_REPLAY_ROWS: u32 = 512;
+
+/// Groups consecutive steps, given as `(rows, kind)`, into the runs a fast replay joins:
+/// ranges of indices, each of steps of one kind and at most `most` rows in all. Steps are
+/// never split; one larger than `most` is a run of its own.
+pub(crate) fn replay_runs<K: PartialEq>(steps: impl IntoIterator<Item = (u32, K)>, most: u32) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    let (mut rows, mut kind) = (0u32, None);
+    for (i, (n, k)) in steps.into_iter().enumerate() {
+        match runs.last_mut() {
+            Some(run) if kind.as_ref() == Some(&k) && rows.saturating_add(n) <= most => {
+                run.end = i + 1;
+                rows += n;
+            }
+            _ => {
+                runs.push(i..i + 1);
+                (rows, kind) = (n, Some(k));
+            }
+        }
+    }
+    runs
+}
 
 /// Bytes of retained outputs a service may hold across its sessions.
 #[derive(Debug)]
@@ -178,42 +201,29 @@ impl OutputLog {
     /// `generation`: outputs of earlier generations (the kept prefix of a conversation)
     /// become prompt rows (`more`), so the replacement emits no token for them.
     pub(super) fn replay(&self, shape: Shape, generation: u32, stop_at: u32) -> Vec<pb::Step> {
-        let step_of = |e: &Recorded, hidden: &Activation, row_tokens: Vec<i32>, more: bool| pb::Step {
+        let step_of = |e: &Recorded, hidden: &Activation, row_tokens: Vec<i32>| pb::Step {
             step: e.step,
             hidden: hidden.to_bytes(),
             generation,
-            more: more || e.generation < generation,
+            more: e.more || e.generation < generation,
             row_tokens,
             position: e.position,
             stop_at,
             ..Default::default()
         };
         match shape {
-            Shape::Exact => self.entries.iter().map(|e| step_of(e, &e.hidden, e.row_tokens.clone(), e.more)).collect(),
+            Shape::Exact => self.entries.iter().map(|e| step_of(e, &e.hidden, e.row_tokens.clone())).collect(),
             Shape::Joined(most) => {
-                let mut steps = Vec::new();
-                let mut group: Vec<&Recorded> = Vec::new();
-                let flush = |group: &mut Vec<&Recorded>, steps: &mut Vec<pb::Step>| {
-                    let (Some(first), Some(last)) = (group.first(), group.last()) else { return };
-                    if let Ok(hidden) = Activation::concat(group.iter().map(|e| &e.hidden)) {
-                        let tokens = group.iter().flat_map(|e| e.row_tokens.iter().copied()).collect();
-                        let mut step = step_of(last, &hidden, tokens, last.more);
-                        step.position = first.position;
-                        steps.push(step);
-                    }
-                    group.clear();
+                // Row tokens are per row or absent; a joined step mixes neither.
+                let steps = self.entries.iter().map(|e| (e.hidden.n_rows, e.row_tokens.is_empty()));
+                let join = |run: Range<usize>| {
+                    let group = self.entries.range(run);
+                    let (first, last) = (group.clone().next()?, group.clone().last()?);
+                    let hidden = Activation::concat(group.clone().map(|e| &e.hidden)).ok()?;
+                    let tokens = group.flat_map(|e| e.row_tokens.iter().copied()).collect();
+                    Some(pb::Step { position: first.position, ..step_of(last, &hidden, tokens) })
                 };
-                for e in &self.entries {
-                    let rows: u32 = group.iter().map(|g| g.hidden.n_rows).sum();
-                    // Row tokens are per row or absent; a group mixes neither.
-                    let tokens_agree = group.first().is_none_or(|g| g.row_tokens.is_empty() == e.row_tokens.is_empty());
-                    if rows + e.hidden.n_rows > most || !tokens_agree {
-                        flush(&mut group, &mut steps);
-                    }
-                    group.push(e);
-                }
-                flush(&mut group, &mut steps);
-                steps
+                replay_runs(steps, most).into_iter().filter_map(join).collect()
             }
         }
     }
@@ -261,6 +271,12 @@ mod tests {
         assert_eq!(log.replay(Shape::Joined(4), 1, 40).iter().map(|s| s.position).collect::<Vec<_>>(), [0, 4]);
         // A later generation replays the earlier outputs as prompt rows.
         assert!(log.replay(Shape::Exact, 2, 0).iter().all(|s| s.more && s.generation == 2));
+    }
+
+    #[test]
+    fn replay_runs_hold_at_most_the_limit_and_one_kind() {
+        let steps = [(3, true), (1, true), (1, false), (600, false), (1, false), (1, false)];
+        assert_eq!(replay_runs(steps, 4), [0..2, 2..3, 3..4, 4..6]);
     }
 
     #[test]

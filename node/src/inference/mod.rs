@@ -44,6 +44,7 @@ use tokio::sync::mpsc;
 use crate::engine::{EngineError, EngineWorker, SamplingParams, SessionConfig};
 use crate::net::frames::{read_frame, write_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
 use crate::net::NetworkHandle;
+pub(crate) use log::{replay_runs, FAST_REPLAY_ROWS};
 use log::{OutputLog, RetainBudget};
 use push::Pusher;
 use session::{Input, Origin, SessionSetup, SessionTask};

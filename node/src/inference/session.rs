@@ -185,10 +185,10 @@ impl SessionTask {
         if (!self.started || step.generation > self.generation) && !self.start_generation(&step).await {
             return;
         }
-        let rows = match (step.tokens.is_empty(), step.hidden.is_empty()) {
-            (false, true) => step.tokens.len(),
+        let (rows, hidden) = match (step.tokens.is_empty(), step.hidden.is_empty()) {
+            (false, true) => (step.tokens.len(), None),
             (true, false) => match Activation::from_bytes(&step.hidden) {
-                Ok(a) => a.n_rows as usize,
+                Ok(a) => (a.n_rows as usize, Some(a)),
                 Err(e) => return self.fail(ErrorCode::BadInput, e.to_string()).await,
             },
             _ => return self.fail(ErrorCode::BadInput, "a step carries either tokens or a hidden state").await,
@@ -214,24 +214,21 @@ impl SessionTask {
             return self.fail(ErrorCode::StepOutOfOrder, msg).await;
         }
         self.stop_at = step.stop_at;
-        self.run_step(step, end).await;
+        self.run_step(step, hidden, end).await;
     }
 
-    /// Runs the rows of `step` the cache lacks (it holds the ones before `self.position`).
-    async fn run_step(&mut self, step: pb::Step, end: u32) {
+    /// Runs the rows of `step` the cache lacks (it holds the ones before `self.position`);
+    /// `hidden` is its hidden state, already read.
+    async fn run_step(&mut self, step: pb::Step, hidden: Option<Activation>, end: u32) {
         let skip = (self.position - step.position) as usize;
         let row_tokens: Vec<i32> = step.row_tokens.get(skip..).map(<[i32]>::to_vec).unwrap_or_default();
-        let input = if step.tokens.is_empty() {
-            let hidden = Activation::from_bytes(&step.hidden).and_then(|a| match skip {
-                0 => Ok(a),
-                _ => a.slice_rows(skip as u32..a.n_rows),
-            });
-            match hidden {
+        let input = match hidden {
+            Some(a) if skip == 0 => StepInput::Hidden(a),
+            Some(a) => match a.slice_rows(skip as u32..a.n_rows) {
                 Ok(a) => StepInput::Hidden(a),
                 Err(e) => return self.fail(ErrorCode::BadInput, e.to_string()).await,
-            }
-        } else {
-            StepInput::Tokens(step.tokens[skip..].to_vec())
+            },
+            None => StepInput::Tokens(step.tokens[skip..].to_vec()),
         };
         // The tokens the rows stand for travel on with the hidden state, for the last hop's penalties.
         let row_tokens = match &input {
