@@ -34,7 +34,7 @@ pub enum ChainError {
     #[error(transparent)]
     Store(#[from] nak_shard_store::ImportError),
     /// Cut points are not increasing and inside the model.
-    #[error("cut points {cuts:?} must be increasing and between 1 and {n_layer} - 1")]
+    #[error("cut points {} must be increasing and between 1 and {n_layer} - 1", comma_list(.cuts))]
     BadCuts {
         /// The cuts given.
         cuts: Vec<u32>,
@@ -88,6 +88,11 @@ impl Default for GenerateOptions {
 }
 
 /// `[0, cuts..., n_layer]`, after checking that the cuts increase and fall inside the model.
+/// `10,20`, for messages.
+fn comma_list(cuts: &[u32]) -> String {
+    cuts.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn chain_bounds(cuts: &[u32], n_layer: u32) -> Result<Vec<u32>, ChainError> {
     let increasing = cuts.windows(2).all(|w| w[0] < w[1]);
     if !increasing || cuts.first().is_some_and(|c| *c == 0) || cuts.last().is_some_and(|c| *c >= n_layer) {

@@ -49,6 +49,16 @@ impl ActivationDtype {
     }
 }
 
+impl std::fmt::Display for ActivationDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActivationDtype::F32 => "f32",
+            ActivationDtype::F16 => "f16",
+            ActivationDtype::Bf16 => "bf16",
+        })
+    }
+}
+
 impl std::str::FromStr for ActivationDtype {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -65,7 +75,7 @@ impl std::str::FromStr for ActivationDtype {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActivationError {
     /// The payload length does not match rows × width × element size.
-    #[error("hidden state holds {got} bytes, expected {expected} ({rows} rows × {width} × {dtype:?})")]
+    #[error("hidden state holds {got} bytes, expected {expected} ({rows} rows × {width} × {dtype})")]
     Length {
         /// Bytes present.
         got: usize,
@@ -190,7 +200,7 @@ impl Activation {
     pub fn slice_rows(&self, rows: std::ops::Range<u32>) -> Result<Self, ActivationError> {
         self.check_length()?;
         if rows.is_empty() || rows.end > self.n_rows {
-            return Err(ActivationError::Frame(format!("rows {rows:?} of {}", self.n_rows)));
+            return Err(ActivationError::Frame(format!("rows {}..{} of {}", rows.start, rows.end, self.n_rows)));
         }
         let len = self.row_len();
         let data = self.data[rows.start as usize * len..rows.end as usize * len].to_vec();
@@ -210,7 +220,7 @@ impl Activation {
                 }
                 Some(o) => {
                     return Err(ActivationError::Frame(format!(
-                        "cannot join {:?} × {} rows to {:?} × {}",
+                        "cannot join {} × {} rows to {} × {}",
                         part.dtype, part.width, o.dtype, o.width
                     )))
                 }

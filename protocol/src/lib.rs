@@ -1,4 +1,7 @@
-//! Nakshatra's wire types. No I/O happens here.
+//! Nakshatra's wire types: every byte that crosses the network is defined, framed,
+//! signed or checked here. No I/O happens here, and nothing here knows libp2p's
+//! runtime, the store or llama.cpp; the node does the sending. See the code map in
+//! `docs/ARCHITECTURE.md` for where this crate sits.
 //!
 //! - [`pb`]: the protobuf messages of `proto/nakshatra.proto` (prost), every message
 //!   that crosses the network: announcements, blob exchange, inference frames.
@@ -16,6 +19,13 @@ pub mod keys;
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/nakshatra.v1.rs"));
+
+    /// The code as the schema names it, without the enum's prefix: `NEXT_HOP`.
+    impl std::fmt::Display for ErrorCode {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.as_str_name().trim_start_matches("ERROR_CODE_"))
+        }
+    }
 }
 
 pub use activation::{Activation, ActivationDtype, ActivationError};

@@ -1,4 +1,7 @@
-//! Nakshatra's model files: GGUF reading and writing, span slicing, synthetic models.
+//! Nakshatra's model files and blob store: GGUF reading and writing, span slicing,
+//! synthetic models, content addressing (manifests, model ids, blobs on disk) and
+//! verified blob transfer over any transport. See the code map in
+//! `docs/ARCHITECTURE.md` for where this crate sits.
 //!
 //! - [`gguf`]: parse a GGUF header and stream tensor bytes; write a GGUF deterministically.
 //! - [`span`]: plan and write a span GGUF (a contiguous range of layers) from a whole model.

@@ -144,6 +144,11 @@ pub struct FetchReport {
     pub already_present: bool,
 }
 
+/// `peer: reason; …`, for messages.
+fn dropped_list(dropped: &[(String, String)]) -> String {
+    dropped.iter().map(|(peer, reason)| format!("{peer}: {reason}")).collect::<Vec<_>>().join("; ")
+}
+
 /// Errors of a fetch.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -151,7 +156,7 @@ pub enum TransferError {
     #[error("no provider has blob {0}")]
     NoProvider(Hash),
     /// Providers ran out before the blob was complete; the next fetch resumes.
-    #[error("blob {hash}: {missing} of {pieces} pieces still missing after every provider was dropped ({dropped:?})")]
+    #[error("blob {hash}: {missing} of {pieces} pieces still missing after every provider was dropped ({})", dropped_list(.dropped))]
     Incomplete {
         /// The blob.
         hash: Hash,

@@ -11,7 +11,9 @@
 //! routes its layers through other servers and has the hop before it replay its outputs
 //! to them, and the generation goes on.
 
+mod hop;
 mod links;
+mod options;
 mod recovery;
 pub mod route;
 mod session;
@@ -25,13 +27,13 @@ use libp2p::{Multiaddr, PeerId};
 use nak_protocol::{keys, pb};
 use nak_shard_store::{tokenizer_file, BlobRole, Manifest, ModelId, Store};
 
-pub use recovery::{Failover, ReplayPolicy};
+pub use options::{DecodeMode, Failover, RemoteGeneration, ReplayPolicy, SessionOptions};
 pub use route::{best_route, best_route_between, disjoint_routes, RouteHop, ServerInfo};
-pub use session::{DecodeMode, RemoteGeneration, RemoteSession, SessionOptions};
+pub use session::RemoteSession;
 
 use crate::engine::{EngineError, Model};
+use crate::fetch::{fetch_blobs, fetch_manifest, FetchError};
 use crate::net::{NetworkError, NetworkHandle};
-use crate::server::{fetch_blobs, fetch_manifest, ServeError};
 
 /// Errors of a client.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +43,7 @@ pub enum ClientError {
     Network(#[from] NetworkError),
     /// Fetching the manifest or metadata failed.
     #[error(transparent)]
-    Fetch(#[from] ServeError),
+    Fetch(#[from] FetchError),
     /// The tokenizer failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -52,7 +54,7 @@ pub enum ClientError {
     #[error("no route through the model: {0}")]
     NoRoute(String),
     /// A hop refused or failed.
-    #[error("hop {peer} (layers {start}:{end}): {code:?}: {message}")]
+    #[error("hop {peer} (layers {start}:{end}): {code}: {message}")]
     Hop {
         /// The server.
         peer: PeerId,
@@ -69,7 +71,7 @@ pub enum ClientError {
     #[error("protocol: {0}")]
     Protocol(String),
     /// Nothing came for too long.
-    #[error("no answer within {0:?}")]
+    #[error("no answer within {} s", .0.as_secs_f64())]
     Timeout(Duration),
     /// A hop failed and no other server can take its layers.
     #[error("no backup for layers {start}:{end} after {failed} failed: {detail}")]

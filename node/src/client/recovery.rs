@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use nak_protocol::pb;
-use serde::Serialize;
 
-use super::session::{hop_error, push_target, refused, Shape};
-use super::{ClientError, RemoteSession, RouteHop, SwarmModel};
+use super::hop::{hop_error, push_target, refused, Shape};
+use super::options::{Failover, ReplayPolicy};
+use super::{ClientError, RemoteSession, SwarmModel};
 use crate::inference::{replay_runs, FAST_REPLAY_ROWS};
 
 use pb::inference_frame::Kind;
@@ -45,48 +45,6 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// How long a failed hop's layers are looked for before there is no backup: servers
 /// announce themselves every few seconds, and a client may not have heard them all.
 const BACKUP_WAIT: Duration = Duration::from_secs(5);
-
-/// How a replacement hop rebuilds its cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplayPolicy {
-    /// In the shapes the failed hop computed them: on CPU the same bits, so the tokens
-    /// are those the route would have produced without the failure.
-    Exact,
-    /// In as few steps as fit: one batched prefill, quicker.
-    #[default]
-    Fast,
-}
-
-impl ReplayPolicy {
-    fn wire(self) -> pb::ReplayPolicy {
-        match self {
-            ReplayPolicy::Exact => pb::ReplayPolicy::Exact,
-            ReplayPolicy::Fast => pb::ReplayPolicy::Fast,
-        }
-    }
-}
-
-/// One repair of the route.
-#[derive(Debug, Clone, Serialize)]
-pub struct Failover {
-    /// The servers that failed.
-    pub failed: Vec<String>,
-    /// How the failure showed.
-    pub cause: String,
-    /// Tokens generated before it was detected.
-    pub step: usize,
-    /// Positions the replacement rebuilt.
-    pub positions: u32,
-    /// The hops that took over the failed ones' layers.
-    pub replacement: Vec<RouteHop>,
-    /// How they rebuilt their caches.
-    pub replay: ReplayPolicy,
-    /// From detecting the failure to the next token; absent when none came.
-    pub recovery_ms: Option<f64>,
-    #[serde(skip)]
-    pub(super) detected: Instant,
-}
 
 /// What a survivor's answer to a retarget says.
 enum Trouble {

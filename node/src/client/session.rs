@@ -32,13 +32,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use nak_protocol::{pb, ActivationDtype};
+use nak_protocol::pb;
 use nak_shard_store::ModelId;
-use serde::Serialize;
 use tokio::time::Instant;
 
-use super::links::{Link, Links};
-use super::recovery::{Failover, ReplayPolicy};
+use super::hop::{hop_error, push_target, refused, Hop, Shape};
+use super::links::Links;
+use super::options::{DecodeMode, Failover, RemoteGeneration, SessionOptions};
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::chain::Generation;
 use crate::engine::{Sampler, SamplingParams};
@@ -54,88 +54,11 @@ const STALL_FLOOR: Duration = Duration::from_secs(1);
 /// ...or this many times the route's expected time for its rows, if longer.
 const STALL_FACTOR: f64 = 20.0;
 
-/// How the next token is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DecodeMode {
-    /// The last hop samples and sends the token straight to the first hop.
-    Ring,
-    /// The last hop sends its top logits to the client, which samples.
-    Client,
-}
-
-/// Settings of a session.
-#[derive(Debug, Clone)]
-pub struct SessionOptions {
-    /// Decoding mode. Default ring.
-    pub mode: DecodeMode,
-    /// Sampling (in ring mode done by the last hop, in client mode here). Default greedy.
-    pub sampling: SamplingParams,
-    /// Hidden-state encoding between hops. Default f32 (exact).
-    pub dtype: ActivationDtype,
-    /// Client mode: logits the last hop returns with each token. Default 16.
-    pub top_logits: u32,
-    /// Longest wait for any answer from a route that answers probes. Default 60 s.
-    pub timeout: Duration,
-    /// How a replacement hop rebuilds its cache. Default fast.
-    pub replay: ReplayPolicy,
-}
-
-impl Default for SessionOptions {
-    fn default() -> Self {
-        Self {
-            mode: DecodeMode::Ring,
-            sampling: SamplingParams::default(),
-            dtype: ActivationDtype::F32,
-            top_logits: 16,
-            timeout: Duration::from_secs(60),
-            replay: ReplayPolicy::Fast,
-        }
-    }
-}
-
-/// One generation through the swarm: the local generation's report plus the route.
-#[derive(Debug, Clone, Serialize)]
-pub struct RemoteGeneration {
-    /// What any generation reports.
-    #[serde(flatten)]
-    pub generation: Generation,
-    /// The hops used at the end.
-    pub route: Vec<RouteHop>,
-    /// How tokens were chosen.
-    pub mode: DecodeMode,
-    /// The caller stopped it before an end token or `max_tokens`.
-    pub cancelled: bool,
-    /// Repairs of the route during this generation.
-    pub failovers: Vec<Failover>,
-    /// Why the generation ended early, keeping the tokens so far (no backup for a
-    /// failed hop).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// What a session's route brings next, for [`RemoteSession::generate`].
 enum Event {
     Token(pb::StepResult, i32),
     Failed(HashSet<PeerId>, String),
     Nothing,
-}
-
-/// One hop of the live route.
-pub(super) struct Hop {
-    pub(super) route: RouteHop,
-    pub(super) session_id: u64,
-    pub(super) link: Link,
-}
-
-/// A step the first hop ran, kept to replay it to a replacement first hop.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Shape {
-    pub(super) step: u64,
-    pub(super) position: u32,
-    pub(super) rows: u32,
-    pub(super) generation: u32,
-    pub(super) more: bool,
 }
 
 /// A session open on every hop of a route.
@@ -156,15 +79,6 @@ pub struct RemoteSession {
     pub(super) shapes: Vec<Shape>,
     /// Ring mode: the position of the last token to generate.
     pub(super) stop_at: u32,
-}
-
-/// The server that turned a session away, if that is what `e` says.
-pub(super) fn refused(e: &ClientError) -> Option<PeerId> {
-    use pb::ErrorCode::{Closed, Overloaded, WrongSpan};
-    match e {
-        ClientError::Hop { peer, code: Overloaded | WrongSpan | Closed, .. } => Some(*peer),
-        _ => None,
-    }
 }
 
 impl RemoteSession {
@@ -507,7 +421,7 @@ impl RemoteSession {
             },
             Some(Kind::Error(e)) => match self.failed_by(i, &e) {
                 Some(failed) if failed.is_empty() => Ok(Event::Nothing), // about a hop already replaced
-                Some(failed) => Ok(Event::Failed(failed, format!("{:?}: {}", e.code(), e.message))),
+                Some(failed) => Ok(Event::Failed(failed, format!("{}: {}", e.code(), e.message))),
                 None => Err(hop_error(&self.hops[i].route, e.code(), e.message)),
             },
             _ => Ok(Event::Nothing), // hello answers, late replies
@@ -541,13 +455,4 @@ impl RemoteSession {
             let _ = hop.link.send(Kind::Close(close)).await;
         }
     }
-}
-
-/// `route` as the hop a server pushes its output to.
-pub(super) fn push_target(route: &RouteHop, session_id: u64) -> pb::Hop {
-    pb::Hop { peer_id: route.peer.to_bytes(), addrs: route.addrs.iter().map(|a| a.to_vec()).collect(), session_id }
-}
-
-pub(super) fn hop_error(hop: &RouteHop, code: pb::ErrorCode, message: impl std::fmt::Display) -> ClientError {
-    ClientError::Hop { peer: hop.peer, start: hop.start, end: hop.end, code, message: message.to_string() }
 }

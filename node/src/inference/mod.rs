@@ -259,9 +259,9 @@ pub(crate) async fn connect(net: &NetworkHandle, peer: PeerId, addrs: &[Multiadd
         };
         match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
             Ok(Ok(pb::InferenceFrame { kind: Some(Kind::Hello(_)) })) => return Ok(stream),
-            Ok(Ok(other)) => return Err(format!("{peer} answered the hello with {:?}", other.kind)),
+            Ok(Ok(_)) => return Err(format!("{peer} answered the hello with another frame")),
             Ok(Err(e)) => last = format!("the stream was closed before the hello: {e}"),
-            Err(_) => last = format!("no hello within {HELLO_TIMEOUT:?}"),
+            Err(_) => last = format!("no hello within {} s", HELLO_TIMEOUT.as_secs_f64()),
         }
         tracing::debug!(%peer, attempt, error = %last, "inference stream not taken; opening another");
     }

@@ -85,12 +85,33 @@ impl Default for NetworkConfig {
     }
 }
 
+impl NetworkConfig {
+    /// The defaults, joining through `bootstrap` and listening on `listen` (the default
+    /// addresses when it is empty). `NAK_LINK_DELAY_MS`, when set, delays every byte
+    /// received by that many milliseconds ([`NetworkConfig::link_delay`]): benchmarks
+    /// of a wide-area swarm on loopback set it for every process.
+    pub fn joining(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> Self {
+        let link_delay = std::env::var(LINK_DELAY_ENV).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+        let mut cfg = NetworkConfig { bootstrap, link_delay, ..NetworkConfig::default() };
+        if !listen.is_empty() {
+            cfg.listen = listen;
+        }
+        cfg
+    }
+}
+
+/// The environment variable [`NetworkConfig::joining`] reads a link delay from.
+pub const LINK_DELAY_ENV: &str = "NAK_LINK_DELAY_MS";
+
 /// Errors of the network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     /// Building the swarm failed.
     #[error("cannot start the network: {0}")]
     Setup(String),
+    /// The node's identity could not be loaded or made.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
     /// The network task has stopped.
     #[error("the network task has stopped")]
     Stopped,
@@ -307,6 +328,18 @@ impl NetworkHandle {
 pub struct Network;
 
 impl Network {
+    /// Starts the network on the identity kept in `store`'s directory (made on first
+    /// use, so a node keeps its peer id across restarts); returns its handle and that
+    /// identity. The network task runs until [`NetworkHandle::shutdown`].
+    pub async fn spawn_in_store(
+        store: &Store,
+        cfg: NetworkConfig,
+    ) -> Result<(NetworkHandle, libp2p::identity::ed25519::Keypair), NetworkError> {
+        let key = identity::load_or_create(store.root())?;
+        let (handle, _task) = Self::spawn(key.clone(), store.clone(), cfg).await?;
+        Ok((handle, key))
+    }
+
     /// Builds the swarm with `key` as identity on TCP and QUIC, serving blobs from
     /// `store`, and spawns its task.
     pub async fn spawn(

@@ -42,7 +42,9 @@ impl BlobProvider for RemoteProvider {
             Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::NotFound(_)) }) => {
                 Err(ProviderError::NotFound)
             }
-            Ok(other) => Err(ProviderError::Unavailable(format!("unexpected answer {other:?}"))),
+            Ok(_) => {
+                Err(ProviderError::Unavailable("the provider answered with something other than blob data".into()))
+            }
             Err(e) => Err(ProviderError::Unavailable(e.to_string())),
         }
     }

@@ -22,7 +22,6 @@
 //! process.
 
 mod auto;
-mod fetch;
 
 use std::future::Future;
 use std::ops::Range;
@@ -33,15 +32,14 @@ use std::time::{Duration, Instant};
 use libp2p::identity::ed25519;
 use nak_protocol::{announce, keys, pb};
 use nak_shard_store::import::ImportError;
-use nak_shard_store::transfer::TransferError;
 use nak_shard_store::{cached_span, import_gguf, Manifest, ModelId, Store, StoreError};
 use prost::Message;
 
 pub use auto::span_bytes;
 use auto::{jitter, others, AutoPlacer};
-pub use fetch::{fetch_blobs, fetch_manifest, fetch_span_blobs};
 
 use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, EngineWorker, SessionConfig, StepInput};
+use crate::fetch::{fetch_manifest, fetch_span_blobs, FetchError};
 use crate::inference::{InferenceService, ServiceConfig, ServiceError};
 use crate::net::{NetworkError, NetworkHandle};
 
@@ -57,9 +55,9 @@ pub enum ServeError {
     /// Importing or assembling failed.
     #[error(transparent)]
     Import(#[from] ImportError),
-    /// A verified fetch failed.
+    /// Fetching the model from the swarm failed.
     #[error(transparent)]
-    Transfer(#[from] TransferError),
+    Fetch(#[from] FetchError),
     /// Loading or measuring the span failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -69,9 +67,6 @@ pub enum ServeError {
     /// A blocking task died.
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// Nobody in the swarm has what we need.
-    #[error("no provider of {0}")]
-    NoProvider(String),
     /// The settings cannot work for this model.
     #[error("{0}")]
     Config(String),

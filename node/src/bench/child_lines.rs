@@ -12,7 +12,8 @@ use anyhow::{Context as _, Result};
 pub fn spawn(cmd: &mut Command) -> Result<(Child, Receiver<String>)> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let stdout = child.stdout.take().context("piped stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
+    // Bounded: a child that prints faster than the bench reads waits on its pipe.
+    let (tx, rx) = std::sync::mpsc::sync_channel(256);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -28,8 +29,9 @@ pub fn wait_line(lines: &Receiver<String>, prefix: &str, limit: Duration) -> Res
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line =
-            lines.recv_timeout(left).with_context(|| format!("a child printed no `{prefix}` line in {limit:?}"))?;
+        let line = lines
+            .recv_timeout(left)
+            .with_context(|| format!("a child printed no `{prefix}` line in {} s", limit.as_secs_f64()))?;
         if line.starts_with(prefix) {
             return Ok(line);
         }

@@ -1,39 +1,188 @@
-//! `nak-node generate --bootstrap …` and `nak-node chat`: text from a model that the
-//! swarm serves, through [`nak_node::client`].
+//! Generation and chat: `nak-node generate` with a whole model, a local chain of spans,
+//! or (with `--bootstrap`) through the swarm's servers ([`nak_node::client`]); and
+//! `nak-node chat`, a conversation with a model the swarm serves.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use libp2p::Multiaddr;
+use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::client::{DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
 use nak_node::engine::SamplingParams;
+use nak_node::net::{Network, NetworkConfig};
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{ModelId, Store};
 
-use crate::swarm_commands::{network_config, start_network};
+use super::{block_on, open_store, EngineArgs};
 
 /// How long to listen for announcements before routing.
 const ROUTE_WAIT: Duration = Duration::from_secs(15);
 
-/// What both commands need to reach the model.
-pub struct RemoteArgs {
+/// Generate text with a whole model, with it split into a local chain of spans, or
+/// (with --bootstrap) through the swarm's servers.
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model GGUF, or the id (or a unique prefix) of a model in the store.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (tokenized with special tokens added and parsed).
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingParams,
+    /// Cut the model at these layer indices into a local chain of spans, e.g. 10,20.
+    #[arg(long, value_delimiter = ',')]
+    local_split: Vec<u32>,
+    /// Hidden-state encoding between spans: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    wire_dtype: ActivationDtype,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    swarm: SwarmClientArgs,
+}
+
+/// Running through the swarm instead of locally.
+#[derive(clap::Args)]
+struct SwarmClientArgs {
+    /// Join the swarm at these addresses and generate through its servers (`--model` is then a model id).
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// ring: the last server samples and sends the token to the first; client: it sends
+    /// its top logits here and this client samples.
+    #[arg(long, value_enum, default_value = "ring")]
+    mode: DecodeMode,
+    /// Client mode: logits the last server returns per token (the client samples among them).
+    #[arg(long, default_value_t = 16)]
+    top_logits: u32,
+    /// Run this many sessions at once on the same route and report their aggregate speed (JSON).
+    #[arg(long)]
+    parallel: Option<usize>,
+    /// How a server that takes over a failed one's layers rebuilds its cache: exact (the
+    /// same computation, so the same tokens on CPU) or fast (one batched prefill).
+    #[arg(long, value_enum, default_value = "fast")]
+    replay: ReplayPolicy,
+}
+
+/// Chat with a model the swarm serves: streams answers, keeps the conversation,
+/// `/reset` starts over, Ctrl-C stops an answer.
+#[derive(clap::Args)]
+pub struct ChatArgs {
     /// Peers to join.
-    pub bootstrap: Vec<Multiaddr>,
+    #[arg(long, required = true)]
+    bootstrap: Vec<Multiaddr>,
+    /// Model id.
+    #[arg(long)]
+    model: String,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Longest answer, in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingParams,
+    #[arg(long, value_enum, default_value = "ring")]
+    mode: DecodeMode,
+    /// How a server that takes over a failed one's layers rebuilds its cache.
+    #[arg(long, value_enum, default_value = "fast")]
+    replay: ReplayPolicy,
+}
+
+/// Sampling options as given, if they are in range.
+fn checked(sampling: SamplingParams) -> Result<SamplingParams> {
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    Ok(sampling)
+}
+
+/// `nak-node generate`: locally, or through the swarm when `--bootstrap` is given.
+pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    if !args.swarm.bootstrap.is_empty() {
+        let remote = RemoteArgs {
+            bootstrap: args.swarm.bootstrap,
+            model: args.model.to_string_lossy().into_owned(),
+            mode: args.swarm.mode,
+            sampling: checked(args.sampling)?,
+            dtype: args.wire_dtype,
+            top_logits: args.swarm.top_logits,
+            replay: args.swarm.replay,
+        };
+        return block_on(generate_remote(remote, &args.prompt, args.max_tokens, args.swarm.parallel, args.json));
+    }
+    let cfg = args.engine.config();
+    let mut chain = if args.model.is_file() {
+        LocalChain::from_model(&args.model, &args.local_split, &cfg)
+    } else {
+        let store = open_store(data_dir)?;
+        let id = store
+            .resolve_model(&args.model.to_string_lossy())
+            .with_context(|| format!("{} is neither a file nor a model in the store", args.model.display()))?;
+        LocalChain::from_store(&store, &id, &args.local_split, &cfg)
+    }
+    .with_context(|| format!("loading {}", args.model.display()))?;
+    let prompt = chain.tokenize(&args.prompt)?;
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: checked(args.sampling)?,
+        dtype: args.wire_dtype,
+        ignore_eos: false,
+    };
+    let out = chain.generate(&prompt, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("{}{}", args.prompt, out.text);
+        eprintln!(
+            "[{} span(s)] prompt {} tokens, prefill {:.1} ms, decode {:.1} tokens/s, {} tokens",
+            out.spans,
+            out.prompt_tokens,
+            out.prefill_ms,
+            out.decode_tokens_per_s,
+            out.tokens.len()
+        );
+    }
+    Ok(())
+}
+
+/// `nak-node chat`.
+pub fn chat(args: ChatArgs) -> Result<()> {
+    let remote = RemoteArgs {
+        bootstrap: args.bootstrap,
+        model: args.model,
+        mode: args.mode,
+        sampling: checked(args.sampling)?,
+        dtype: ActivationDtype::F32,
+        top_logits: 16,
+        replay: args.replay,
+    };
+    block_on(converse(remote, args.system, args.max_tokens))
+}
+
+/// What both commands need to reach the model.
+struct RemoteArgs {
+    /// Peers to join.
+    bootstrap: Vec<Multiaddr>,
     /// The model id (hex).
-    pub model: String,
+    model: String,
     /// Decoding mode.
-    pub mode: DecodeMode,
+    mode: DecodeMode,
     /// Sampling.
-    pub sampling: SamplingParams,
+    sampling: SamplingParams,
     /// Hidden states between hops.
-    pub dtype: ActivationDtype,
+    dtype: ActivationDtype,
     /// Client mode: logits per token.
-    pub top_logits: u32,
+    top_logits: u32,
     /// How a replacement for a failed hop rebuilds its cache.
-    pub replay: ReplayPolicy,
+    replay: ReplayPolicy,
 }
 
 /// Joins the swarm on a throwaway identity and store, and finds the model.
@@ -43,7 +192,7 @@ async fn connect(args: &RemoteArgs) -> Result<(SwarmModel, tempfile::TempDir)> {
     let scratch = tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
-    let (net, _) = start_network(&store, network_config(listen, args.bootstrap.clone())).await?;
+    let (net, _) = Network::spawn_in_store(&store, NetworkConfig::joining(listen, args.bootstrap.clone())).await?;
     let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net, &store, id))
         .await
         .context("no answer from the swarm about the model within 60 s")??;
@@ -68,7 +217,7 @@ fn report_repairs(out: &RemoteGeneration) {
         let hops: Vec<String> = f.replacement.iter().map(|h| format!("{}:{}@{}", h.start, h.end, h.peer)).collect();
         let recovery = f.recovery_ms.map_or("no token since".to_string(), |ms| format!("next token {ms:.0} ms later"));
         eprintln!(
-            "[failover after {} tokens: {} ({}); replaced by {}, {:?} replay of {} positions; {recovery}]",
+            "[failover after {} tokens: {} ({}); replaced by {}, {} replay of {} positions; {recovery}]",
             f.step,
             f.failed.join(", "),
             f.cause,
@@ -81,7 +230,7 @@ fn report_repairs(out: &RemoteGeneration) {
 
 /// `generate --bootstrap`: one prompt, through the swarm; with `parallel`, that many
 /// sessions at once on the same route (a throughput benchmark).
-pub async fn generate(
+async fn generate_remote(
     args: RemoteArgs,
     prompt: &str,
     max_tokens: usize,
@@ -103,7 +252,7 @@ pub async fn generate(
         println!("{prompt}{}", out.generation.text);
         let route: Vec<String> = out.route.iter().map(|h| format!("{}:{}@{}", h.start, h.end, h.peer)).collect();
         eprintln!(
-            "[{:?} mode, route {}] prompt {} tokens, prefill {:.1} ms, decode {:.1} tokens/s, {} tokens",
+            "[{} mode, route {}] prompt {} tokens, prefill {:.1} ms, decode {:.1} tokens/s, {} tokens",
             out.mode,
             route.join(" -> "),
             out.generation.prompt_tokens,
@@ -170,14 +319,14 @@ impl Streamer {
     }
 }
 
-/// `chat`: an interactive conversation. `/reset` starts over, `/quit` (or end of input)
-/// leaves, Ctrl-C stops the answer being written.
-pub async fn chat(args: RemoteArgs, system: Option<String>, max_tokens: usize) -> Result<()> {
+/// An interactive conversation. `/reset` starts over, `/quit` (or end of input) leaves,
+/// Ctrl-C stops the answer being written.
+async fn converse(args: RemoteArgs, system: Option<String>, max_tokens: usize) -> Result<()> {
     let (model, _scratch) = connect(&args).await?;
     let mut session = open(&model, &args).await?;
     let route: Vec<String> = session.route().iter().map(|h| format!("{}:{}", h.start, h.end)).collect();
     println!(
-        "connected: {} hops ({}), {:?} mode. /reset starts over, /quit leaves.",
+        "connected: {} hops ({}), {} mode. /reset starts over, /quit leaves.",
         route.len(),
         route.join(" "),
         args.mode

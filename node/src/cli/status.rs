@@ -1,40 +1,49 @@
-//! Starting the network for the swarm commands, and `nak-node status`: the swarm as a
-//! user sees it.
+//! Swarm status: `nak-node status` shows each model's servers and block coverage as the
+//! swarm announces them.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use libp2p::identity::ed25519;
 use libp2p::{Multiaddr, PeerId};
-use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle};
-use nak_node::server::fetch_manifest;
+use nak_node::fetch::fetch_manifest;
+use nak_node::net::{Network, NetworkConfig};
 use nak_protocol::{keys, pb};
 use nak_shard_store::{Hash, ModelId, Store};
 
-/// Starts the network on the store's identity; returns its handle and that identity.
-pub async fn start_network(store: &Store, cfg: NetworkConfig) -> Result<(NetworkHandle, ed25519::Keypair)> {
-    let key = identity::load_or_create(store.root())?;
-    let (handle, _task) = Network::spawn(key.clone(), store.clone(), cfg).await?;
-    Ok((handle, key))
+use super::block_on;
+
+/// Show a model's servers and block coverage as the swarm announces them.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Peers to join through.
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// The model id (or a unique prefix of a model in the local store); default: every model the peers announce.
+    #[arg(long)]
+    model: Option<String>,
+    /// Seconds to listen for announcements.
+    #[arg(long, default_value_t = 12)]
+    wait: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
-/// Network settings with these peers to join and, if any are given, these listen addresses.
-/// `NAK_LINK_DELAY_MS` (benchmarks) delays every byte received, as a wide-area link would.
-pub fn network_config(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> NetworkConfig {
-    let link_delay = std::env::var("NAK_LINK_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
-    let mut cfg = NetworkConfig { bootstrap, link_delay, ..NetworkConfig::default() };
-    if !listen.is_empty() {
-        cfg.listen = listen;
-    }
-    cfg
+/// `nak-node status`. The user's store, if there is one, resolves model id prefixes.
+pub fn status(args: StatusArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    let dir = data_dir.unwrap_or_else(nak_shard_store::default_data_dir);
+    let local = dir.join("manifests").is_dir().then(|| Store::open(&dir)).transpose()?;
+    let wait = Duration::from_secs(args.wait);
+    block_on(listen_and_report(local, args.bootstrap, args.model.as_deref(), wait, args.json))
 }
 
-/// `nak-node status`: listen to announcements for `wait`, then show each model's block
-/// coverage. Without `model`, the models are those whose announcement topics the peers
-/// we meet subscribe to. `local` (the user's store, if any) resolves id prefixes; other
-/// manifests come from the swarm. The network runs on a throwaway identity so it never
+/// Listens to announcements for `wait`, then shows each model's block coverage. Without
+/// `model`, the models are those whose announcement topics the peers we meet subscribe
+/// to. `local` (the user's store, if any) resolves id prefixes; other manifests come
+/// from the swarm. The network runs on a throwaway identity so it never
 /// clashes with a node of this machine.
-pub async fn status(
+async fn listen_and_report(
     local: Option<Store>,
     bootstrap: Vec<Multiaddr>,
     model: Option<&str>,
@@ -53,7 +62,7 @@ pub async fn status(
         ids.push(id);
     }
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
-    let (net, _) = start_network(&store, network_config(listen, bootstrap)).await?;
+    let (net, _) = Network::spawn_in_store(&store, NetworkConfig::joining(listen, bootstrap)).await?;
     for id in &ids {
         net.subscribe(keys::announce_topic(&id.0)).await?;
     }

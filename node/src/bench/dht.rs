@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use libp2p::Multiaddr;
-use nak_node::net::NetworkHandle;
+use nak_node::net::{Network, NetworkConfig, NetworkHandle};
 use nak_protocol::keys;
 use nak_shard_store::Store;
 
-use crate::child_lines;
-use crate::swarm_commands::{network_config, start_network};
+use super::child_lines;
 
 /// Blocks of the test model.
 const BLOCKS: u32 = 30;
@@ -27,7 +26,7 @@ fn test_model(seed: u8) -> [u8; 32] {
 
 async fn start(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Result<NetworkHandle> {
     let listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
-    Ok(start_network(&Store::open(dir)?, network_config(listen, bootstrap)).await?.0)
+    Ok(Network::spawn_in_store(&Store::open(dir)?, NetworkConfig::joining(listen, bootstrap)).await?.0)
 }
 
 /// `nak-node dht-peer`: provide blocks `first..end` of the test model until killed.

@@ -1,9 +1,11 @@
-//! Getting a model from the swarm: its manifest and a span's blobs, from DHT providers.
+//! Getting a model from the swarm: its manifest and its blobs, from DHT providers.
 //!
-//! The manifest comes from any provider of `nakshatra/manifest/<id>` and is checked
-//! against the id (its blake3). Each blob a span needs comes from the providers of
-//! `nakshatra/blob/<hash>` with verified streaming, several providers at once; the
-//! fetch itself runs on a blocking thread.
+//! Servers fetch the blobs of the span they serve; clients fetch the manifest and the
+//! metadata blob (the tokenizer). The manifest comes from any provider of
+//! `nakshatra/manifest/<id>` and is checked against the id (its blake3). Each blob comes
+//! from the providers of `nakshatra/blob/<hash>` with verified streaming
+//! ([`nak_shard_store::transfer`]), several providers at once; the fetch itself runs on
+//! a blocking thread, and only a blob that matches its hash enters the store.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -12,11 +14,30 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use nak_protocol::{keys, pb};
 use nak_shard_store::import::span_blobs;
-use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig, FetchReport};
-use nak_shard_store::{BlobRef, BlobRole, Hash, Manifest, ModelId, Store};
+use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig, FetchReport, TransferError};
+use nak_shard_store::{BlobRef, BlobRole, Hash, Manifest, ModelId, Store, StoreError};
 
-use super::ServeError;
-use crate::net::{NetworkHandle, RemoteProvider};
+use crate::net::{NetworkError, NetworkHandle, RemoteProvider};
+
+/// Errors of fetching from the swarm.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The network failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A verified transfer failed.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// A blocking task died.
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Nobody in the swarm has what we need.
+    #[error("no provider of {0}")]
+    NoProvider(String),
+}
 
 /// How long to keep asking the DHT for providers before giving up.
 const PROVIDER_WAIT: Duration = Duration::from_secs(30);
@@ -36,7 +57,7 @@ async fn retry<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Opt
 }
 
 /// The manifest of `id`: from the local store, else from a DHT provider (checked against the id).
-pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> Result<Manifest, ServeError> {
+pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> Result<Manifest, FetchError> {
     if let Ok(m) = store.manifest(&id) {
         return Ok(m);
     }
@@ -45,7 +66,7 @@ pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> 
         (!p.is_empty()).then_some(p)
     })
     .await
-    .ok_or_else(|| ServeError::NoProvider(format!("the manifest of {id}")))?;
+    .ok_or_else(|| FetchError::NoProvider(format!("the manifest of {id}")))?;
     for peer in providers {
         let req = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) };
         if let Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::Manifest(bytes)) }) =
@@ -60,7 +81,7 @@ pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> 
             }
         }
     }
-    Err(ServeError::NoProvider(format!("a valid manifest of {id}")))
+    Err(FetchError::NoProvider(format!("a valid manifest of {id}")))
 }
 
 /// Fetches every blob of `layers` (and the metadata) that the store lacks, from the
@@ -72,7 +93,7 @@ pub async fn fetch_span_blobs(
     m: &Manifest,
     layers: Range<u32>,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
-) -> Result<(), ServeError> {
+) -> Result<(), FetchError> {
     let mut needed = span_blobs(m, &layers);
     needed.extend(m.blob(BlobRole::Meta, None).cloned());
     fetch_blobs(store, net, needed, true, progress).await
@@ -87,7 +108,7 @@ pub async fn fetch_blobs(
     mut needed: Vec<BlobRef>,
     provide: bool,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
-) -> Result<(), ServeError> {
+) -> Result<(), FetchError> {
     needed.retain(|b| !store.has(&b.hash));
     let total: u64 = needed.iter().map(|b| b.size).sum();
     let mut done = 0;
@@ -112,7 +133,7 @@ pub async fn fetch_blobs(
 /// Fetches one blob from its DHT providers. Provider records outlive the peers that
 /// made them, so when every listed provider fails the DHT is asked again, a few times,
 /// each time for every provider it knows rather than the first answer.
-async fn fetch_one(store: &Store, net: &NetworkHandle, hash: Hash, size: u64) -> Result<FetchReport, ServeError> {
+async fn fetch_one(store: &Store, net: &NetworkHandle, hash: Hash, size: u64) -> Result<FetchReport, FetchError> {
     const ATTEMPTS: usize = 3;
     let mut attempt = 0;
     loop {
@@ -126,7 +147,7 @@ async fn fetch_one(store: &Store, net: &NetworkHandle, hash: Hash, size: u64) ->
             (!p.is_empty()).then_some(p)
         })
         .await
-        .ok_or_else(|| ServeError::NoProvider(format!("blob {hash}")))?;
+        .ok_or_else(|| FetchError::NoProvider(format!("blob {hash}")))?;
         let providers: Vec<Arc<dyn BlobProvider>> =
             peers.into_iter().map(|p| Arc::new(RemoteProvider::new(net.clone(), p)) as Arc<dyn BlobProvider>).collect();
         let s = store.clone();

@@ -12,6 +12,8 @@ use std::time::Instant;
 use anyhow::Result;
 use nak_node::engine::{ComputeLoader, EngineConfig, EngineWorker, LlamaLoader, SessionConfig, StepInput, StepOutput};
 
+use super::median;
+
 fn token(out: StepOutput) -> i32 {
     match out {
         StepOutput::Token { token, .. } => token,
@@ -61,11 +63,7 @@ pub async fn run(model: &Path, sessions: &[usize], tokens: usize, reps: usize, e
             rates[i].push(round(&worker, n, tokens).await?);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let medians: Vec<f64> = rates.iter_mut().map(median).collect();
+    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
     let base = sessions.iter().position(|&n| n == 1).map(|i| medians[i]);
     let mut out = String::new();
     let _ =

@@ -1,4 +1,4 @@
-//! Benchmark: a whole model through llama-cpp-2 against local chains of 1, 2 and 3 spans.
+//! `nak-node bench`: a whole model through llama-cpp-2 against local chains of 1, 2 and 3 spans.
 //!
 //! All configurations are loaded once, warmed up, then measured in interleaved rounds
 //! (reference, 1 span, 2 spans, 3 spans, reference, ...) so drift in the machine's
@@ -8,11 +8,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use anyhow::Result;
+use nak_node::chain::{GenerateOptions, LocalChain};
+use nak_node::engine::EngineConfig;
+use nak_node::reference::ReferenceModel;
 use nak_shard_store::{span::SpanPosition, GgufFile};
 
-use crate::chain::{ChainError, GenerateOptions, LocalChain};
-use crate::engine::EngineConfig;
-use crate::reference::{ReferenceError, ReferenceModel};
+use super::median;
 
 /// Benchmark settings.
 #[derive(Debug, Clone)]
@@ -25,25 +27,6 @@ pub struct BenchOptions {
     pub contexts: Vec<usize>,
     /// Engine settings shared by all configurations.
     pub engine: EngineConfig,
-}
-
-/// Errors of a benchmark run.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// A chain failed.
-    #[error(transparent)]
-    Chain(#[from] ChainError),
-    /// The reference failed.
-    #[error(transparent)]
-    Reference(#[from] ReferenceError),
-    /// The model file could not be read.
-    #[error(transparent)]
-    Gguf(#[from] nak_shard_store::GgufError),
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A prompt of exactly `n` tokens: the model's tokenization of filler text, cut to length.
@@ -60,7 +43,7 @@ fn prompt_of(reference: &ReferenceModel, n: usize) -> Vec<i32> {
 }
 
 /// Runs the benchmark on `model` and returns a printable report.
-pub fn run(model: &Path, opts: &BenchOptions) -> Result<String, BenchError> {
+pub fn run(model: &Path, opts: &BenchOptions) -> Result<String> {
     let n_layer = SpanPosition::of(&GgufFile::open(model)?)?.n_layer;
     let reference = ReferenceModel::load(model)?;
     let configs: Vec<(String, Vec<u32>)> = vec![
@@ -122,7 +105,7 @@ pub fn run(model: &Path, opts: &BenchOptions) -> Result<String, BenchError> {
             if cuts.is_empty() {
                 format!("{n} (engine)")
             } else {
-                format!("{n} (cuts {cuts:?})")
+                format!("{n} (cuts {})", cuts.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
             }
         }));
         for (i, name) in names.enumerate() {

@@ -17,10 +17,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use libp2p::PeerId;
 use nak_node::client::{RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
+use nak_node::net::{Network, NetworkConfig};
 use nak_shard_store::{ModelId, Store};
 
-use crate::child_lines;
-use crate::swarm_commands::{network_config, start_network};
+use super::{child_lines, median};
 
 const PROMPT: &str = "Once upon a time, in a small village by the sea,";
 
@@ -108,7 +108,7 @@ pub async fn run(model: &Path, histories: &[usize], reps: usize, threads: u32) -
                     restart_dead(&mut servers, &id_hex, threads)?;
                     match measure(&mut servers, id, policy, history, hop).await {
                         Ok(sample) => samples.push(sample),
-                        Err(e) => eprintln!("{policy:?} replay, {history} tokens, hop {hop}: {e:#}"),
+                        Err(e) => eprintln!("{policy} replay, {history} tokens, hop {hop}: {e:#}"),
                     }
                 }
             }
@@ -138,7 +138,7 @@ async fn measure(
     let store = Store::open(scratch.path())?;
     let boot: Vec<libp2p::Multiaddr> = servers.iter().map(|s| s.addr.parse()).collect::<Result<_, _>>()?;
     let listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
-    let (net, _) = start_network(&store, network_config(listen, boot)).await?;
+    let (net, _) = Network::spawn_in_store(&store, NetworkConfig::joining(listen, boot)).await?;
     let model = SwarmModel::connect(net.clone(), &store, id).await?;
     // Every server announced, so the backup is known when the hop dies.
     for _ in 0..50 {
@@ -164,7 +164,10 @@ async fn measure(
         .await?;
     session.close().await;
     let _ = net.shutdown().await;
-    let f = out.failovers.first().with_context(|| format!("no repair (error: {:?})", out.error))?;
+    let f = out
+        .failovers
+        .first()
+        .with_context(|| format!("no repair (error: {})", out.error.as_deref().unwrap_or("none")))?;
     Ok(Sample {
         policy,
         history,
@@ -188,13 +191,13 @@ fn report(samples: &[Sample], reps: usize, threads: u32) -> String {
             let picked: Vec<&Sample> =
                 samples.iter().filter(|s| s.policy == policy && s.history == history && s.hop == hop).collect();
             let mut ms: Vec<f64> = picked.iter().map(|s| s.recovery_ms).collect();
-            ms.sort_by(f64::total_cmp);
+            let mid = median(&mut ms);
             let positions = picked.first().map_or(0, |s| s.positions);
             out += &format!(
                 "{:<7} {history:>7}  {:<11} {positions:>9}   {:>9.0} ({:.0}-{:.0})\n",
-                format!("{policy:?}").to_lowercase(),
+                policy.to_string(),
                 if hop == 0 { "first" } else { "last" },
-                ms[ms.len() / 2],
+                mid,
                 ms[0],
                 ms[ms.len() - 1]
             );

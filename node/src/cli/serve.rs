@@ -1,0 +1,140 @@
+//! Serving: `nak-node run` starts the network on the store's identity, prints the
+//! listen addresses, and runs a [`Server`] until Ctrl-C, printing what it does.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use libp2p::Multiaddr;
+use nak_node::engine::{EngineConfig, LlamaLoader};
+use nak_node::net::{Network, NetworkConfig};
+use nak_node::server::{EventSink, ModelSource, Server, ServerConfig, ServerEvent};
+use nak_shard_store::{ModelId, Store};
+
+use super::{block_on, open_store};
+
+/// Join the swarm and serve a span of a model.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A whole-model GGUF (imported), or a model id (fetched from the swarm).
+    #[arg(long)]
+    model: String,
+    /// Layers to serve: auto (the span that most helps the swarm, within --max-memory), all, or A:B (end exclusive).
+    #[arg(long, default_value = "all")]
+    serve_layers: String,
+    /// Addresses to listen on (default: TCP and QUIC on all interfaces).
+    #[arg(long)]
+    listen: Vec<Multiaddr>,
+    /// Peers to join through (with their /p2p/ peer id).
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// Most bytes of weights this node may hold (with auto, default: half the available memory).
+    #[arg(long)]
+    max_memory: Option<u64>,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Sessions this server holds at once (each with its own KV cache of 2048 positions).
+    #[arg(long, default_value_t = 8)]
+    max_sessions: u32,
+    /// Seconds between announcements.
+    #[arg(long, default_value_t = 10)]
+    announce_interval: u64,
+    /// With `--serve-layers auto`: mean seconds between placement re-checks (jittered ±50 %).
+    #[arg(long, default_value_t = 120)]
+    rebalance_interval: u64,
+    /// With `--serve-layers auto`: how much a move must lift the weakest blocks' throughput.
+    #[arg(long, default_value_t = 1.25)]
+    min_gain: f64,
+    /// Relay connections for peers that cannot be dialled directly (run this on a public node).
+    #[arg(long)]
+    relay_server: bool,
+}
+
+/// `nak-node run`.
+pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    if !(args.min_gain.is_finite() && args.min_gain >= 1.0) {
+        bail!("--min-gain must be at least 1");
+    }
+    let store = open_store(data_dir)?;
+    let server = ServerConfig {
+        serve_layers: args.serve_layers.parse().map_err(|e| anyhow::anyhow!("--serve-layers {e}"))?,
+        max_memory: args.max_memory,
+        engine: engine_config(args.threads, args.max_sessions),
+        announce_every: Duration::from_secs(args.announce_interval.max(1)),
+        rebalance_every: Duration::from_secs(args.rebalance_interval.max(1)),
+        min_gain: args.min_gain,
+        ..Default::default()
+    };
+    let network =
+        NetworkConfig { relay_server: args.relay_server, ..NetworkConfig::joining(args.listen, args.bootstrap) };
+    block_on(serve(store, args.model, network, server))
+}
+
+async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerConfig) -> Result<()> {
+    let (net, key) = Network::spawn_in_store(&store, network).await?;
+    for addr in net.wait_for_listen_addrs(Duration::from_secs(5)).await? {
+        println!("listening {addr}");
+    }
+    let model = if std::path::Path::new(&model).is_file() {
+        ModelSource::File(model.into())
+    } else {
+        let text = model.to_ascii_lowercase();
+        let id = match store.resolve_model(&text) {
+            Ok(id) => id,
+            Err(_) => {
+                ModelId::from_hex(&text).context("--model is neither a file, a local model, nor a full model id")?
+            }
+        };
+        ModelSource::Id(id)
+    };
+    // One progress bar per fetch, drawn on stderr when it is a terminal.
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    let events: EventSink = Arc::new(move |event: ServerEvent| match event {
+        ServerEvent::Chose { layers, probe_throughput } => {
+            eprintln!("auto: {probe_throughput:.0} block-tokens/s, chose layers {}:{}", layers.start, layers.end);
+        }
+        ServerEvent::Serving { model, layers, throughput } => {
+            println!("serving {model} layers {}:{} ({throughput:.0} block-tokens/s)", layers.start, layers.end);
+        }
+        ServerEvent::Moving { from, to } => {
+            eprintln!("auto: moving from layers {}:{} to {}:{}", from.start, from.end, to.start, to.end);
+        }
+        ServerEvent::Fetching { layers, done, total } => {
+            let Ok(mut bar) = bar.lock() else { return };
+            let b = bar.get_or_insert_with(|| {
+                let b =
+                    ProgressBar::new(total).with_message(format!("fetching layers {}:{}", layers.start, layers.end));
+                b.set_style(
+                    ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b
+            });
+            b.set_position(done);
+            if done >= total {
+                b.finish_and_clear();
+                *bar = None;
+            }
+        }
+    });
+    let server = Server::start(store, net, &key, model, cfg, Arc::new(LlamaLoader), events).await?;
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("leaving the swarm");
+        })
+        .await?;
+    Ok(())
+}
+
+/// Engine settings of a server: the defaults, with `threads` if given.
+fn engine_config(threads: Option<i32>, max_sessions: u32) -> EngineConfig {
+    let mut cfg = EngineConfig { max_sessions: max_sessions.max(1), ..EngineConfig::default() };
+    if let Some(t) = threads {
+        cfg.threads = t;
+    }
+    cfg
+}

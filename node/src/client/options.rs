@@ -1,0 +1,134 @@
+//! What a caller of the client sets and gets back: the settings of a session and the
+//! report of a generation, with the repairs made during it.
+//!
+//! These types sit apart from [`super::session`] (which generates) and
+//! [`super::recovery`] (which repairs) because both use them.
+
+use std::time::{Duration, Instant};
+
+use nak_protocol::{pb, ActivationDtype};
+use serde::Serialize;
+
+use super::RouteHop;
+use crate::chain::Generation;
+use crate::engine::SamplingParams;
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// The last hop samples and sends the token straight to the first hop.
+    Ring,
+    /// The last hop sends its top logits to the client, which samples.
+    Client,
+}
+
+impl std::fmt::Display for DecodeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DecodeMode::Ring => "ring",
+            DecodeMode::Client => "client",
+        })
+    }
+}
+
+/// How a replacement hop rebuilds its cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayPolicy {
+    /// In the shapes the failed hop computed them: on CPU the same bits, so the tokens
+    /// are those the route would have produced without the failure.
+    Exact,
+    /// In as few steps as fit: one batched prefill, quicker.
+    #[default]
+    Fast,
+}
+
+impl ReplayPolicy {
+    pub(super) fn wire(self) -> pb::ReplayPolicy {
+        match self {
+            ReplayPolicy::Exact => pb::ReplayPolicy::Exact,
+            ReplayPolicy::Fast => pb::ReplayPolicy::Fast,
+        }
+    }
+}
+
+impl std::fmt::Display for ReplayPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReplayPolicy::Exact => "exact",
+            ReplayPolicy::Fast => "fast",
+        })
+    }
+}
+
+/// Settings of a session.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Decoding mode. Default ring.
+    pub mode: DecodeMode,
+    /// Sampling (in ring mode done by the last hop, in client mode here). Default greedy.
+    pub sampling: SamplingParams,
+    /// Hidden-state encoding between hops. Default f32 (exact).
+    pub dtype: ActivationDtype,
+    /// Client mode: logits the last hop returns with each token. Default 16.
+    pub top_logits: u32,
+    /// Longest wait for any answer from a route that answers probes. Default 60 s.
+    pub timeout: Duration,
+    /// How a replacement hop rebuilds its cache. Default fast.
+    pub replay: ReplayPolicy,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            mode: DecodeMode::Ring,
+            sampling: SamplingParams::default(),
+            dtype: ActivationDtype::F32,
+            top_logits: 16,
+            timeout: Duration::from_secs(60),
+            replay: ReplayPolicy::Fast,
+        }
+    }
+}
+
+/// One generation through the swarm: the local generation's report plus the route.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteGeneration {
+    /// What any generation reports.
+    #[serde(flatten)]
+    pub generation: Generation,
+    /// The hops used at the end.
+    pub route: Vec<RouteHop>,
+    /// How tokens were chosen.
+    pub mode: DecodeMode,
+    /// The caller stopped it before an end token or `max_tokens`.
+    pub cancelled: bool,
+    /// Repairs of the route during this generation.
+    pub failovers: Vec<Failover>,
+    /// Why the generation ended early, keeping the tokens so far (no backup for a
+    /// failed hop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One repair of the route.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    /// The servers that failed.
+    pub failed: Vec<String>,
+    /// How the failure showed.
+    pub cause: String,
+    /// Tokens generated before it was detected.
+    pub step: usize,
+    /// Positions the replacement rebuilt.
+    pub positions: u32,
+    /// The hops that took over the failed ones' layers.
+    pub replacement: Vec<RouteHop>,
+    /// How they rebuilt their caches.
+    pub replay: ReplayPolicy,
+    /// From detecting the failure to the next token; absent when none came.
+    pub recovery_ms: Option<f64>,
+    #[serde(skip)]
+    pub(super) detected: Instant,
+}
