@@ -8,7 +8,7 @@
 //! gives without any failure. Likewise for the middle hop of a 3-hop route, for two
 //! failures in one generation, for a hop that stops answering without closing (SIGSTOP),
 //! and, with no backup left, the client stops with an error that says so and keeps the
-//! tokens so far.
+//! tokens so far. A Gemma 3 route (sliding-window layers, a tied head) survives a kill too.
 
 mod common;
 
@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{log_tails, run_node, smollm_path, Node};
+use common::{log_tails, run_node, smollm_path, test_model, Node, GEMMA3};
 use libp2p::PeerId;
 use nak_node::client::{DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
 use nak_node::net::{identity, Network, NetworkConfig};
@@ -39,7 +39,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(spans: &[&str]) -> Cluster {
-        let model = smollm_path();
+        Self::start_model(&smollm_path(), spans)
+    }
+
+    fn start_model(model: &std::path::Path, spans: &[&str]) -> Cluster {
         assert!(model.exists(), "{} is missing: run the README's test command", model.display());
         let dir = tempfile::tempdir().unwrap();
         let peer_of = |line: &str| line.rsplit('/').next().unwrap().parse::<PeerId>().unwrap();
@@ -70,8 +73,7 @@ impl Cluster {
 }
 
 /// The whole model's greedy tokens, in one process.
-fn reference() -> Vec<i64> {
-    let model = smollm_path();
+fn reference(model: &std::path::Path) -> Vec<i64> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nak-node"))
         .args(["generate", "--model", model.to_str().unwrap(), "--prompt", PROMPT, "--max-tokens"])
         .arg(TOKENS.to_string())
@@ -162,9 +164,14 @@ fn exact(mode: DecodeMode) -> SessionOptions {
 /// Kills hop `hop` of the route in use in `spans` and checks that the generation goes
 /// on to the whole model's tokens.
 fn one_kill(spans: &[&str], hop: usize, mode: DecodeMode) {
+    one_kill_of(&smollm_path(), spans, hop, mode)
+}
+
+/// [`one_kill`] with another model.
+fn one_kill_of(model: &std::path::Path, spans: &[&str], hop: usize, mode: DecodeMode) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference();
-    let mut cluster = Cluster::start(spans);
+    let want = reference(model);
+    let mut cluster = Cluster::start_model(model, spans);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (out, _dead, steps, _) = rt.block_on(generate_with_faults(&mut cluster, exact(mode), vec![(hop, Fault::Kill)]));
     let got: Vec<i64> = out.generation.tokens.iter().map(|&t| t as i64).collect();
@@ -208,6 +215,12 @@ fn the_last_hop_dies_in_client_sampled_mode_and_the_replacement_sends_logits_fro
 }
 
 #[test]
+fn a_gemma3_hop_dies_and_exact_replay_keeps_the_tokens() {
+    // Sliding-window layers on both sides of the cut, and a tied head on the last span.
+    one_kill_of(&test_model(GEMMA3), &["0:9", "9:18", "0:9", "9:18"], 1, DecodeMode::Ring);
+}
+
+#[test]
 fn the_middle_hop_of_three_dies_and_exact_replay_keeps_the_tokens() {
     one_kill(&["0:10", "10:20", "20:30", "10:20"], 1, DecodeMode::Ring);
 }
@@ -215,7 +228,7 @@ fn the_middle_hop_of_three_dies_and_exact_replay_keeps_the_tokens() {
 #[test]
 fn two_failures_in_one_generation() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference();
+    let want = reference(&smollm_path());
     let mut cluster = Cluster::start(&["0:15", "15:30", "0:15", "15:30"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let faults = vec![(0, Fault::Kill), (1, Fault::Kill)];
@@ -240,7 +253,7 @@ fn two_failures_in_one_generation() {
 #[test]
 fn a_stalled_hop_is_detected_and_routed_around() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference();
+    let want = reference(&smollm_path());
     let mut cluster = Cluster::start(&["0:15", "15:30", "0:15", "15:30"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (out, stopped, steps, gaps) =
@@ -271,7 +284,7 @@ fn a_stalled_hop_is_detected_and_routed_around() {
 #[test]
 fn with_no_backup_the_client_says_so_and_keeps_the_tokens_so_far() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference();
+    let want = reference(&smollm_path());
     let mut cluster = Cluster::start(&["0:15", "15:30"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (out, _dead, steps, _) =

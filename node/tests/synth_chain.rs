@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{small_synth, span_engines, synth_model, test_engine_config};
+use common::{chain_prompt_logits, small_synth, span_engines, synth_model, test_engine_config};
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::engine::{SessionConfig, SpanEngine, StepInput, StepOutput, StepRequest};
 use nak_node::reference::ReferenceModel;
@@ -38,20 +38,6 @@ fn chains_reproduce_the_whole_model_for_any_cuts() {
             assert_eq!(&got.tokens, want, "cuts {cuts:?}, prompt {prompt:?}");
         }
     }
-}
-
-/// The prompt's last-row logits through a chain of span engines.
-fn chain_prompt_logits(engines: &mut [SpanEngine], prompt: &[i32]) -> Vec<f32> {
-    let mut input = StepInput::Tokens(prompt.to_vec());
-    for e in engines.iter_mut() {
-        let s = e.open_session(SessionConfig { return_logits: true, ..SessionConfig::default() }).unwrap();
-        match e.step(s, input).unwrap() {
-            StepOutput::Hidden(a) => input = StepInput::Hidden(a),
-            StepOutput::Token { logits, .. } => return logits,
-            StepOutput::Cached => panic!("a step that samples returned no token"),
-        }
-    }
-    panic!("the chain ended without a head");
 }
 
 #[test]

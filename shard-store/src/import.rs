@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::gguf::{decode_metadata, encode_metadata, GgufError, GgufFile, GgufWriter, TensorInfo, TensorSource};
+use crate::gguf::{decode_metadata, encode_metadata, GgufError, GgufFile, GgufWriter, TensorInfo, TensorSource, Value};
 use crate::manifest::{
     parse_tensor_table, tensor_blob_header, tensor_blob_table_len, BlobRef, BlobRole, Hash, Manifest, ManifestError,
     ModelId, MANIFEST_FORMAT, TENSOR_BLOB_PREFIX,
@@ -205,8 +205,7 @@ pub fn assemble_span(store: &Store, id: &ModelId, range: Range<u32>, out: &Path)
     if range.start >= range.end || range.end > manifest.n_layer {
         return Err(SpanError::BadRange { start: range.start, end: range.end, n_layer: manifest.n_layer }.into());
     }
-    let meta_ref = manifest.blob(BlobRole::Meta, None).ok_or_else(|| ImportError::Incomplete("no meta blob".into()))?;
-    let metadata = decode_metadata(&store.read_blob(&meta_ref.hash)?, Path::new("<meta blob>"))?;
+    let metadata = model_metadata(store, id)?;
 
     // The tensor table the planner sees: whole-model names, blob by blob.
     let blobs = span_blobs(&manifest, &range);
@@ -344,13 +343,20 @@ pub fn verify_store(store: &Store) -> Result<VerifyReport, ImportError> {
     Ok(report)
 }
 
+/// Model `id`'s GGUF metadata (architecture, hyperparameters, tokenizer), from its
+/// `meta` blob, verified: what decides, for instance, which spans of it can run
+/// ([`crate::span::check_splittable`]).
+pub fn model_metadata(store: &Store, id: &ModelId) -> Result<Vec<(String, Value)>, ImportError> {
+    let manifest = store.manifest(id)?;
+    let meta_ref = manifest.blob(BlobRole::Meta, None).ok_or_else(|| ImportError::Incomplete("no meta blob".into()))?;
+    Ok(decode_metadata(&store.read_blob(&meta_ref.hash)?, Path::new("<meta blob>"))?)
+}
+
 /// Writes a GGUF with model `id`'s metadata (tokenizer and chat template included) and no
 /// tensors, from its `meta` blob alone: what a client needs to tokenize. Returns its path
 /// (in the span cache; rewritten on every call, it is small).
 pub fn tokenizer_file(store: &Store, id: &ModelId) -> Result<PathBuf, ImportError> {
-    let manifest = store.manifest(id)?;
-    let meta_ref = manifest.blob(BlobRole::Meta, None).ok_or_else(|| ImportError::Incomplete("no meta blob".into()))?;
-    let metadata = decode_metadata(&store.read_blob(&meta_ref.hash)?, Path::new("<meta blob>"))?;
+    let metadata = model_metadata(store, id)?;
     let out = store.span_cache_path(id, 0, 0).with_extension("tokenizer.gguf");
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;

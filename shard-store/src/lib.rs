@@ -27,5 +27,5 @@ pub use import::{assemble_span, cached_span, import_gguf, tokenizer_file, Import
 pub use manifest::{BlobRef, BlobRole, Hash, Manifest, ModelId};
 pub use span::{plan_span, write_span, SpanError, SpanPlan, SpanPosition};
 pub use store::{default_data_dir, Store, StoreError};
-pub use synth::{write_synthetic, SynthConfig};
+pub use synth::{write_synthetic, SynthArch, SynthConfig};
 pub use tensor_type::TensorType;

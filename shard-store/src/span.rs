@@ -23,6 +23,10 @@ pub const KEY_HAS_EMBEDDING: &str = "nakshatra.span.has_embedding";
 /// Key: whether the span carries the output norm and head (produces logits).
 pub const KEY_HAS_HEAD: &str = "nakshatra.span.has_head";
 
+/// Architectures whose llama.cpp graph runs any range of layers (the graph patches in
+/// `llama-patches/`). A model of any other architecture runs only whole.
+pub const SPLITTABLE_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "mistral3"];
+
 const TOKEN_EMBD: &str = "token_embd.weight";
 const OUTPUT: &str = "output.weight";
 
@@ -55,6 +59,78 @@ pub enum SpanError {
     /// A tensor the span needs is not in the source.
     #[error("the source has no tensor `{0}`, which the span needs")]
     MissingTensor(String),
+    /// The architecture's graph cannot run a part of the model.
+    #[error(
+        "architecture {arch} cannot be split into spans (these can: {}); serve it whole",
+        SPLITTABLE_ARCHITECTURES.join(", ")
+    )]
+    Unsplittable {
+        /// The model's architecture.
+        arch: String,
+    },
+    /// Every layer of the span is a global-attention layer of a sliding-window model,
+    /// which llama.cpp's sliding-window cache cannot hold on its own.
+    #[error(
+        "layers {start}:{end} are all global-attention layers of a sliding-window model; a span needs at least \
+         one sliding-window layer (widen it by a layer)"
+    )]
+    OnlyGlobalLayers {
+        /// First layer.
+        start: u32,
+        /// End (exclusive).
+        end: u32,
+    },
+}
+
+/// Checks that the layers `range` (whole-model indices) of the model or span file with
+/// this metadata can run as one span: the whole model always can; a part only of a
+/// splittable architecture, and (for a sliding-window model) only with at least one
+/// sliding-window layer in it.
+pub fn check_splittable(metadata: &[(String, Value)], range: Range<u32>) -> Result<(), SpanError> {
+    let get = |k: &str| metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    let arch = get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| GgufError::MissingKey("general.architecture".into()))?;
+    let n_layer = get(&format!("{arch}.block_count")).and_then(Value::as_u64).unwrap_or(0);
+    // A span file says where it sits; a whole model is its own span 0..n.
+    let first = get(KEY_FIRST_LAYER).and_then(Value::as_u64).unwrap_or(0);
+    let total = get(KEY_TOTAL_LAYERS).and_then(Value::as_u64).unwrap_or(n_layer);
+    if range.start == 0 && u64::from(range.end) >= total {
+        return Ok(());
+    }
+    if !SPLITTABLE_ARCHITECTURES.contains(&arch) {
+        return Err(SpanError::Unsplittable { arch: arch.to_string() });
+    }
+    if !range.clone().any(|il| !is_global_layer(metadata, arch, first, u64::from(il))) {
+        return Err(SpanError::OnlyGlobalLayers { start: range.start, end: range.end });
+    }
+    Ok(())
+}
+
+/// Whether whole-model layer `il` is a global-attention layer of a model that mixes
+/// them with sliding-window layers, as llama.cpp reads it: a per-layer array (cut to
+/// the span in a span file starting at `first`), else a period whose last layer is
+/// global. False for a model without a sliding window.
+fn is_global_layer(metadata: &[(String, Value)], arch: &str, first: u64, il: u64) -> bool {
+    // The architectures of the allow-list with a sliding-window/global pattern, and its default period.
+    let default_period = match arch {
+        "gemma3" => 6,
+        _ => return false,
+    };
+    let get = |k: &str| metadata.iter().find(|(key, _)| *key == format!("{arch}.{k}")).map(|(_, v)| v);
+    if get("attention.sliding_window").and_then(Value::as_u64).unwrap_or(0) == 0 {
+        return false;
+    }
+    match get("attention.sliding_window_pattern") {
+        Some(Value::Array(_, items)) => {
+            let local = il.checked_sub(first).and_then(|i| items.get(i as usize));
+            !local.and_then(Value::as_bool).unwrap_or(true)
+        }
+        other => {
+            let period = other.and_then(Value::as_u64).unwrap_or(default_period);
+            period != 0 && il % period == period - 1
+        }
+    }
 }
 
 /// Where a span sits in its model, as read from a GGUF's metadata.
@@ -145,6 +221,7 @@ pub fn plan_span(
     if range.start >= range.end || range.end > n_layer {
         return Err(SpanError::BadRange { start: range.start, end: range.end, n_layer });
     }
+    check_splittable(metadata, range.clone())?;
 
     let position = SpanPosition {
         first: range.start,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use nak_node::engine::SpanEngine;
 use nak_shard_store::import::verify_store;
-use nak_shard_store::{assemble_span, import_gguf, span, GgufFile, ModelId, SynthConfig, TensorType};
+use nak_shard_store::{assemble_span, import_gguf, span, GgufFile, ModelId, SynthArch, SynthConfig, TensorType};
 
 use super::{open_store, EngineArgs};
 use crate::bench::{mb_per_s, peak_rss_kib, rss_kib};
@@ -61,12 +61,15 @@ pub struct SliceArgs {
     output: PathBuf,
 }
 
-/// Write a synthetic llama-family model with random weights.
+/// Write a synthetic model with random weights, of any splittable architecture.
 #[derive(clap::Args)]
 pub struct SynthArgs {
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
+    /// Architecture: llama, qwen2, qwen3, qwen3moe, gemma3, phi3 or mistral3.
+    #[arg(long, default_value = "llama")]
+    arch: SynthArch,
     #[arg(long, default_value_t = 4)]
     layers: u32,
     #[arg(long, default_value_t = 64)]
@@ -87,6 +90,15 @@ pub struct SynthArgs {
     tied: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// qwen3moe: experts per layer.
+    #[arg(long, default_value_t = 8)]
+    experts: u32,
+    /// qwen3moe: experts each token is routed to.
+    #[arg(long, default_value_t = 2)]
+    experts_used: u32,
+    /// gemma3: the sliding window, in positions.
+    #[arg(long, default_value_t = 8)]
+    sliding_window: u32,
 }
 
 /// Describe a model or span file; with --load, load it into llama.cpp and report memory.
@@ -277,6 +289,7 @@ pub fn synth(args: SynthArgs) -> Result<()> {
         other => bail!("--weight-type {other}: expected f32, f16 or q8_0"),
     };
     let cfg = SynthConfig {
+        arch: args.arch,
         n_layer: args.layers,
         n_embd: args.embd,
         n_head: args.heads,
@@ -286,6 +299,9 @@ pub fn synth(args: SynthArgs) -> Result<()> {
         weight_type,
         tied_embedding: args.tied,
         seed: args.seed,
+        n_expert: args.experts,
+        n_expert_used: args.experts_used,
+        sliding_window: args.sliding_window,
         ..SynthConfig::default()
     };
     let size = nak_shard_store::write_synthetic(&cfg, &args.output)?;
@@ -312,6 +328,12 @@ pub fn info(args: InfoArgs) -> Result<()> {
         tensor_bytes,
         file.file_len()
     );
+    let arch = file.architecture()?;
+    if span::SPLITTABLE_ARCHITECTURES.contains(&arch) {
+        println!("splits into spans: yes ({arch} runs any range of layers)");
+    } else {
+        println!("splits into spans: no ({arch} runs only as a whole model)");
+    }
     if args.load {
         let before = rss_kib().unwrap_or(0);
         let engine = SpanEngine::load(path, args.engine.config())?;

@@ -90,10 +90,32 @@ impl Model {
         (!ptr.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
     }
 
+    /// A string value of the model's GGUF metadata.
+    fn meta_str(&self, key: &str) -> Option<String> {
+        let key = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 256];
+        // SAFETY: valid model pointer; key and buf outlive the call, which writes at most
+        // buf.len() bytes, NUL included.
+        let n =
+            unsafe { sys::llama_model_meta_val_str(self.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = usize::try_from(n).ok()?.min(buf.len() - 1);
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// The template chat messages are rendered with: the model's own, else (as llama.cpp's
+    /// tools fall back to ChatML) the built-in one of its family, Gemma's for Gemma models.
+    fn template_or_fallback(&self) -> String {
+        self.chat_template().unwrap_or_else(|| {
+            let gemma = self.meta_str("general.architecture").is_some_and(|a| a.starts_with("gemma"));
+            (if gemma { "gemma" } else { "chatml" }).to_string()
+        })
+    }
+
     /// Renders `(role, content)` messages with the model's chat template (llama.cpp's
-    /// built-in renderers), ending with the assistant's turn opener when `add_assistant`.
+    /// built-in renderers; see [`Model::template_or_fallback`] for a model without one),
+    /// ending with the assistant's turn opener when `add_assistant`.
     pub fn apply_chat_template(&self, messages: &[(&str, &str)], add_assistant: bool) -> Result<String, EngineError> {
-        let template = self.chat_template().ok_or(EngineError::Input("the model has no chat template".into()))?;
+        let template = self.template_or_fallback();
         let c = |s: &str| CString::new(s).map_err(|_| EngineError::Input("a chat message contains NUL".into()));
         let tmpl = c(&template)?;
         let owned: Vec<(CString, CString)> =

@@ -22,6 +22,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use nak_protocol::{Activation, ActivationDtype, ActivationError};
+use nak_shard_store::span;
 
 pub use compute::{Compute, ComputeLoader, LlamaLoader};
 pub use ffi::{init_backend, LoadedSpan, Model};
@@ -222,6 +223,8 @@ pub struct SpanEngine {
     sessions: HashMap<SessionId, Session>,
     free_seqs: Vec<i32>,
     next_id: SessionId,
+    /// The architecture's graph runs any layer range (see [`nak_shard_store::span::SPLITTABLE_ARCHITECTURES`]).
+    splittable: bool,
 }
 
 /// A request that passed validation, with its decoded rows.
@@ -265,8 +268,14 @@ impl SpanEngine {
         }
         // Check the file's structure ourselves first: llama.cpp aborts the process on some
         // malformed headers, and a span file may come from an untrusted peer.
+        // A span of an architecture whose graph cannot run part of the model is refused
+        // here with the reason, before llama.cpp refuses it with a log line.
         let file = nak_shard_store::GgufFile::open(path).map_err(|e| EngineError::Load(e.to_string()))?;
-        nak_shard_store::SpanPosition::of(&file).map_err(|e| EngineError::Load(e.to_string()))?;
+        let position = nak_shard_store::SpanPosition::of(&file).map_err(|e| EngineError::Load(e.to_string()))?;
+        let whole = 0..position.total;
+        span::check_splittable(&file.metadata, if position.is_whole() { whole } else { position.layers() })
+            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let splittable = span::SPLITTABLE_ARCHITECTURES.contains(&file.architecture().unwrap_or_default());
         drop(file);
         let model = Model::load(path, cfg.gpu_layers)?;
         let span = model.span();
@@ -288,7 +297,18 @@ impl SpanEngine {
         let n_embd = model.n_embd();
         let n_vocab = model.n_vocab();
         let free_seqs = (0..cfg.max_sessions as i32).rev().collect();
-        Ok(SpanEngine { ctx, model, span, n_embd, n_vocab, cfg, sessions: HashMap::new(), free_seqs, next_id: 1 })
+        Ok(SpanEngine {
+            ctx,
+            model,
+            span,
+            n_embd,
+            n_vocab,
+            cfg,
+            sessions: HashMap::new(),
+            free_seqs,
+            next_id: 1,
+            splittable,
+        })
     }
 
     /// Where the loaded span sits in the whole model.
@@ -325,6 +345,12 @@ impl SpanEngine {
             return Err(EngineError::Input(format!(
                 "session layers {}..{} are not a non-empty part of this span's {}..{}",
                 layers.start, layers.end, all.start, all.end
+            )));
+        }
+        if layers != (0..self.span.total) && !self.splittable {
+            return Err(EngineError::Input(format!(
+                "this model's architecture runs only whole, not layers {}..{}",
+                layers.start, layers.end
             )));
         }
         let seq = self.free_seqs.pop().ok_or(EngineError::TooManySessions(self.cfg.max_sessions))?;

@@ -48,20 +48,47 @@ pub fn jitter(mean: Duration) -> Duration {
 /// Placement policy of an `auto` server.
 pub struct AutoPlacer {
     candidates: Vec<Range<u32>>,
+    /// Blocks that can run as a span of their own (where a speed probe can load).
+    alone: Vec<bool>,
     n_layer: u32,
     seed: Vec<u8>,
     min_gain: f64,
 }
 
 impl AutoPlacer {
-    /// Candidates are the longest spans from each first block that fit in `budget`;
-    /// `seed` (the peer id) breaks ties differently on every node.
-    pub fn new(manifest: &Manifest, budget: u64, seed: Vec<u8>, min_gain: f64) -> Result<Self, ServeError> {
-        let candidates = placement::candidate_spans(manifest.n_layer, |r| span_bytes(manifest, r) <= budget);
+    /// Candidates are the longest spans from each first block that fit in `budget` and
+    /// that the architecture can run (`runnable` says why not: a model that runs only
+    /// whole, a span of only global-attention layers); `seed` (the peer id) breaks ties
+    /// differently on every node.
+    pub fn new(
+        manifest: &Manifest,
+        budget: u64,
+        seed: Vec<u8>,
+        min_gain: f64,
+        runnable: impl Fn(&Range<u32>) -> Result<(), String>,
+    ) -> Result<Self, ServeError> {
+        let fitting = placement::candidate_spans(manifest.n_layer, |r| span_bytes(manifest, r) <= budget);
+        let mut refusal = None;
+        let candidates: Vec<Range<u32>> =
+            fitting.into_iter().filter(|r| runnable(r).map_err(|e| refusal.get_or_insert(e)).is_ok()).collect();
         if candidates.is_empty() {
-            return Err(ServeError::Config(format!("a memory budget of {budget} bytes holds no block of this model")));
+            return Err(ServeError::Config(match refusal {
+                Some(why) => format!("no span within a memory budget of {budget} bytes can run: {why}"),
+                None => format!("a memory budget of {budget} bytes holds no block of this model"),
+            }));
         }
-        Ok(Self { candidates, n_layer: manifest.n_layer, seed, min_gain })
+        let alone = (0..manifest.n_layer).map(|i| runnable(&(i..i + 1)).is_ok()).collect();
+        Ok(Self { candidates, alone, n_layer: manifest.n_layer, seed, min_gain })
+    }
+
+    /// Where to measure this node's speed, near `start`: the first block from there
+    /// that runs on its own, or the first candidate when none does.
+    pub fn probe_span(&self, start: u32) -> Range<u32> {
+        let n = self.n_layer;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.alone.get(i as usize).copied().unwrap_or(false))
+            .map_or_else(|| self.candidates[0].clone(), |i| i..i + 1)
     }
 
     /// The span that most raises the weakest blocks, given the other servers.
@@ -83,5 +110,48 @@ impl AutoPlacer {
         let loads = placement::block_loads(self.n_layer, others);
         let best = self.best_for(&loads, throughput);
         placement::should_move(&loads, current, &best, throughput, self.min_gain).then_some(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nak_shard_store::import::model_metadata;
+    use nak_shard_store::{import_gguf, span, write_synthetic, Store, SynthArch, SynthConfig};
+
+    use super::*;
+
+    #[test]
+    fn candidates_and_probes_skip_spans_the_architecture_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gemma3.gguf");
+        let cfg = SynthConfig { arch: SynthArch::Gemma3, n_layer: 13, ..SynthConfig::default() };
+        write_synthetic(&cfg, &file).unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let id = import_gguf(&store, &file, &mut |_| {}).unwrap().model_id;
+        let manifest = store.manifest(&id).unwrap();
+        let metadata = model_metadata(&store, &id).unwrap();
+        let runnable = |r: &Range<u32>| span::check_splittable(&metadata, r.clone()).map_err(|e| e.to_string());
+
+        // Room for one middle block: every middle block but the global ones (5, 11).
+        let budget = span_bytes(&manifest, &(3..4));
+        let placer = AutoPlacer::new(&manifest, budget, vec![1], 1.25, runnable).unwrap();
+        let starts: Vec<u32> = placer.candidates.iter().map(|r| r.start).collect();
+        assert_eq!(starts, [1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        assert!(placer.candidates.iter().all(|r| r.len() == 1));
+        assert_eq!(placer.probe_span(5), 6..7);
+        assert_eq!(placer.probe_span(11), 12..13);
+
+        // A model that runs only whole, with no room for it: the reason, not a bad span.
+        let whole_only = |r: &Range<u32>| {
+            if r.len() == 13 {
+                Ok(())
+            } else {
+                Err("architecture x cannot be split into spans".to_string())
+            }
+        };
+        match AutoPlacer::new(&manifest, budget, vec![1], 1.25, whole_only) {
+            Err(ServeError::Config(msg)) => assert!(msg.contains("cannot be split"), "{msg}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|p| p.candidates)),
+        }
     }
 }

@@ -31,15 +31,15 @@ use std::time::{Duration, Instant};
 
 use libp2p::identity::ed25519;
 use nak_protocol::{announce, keys, pb};
-use nak_shard_store::import::ImportError;
-use nak_shard_store::{cached_span, import_gguf, Manifest, ModelId, Store, StoreError};
+use nak_shard_store::import::{model_metadata, ImportError};
+use nak_shard_store::{cached_span, import_gguf, span, BlobRole, Manifest, ModelId, Store, StoreError};
 use prost::Message;
 
 pub use auto::span_bytes;
 use auto::{jitter, others, AutoPlacer};
 
 use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, EngineWorker, SessionConfig, StepInput};
-use crate::fetch::{fetch_manifest, fetch_span_blobs, FetchError};
+use crate::fetch::{fetch_blobs, fetch_manifest, fetch_span_blobs, FetchError};
 use crate::inference::{InferenceService, ServiceConfig, ServiceError};
 use crate::net::{NetworkError, NetworkHandle};
 
@@ -322,15 +322,20 @@ impl Server {
         let auto = match cfg.serve_layers {
             ServeLayers::Auto => {
                 let budget = cfg.max_memory.or_else(auto::default_budget).unwrap_or(u64::MAX);
-                Some(AutoPlacer::new(&manifest, budget, net.peer_id().to_bytes(), cfg.min_gain)?)
+                // Which spans the architecture can run is in the model's metadata.
+                let meta = manifest.blob(BlobRole::Meta, None).cloned().into_iter().collect();
+                fetch_blobs(&store, &net, meta, true, &|_, _| {}).await?;
+                let s = store.clone();
+                let metadata = tokio::task::spawn_blocking(move || model_metadata(&s, &id)).await??;
+                let runnable = |r: &Range<u32>| span::check_splittable(&metadata, r.clone()).map_err(|e| e.to_string());
+                Some(AutoPlacer::new(&manifest, budget, net.peer_id().to_bytes(), cfg.min_gain, runnable)?)
             }
             _ => None,
         };
         let layers = match (&auto, &cfg.serve_layers) {
             (Some(placer), _) => {
                 // Our speed, on one block, while the swarm's announcements come in.
-                let probe_layer = placer.best(&others(&net, &id).await, 1.0).start;
-                let probe = probe_layer..probe_layer + 1;
+                let probe = placer.probe_span(placer.best(&others(&net, &id).await, 1.0).start);
                 let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
                 let probe = load_span(s, nt, m, probe, l, cfg.engine.clone(), events.clone()).await?;
                 let probe_throughput = probe.throughput;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nak_node::engine::{EngineConfig, SpanEngine};
+use nak_node::engine::{EngineConfig, SessionConfig, SpanEngine, StepInput, StepOutput};
 
 /// Prompts the SmolLM2 equality tests generate from.
 pub const PROMPTS: [&str; 5] = [
@@ -57,6 +57,18 @@ pub fn smollm_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// A test model in `models/` at the workspace root (the README's test command fetches them).
+pub fn test_model(file: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(file);
+    assert!(path.exists(), "{} is missing: run the README's test command", path.display());
+    path
+}
+
+/// Gemma 3 270M, Q4_K_M: gemma3, 18 layers, a sliding window with every sixth layer global.
+pub const GEMMA3: &str = "gemma-3-270m-Q4_K_M.gguf";
+/// Qwen2.5-0.5B-Instruct, Q4_K_M: qwen2, 24 layers, QKV biases, an untied head.
+pub const QWEN2: &str = "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf";
+
 /// Slices `model` into span files for `ranges` (in `dir`) and loads an engine for each.
 pub fn span_engines(dir: &Path, model: &Path, ranges: &[(u32, u32)], cfg: &EngineConfig) -> Vec<SpanEngine> {
     let src = GgufFile::open(model).expect("model opens");
@@ -68,6 +80,20 @@ pub fn span_engines(dir: &Path, model: &Path, ranges: &[(u32, u32)], cfg: &Engin
             SpanEngine::load(&path, cfg.clone()).expect("span loads")
         })
         .collect()
+}
+
+/// The prompt's last-row logits through a chain of span engines.
+pub fn chain_prompt_logits(engines: &mut [SpanEngine], prompt: &[i32]) -> Vec<f32> {
+    let mut input = StepInput::Tokens(prompt.to_vec());
+    for e in engines.iter_mut() {
+        let s = e.open_session(SessionConfig { return_logits: true, ..SessionConfig::default() }).unwrap();
+        match e.step(s, input).unwrap() {
+            StepOutput::Hidden(a) => input = StepInput::Hidden(a),
+            StepOutput::Token { logits, .. } => return logits,
+            StepOutput::Cached => panic!("a step that samples returned no token"),
+        }
+    }
+    panic!("the chain ended without a head");
 }
 
 /// A child process that is killed when the test ends, whatever happens.
