@@ -9,11 +9,13 @@
 //! - [`keys`]: DHT keys (sha2-256 multihashes of namespaced strings) and gossip topics.
 //! - [`announce`]: signing and checking server announcements (ed25519).
 //! - [`activation`]: hidden states between spans (f32 / f16 / bf16 encodings, checked decoding).
+//! - [`receipt`]: signed per-step activation receipts (what a hop computed, chained).
 
 pub mod activation;
 pub mod announce;
 pub mod frame;
 pub mod keys;
+pub mod receipt;
 
 /// Generated protobuf types (package `nakshatra.v1`).
 #[allow(missing_docs, clippy::all)]

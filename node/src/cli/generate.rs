@@ -71,6 +71,10 @@ struct SwarmClientArgs {
     /// same computation, so the same tokens on CPU) or fast (one batched prefill).
     #[arg(long, value_enum, default_value = "fast")]
     replay: ReplayPolicy,
+    /// Ask every server for signed receipts of each step and check them as they come
+    /// (signatures, each server's chain, hop-to-hop hashes); needs f32 hidden states.
+    #[arg(long)]
+    verify: bool,
 }
 
 /// Chat with a model the swarm serves: streams answers, keeps the conversation,
@@ -96,6 +100,9 @@ pub struct ChatArgs {
     /// How a server that takes over a failed one's layers rebuilds its cache.
     #[arg(long, value_enum, default_value = "fast")]
     replay: ReplayPolicy,
+    /// Ask every server for signed receipts and check them as they come.
+    #[arg(long)]
+    verify: bool,
 }
 
 /// Sampling options as given, if they are in range.
@@ -115,6 +122,7 @@ pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             dtype: args.wire_dtype,
             top_logits: args.swarm.top_logits,
             replay: args.swarm.replay,
+            verify: args.swarm.verify,
         };
         return block_on(generate_remote(remote, &args.prompt, args.max_tokens, args.swarm.parallel, args.json));
     }
@@ -163,6 +171,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         dtype: ActivationDtype::F32,
         top_logits: 16,
         replay: args.replay,
+        verify: args.verify,
     };
     block_on(converse(remote, args.system, args.max_tokens))
 }
@@ -183,6 +192,8 @@ struct RemoteArgs {
     top_logits: u32,
     /// How a replacement for a failed hop rebuilds its cache.
     replay: ReplayPolicy,
+    /// Ask for receipts and check them.
+    verify: bool,
 }
 
 /// Joins the swarm on a throwaway identity and store, and finds the model.
@@ -206,13 +217,33 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
         dtype: args.dtype,
         top_logits: args.top_logits,
         replay: args.replay,
+        verify: args.verify,
         ..Default::default()
     };
     Ok(RemoteSession::start(model, opts, ROUTE_WAIT).await?)
 }
 
-/// Says on stderr what went wrong with the route during a generation.
+/// Says on stderr what went wrong with the route during a generation, and what the
+/// receipts showed.
 fn report_repairs(out: &RemoteGeneration) {
+    if let Some(v) = &out.verification {
+        eprintln!(
+            "[verified: {} receipts, {} hop-to-hop hashes matched, {} problem(s)]",
+            v.receipts_checked,
+            v.links_checked,
+            v.problems.len()
+        );
+        for p in &v.problems {
+            eprintln!(
+                "[receipt problem at step {}, layers {}:{}: {} ({})]",
+                p.step,
+                p.layers.0,
+                p.layers.1,
+                p.what,
+                p.peers.join(", ")
+            );
+        }
+    }
     for f in &out.failovers {
         let hops: Vec<String> = f.replacement.iter().map(|h| format!("{}:{}@{}", h.start, h.end, h.peer)).collect();
         let recovery = f.recovery_ms.map_or("no token since".to_string(), |ms| format!("next token {ms:.0} ms later"));

@@ -17,6 +17,7 @@ mod options;
 mod recovery;
 pub mod route;
 mod session;
+mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -30,6 +31,7 @@ use nak_shard_store::{tokenizer_file, BlobRole, Manifest, ModelId, Store};
 pub use options::{DecodeMode, Failover, RemoteGeneration, ReplayPolicy, SessionOptions};
 pub use route::{best_route, best_route_between, disjoint_routes, RouteHop, ServerInfo};
 pub use session::RemoteSession;
+pub use verify::{ReceiptProblem, Verification};
 
 use crate::engine::{EngineError, Model};
 use crate::fetch::{fetch_blobs, fetch_manifest, FetchError};

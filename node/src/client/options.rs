@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nak_protocol::{pb, ActivationDtype};
 use serde::Serialize;
 
+use super::verify::Verification;
 use super::RouteHop;
 use crate::chain::Generation;
 use crate::engine::SamplingParams;
@@ -77,6 +78,9 @@ pub struct SessionOptions {
     pub timeout: Duration,
     /// How a replacement hop rebuilds its cache. Default fast.
     pub replay: ReplayPolicy,
+    /// Ask every hop for signed receipts and check them live (needs f32 hidden
+    /// states). Default off.
+    pub verify: bool,
 }
 
 impl Default for SessionOptions {
@@ -88,6 +92,7 @@ impl Default for SessionOptions {
             top_logits: 16,
             timeout: Duration::from_secs(60),
             replay: ReplayPolicy::Fast,
+            verify: false,
         }
     }
 }
@@ -110,6 +115,9 @@ pub struct RemoteGeneration {
     /// failed hop).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the hops' receipts showed, in a verified session (cumulative over it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 /// One repair of the route.

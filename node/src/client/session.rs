@@ -32,13 +32,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use nak_protocol::pb;
+use nak_protocol::{pb, ActivationDtype};
 use nak_shard_store::ModelId;
 use tokio::time::Instant;
 
 use super::hop::{hop_error, push_target, refused, Hop, Shape};
 use super::links::Links;
 use super::options::{DecodeMode, Failover, RemoteGeneration, SessionOptions};
+use super::verify::ReceiptCheck;
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::chain::Generation;
 use crate::engine::{Sampler, SamplingParams};
@@ -79,6 +80,8 @@ pub struct RemoteSession {
     pub(super) shapes: Vec<Shape>,
     /// Ring mode: the position of the last token to generate.
     pub(super) stop_at: u32,
+    /// The checks of the hops' receipts (a verified session).
+    receipts: Option<ReceiptCheck>,
 }
 
 impl RemoteSession {
@@ -110,6 +113,10 @@ impl RemoteSession {
         if route.is_empty() {
             return Err(ClientError::NoRoute("empty route".into()));
         }
+        if opts.verify && opts.dtype != ActivationDtype::F32 {
+            return Err(ClientError::Input("verifying needs f32 hidden states: receipts hash rows as computed".into()));
+        }
+        let receipts = opts.verify.then(|| ReceiptCheck::new(model.id().0));
         let mut session = Self {
             sampler: Sampler::new(&opts.sampling.without_penalties()),
             opts,
@@ -124,6 +131,7 @@ impl RemoteSession {
             context: Vec::new(),
             shapes: Vec::new(),
             stop_at: 0,
+            receipts,
         };
         session.hops = session.open_hops(&route, 0..0, 0).await?;
         Ok(session)
@@ -193,9 +201,13 @@ impl RemoteSession {
                 top_logits: if last && !ring { self.opts.top_logits.max(1) } else { 0 },
                 stop_tokens: if last && ring { self.end_tokens.clone() } else { vec![] },
                 emit_from: if last { emit_from } else { 0 },
+                receipts: self.opts.verify,
             };
             if !link.send(Kind::Open(open)).await {
                 return Err(hop_error(hop, pb::ErrorCode::Closed, "the stream closed"));
+            }
+            if let Some(check) = &mut self.receipts {
+                check.expect(link.id, hop.peer, hop.start, hop.end, ids[k]);
             }
             opened.push(Hop { route: hop.clone(), session_id: ids[k], link });
         }
@@ -397,7 +409,16 @@ impl RemoteSession {
             spans: self.hops.len(),
             tokens: out,
         };
-        Ok(RemoteGeneration { generation, route: self.route(), mode: self.opts.mode, cancelled, failovers, error })
+        let verification = self.receipts.as_ref().map(ReceiptCheck::report);
+        Ok(RemoteGeneration {
+            generation,
+            route: self.route(),
+            mode: self.opts.mode,
+            cancelled,
+            failovers,
+            error,
+            verification,
+        })
     }
 
     /// What the route brings next: a token, a failure (with its cause), or nothing of
@@ -419,6 +440,14 @@ impl RemoteSession {
                 Some(token) => Ok(Event::Token(r, token?)),
                 None => Ok(Event::Nothing),
             },
+            Some(Kind::Receipt(signed)) => {
+                let context = &self.context;
+                let fed = |at: u32, rows: u32| context.get(at as usize..(at + rows) as usize).map(<[i32]>::to_vec);
+                if let Some(check) = &mut self.receipts {
+                    check.receipt(link, &signed, fed);
+                }
+                Ok(Event::Nothing)
+            }
             Some(Kind::Error(e)) => match self.failed_by(i, &e) {
                 Some(failed) if failed.is_empty() => Ok(Event::Nothing), // about a hop already replaced
                 Some(failed) => Ok(Event::Failed(failed, format!("{}: {}", e.code(), e.message))),

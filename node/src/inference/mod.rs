@@ -28,6 +28,7 @@
 
 mod log;
 mod push;
+mod receipts;
 mod session;
 
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ use crate::net::NetworkHandle;
 pub(crate) use log::{replay_runs, FAST_REPLAY_ROWS};
 use log::{OutputLog, RetainBudget};
 use push::Pusher;
+pub use receipts::exec_class;
+use receipts::ReceiptSigner;
 use session::{Input, Origin, SessionSetup, SessionTask};
 
 use pb::inference_frame::Kind;
@@ -80,6 +83,9 @@ pub struct ServiceConfig {
     /// sessions past it stop retaining. Default 512 MiB (SmolLM2's hidden states are
     /// 2.3 KB a position, a 4096-wide model's 16 KB).
     pub retain_budget: u64,
+    /// The node's identity key, to sign receipts with; sessions that ask for receipts
+    /// are refused without it. Default none.
+    pub receipt_key: Option<Arc<ed25519_dalek::SigningKey>>,
 }
 
 impl Default for ServiceConfig {
@@ -89,6 +95,7 @@ impl Default for ServiceConfig {
             max_sessions_per_peer: 16,
             max_frames_per_sec: 2000,
             retain_budget: 512 << 20,
+            receipt_key: None,
         }
     }
 }
@@ -462,7 +469,17 @@ async fn open_session(
             return error(id, ErrorCode::Overloaded, msg);
         }
     }
-    let cfg = SessionConfig { layers: Some(layers), sampling, dtype, return_logits: open.top_logits > 0 };
+    let receipts = match (open.receipts, &shared.cfg.receipt_key) {
+        (false, _) => None,
+        (true, None) => return error(id, ErrorCode::BadInput, "this server does not sign receipts"),
+        (true, Some(_)) if dtype != ActivationDtype::F32 => {
+            return error(id, ErrorCode::BadInput, "receipts need f32 hidden states (they hash rows as computed)")
+        }
+        (true, Some(key)) => Some(ReceiptSigner::new(key.clone(), model.0, layers.clone(), id)),
+    };
+    // A last hop signs the logits its token came from.
+    let return_logits = open.top_logits > 0 || open.receipts;
+    let cfg = SessionConfig { layers: Some(layers), sampling, dtype, return_logits };
     let engine = match worker.open_session(cfg).await {
         Ok(engine) => engine,
         Err(e) => return error(id, code_of(&e), e.to_string()),
@@ -475,6 +492,7 @@ async fn open_session(
         emit_from: open.emit_from,
         log: OutputLog::new(shared.budget.clone()),
         max_context: worker.ctx_per_session(),
+        receipts,
     };
     let task = SessionTask::new(id, engine, worker.clone(), out.clone(), setup);
     let registered = match shared.sessions().entry(id) {

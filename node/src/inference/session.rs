@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use super::log::{OutputLog, Shape};
 use super::push::Pusher;
+use super::receipts::{input_hash, token_hash, ReceiptSigner, StepShape};
 use super::{code_of, error};
 use crate::engine::{top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
 
@@ -64,6 +65,8 @@ pub(super) struct SessionSetup {
     pub(super) emit_from: u32,
     pub(super) log: OutputLog,
     pub(super) max_context: u32,
+    /// Signs a receipt for every step computed, when the opener asked for them.
+    pub(super) receipts: Option<ReceiptSigner>,
 }
 
 /// A session's state and the task that runs it.
@@ -235,6 +238,7 @@ impl SessionTask {
             StepInput::Tokens(t) => t.clone(),
             StepInput::Hidden(_) => row_tokens,
         };
+        let in_hash = self.setup.receipts.as_ref().map(|_| input_hash(&input));
         let started = std::time::Instant::now();
         // A token is wanted unless more prompt follows or the client has it already.
         let sample = !step.more && end >= self.setup.emit_from;
@@ -251,6 +255,12 @@ impl SessionTask {
         );
         let first = self.position;
         self.position = end;
+        let shape = StepShape { step: step.step, generation: self.generation, position: first, rows: end - first };
+        let out_hash = match &out {
+            StepOutput::Hidden(a) => Some(nak_protocol::receipt::rows_hash(&a.data)),
+            StepOutput::Token { token, logits } => Some(token_hash(*token, logits)),
+            StepOutput::Cached => None,
+        };
         match out {
             StepOutput::Hidden(a) => {
                 self.setup.log.record(self.generation, step.step, first, step.more, &a, &row_tokens);
@@ -269,6 +279,10 @@ impl SessionTask {
             }
             StepOutput::Token { token, logits } => self.emit(step.step, step.more, token, &logits).await,
             StepOutput::Cached => {}
+        }
+        if let (Some(signer), Some(input), Some(output)) = (&mut self.setup.receipts, in_hash, out_hash) {
+            let frame = signer.sign(shape, input, output);
+            self.tell_client(frame).await;
         }
     }
 

@@ -366,7 +366,8 @@ impl Server {
         }
         let (s, nt, m, l) = (store.clone(), net.clone(), manifest.clone(), loader.clone());
         let serving = load_span(s, nt, m, layers, l, cfg.engine.clone(), events.clone()).await?;
-        let service = InferenceService::spawn(&net, cfg.service.clone())?;
+        let service_cfg = ServiceConfig { receipt_key: Some(Arc::new(signer.clone())), ..cfg.service.clone() };
+        let service = InferenceService::spawn(&net, service_cfg)?;
         service.serve(id, serving.worker.clone());
         provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
         events(ServerEvent::Serving { model: id, layers: serving.layers.clone(), throughput: serving.throughput });

@@ -1,0 +1,215 @@
+//! Signed activation receipts: what a hop says it computed for one step of a session.
+//!
+//! A server that serves a session with receipts signs, per step it computes, a
+//! [`Receipt`]: the model and layers, its execution class (what makes results
+//! bit-comparable: llama.cpp build, backend, CPU features), the session, the step's
+//! shape (step, generation, cache position, rows), blake3 of the input rows and of the
+//! output rows as computed (f32 hidden states, little-endian; token ids as i32), and the
+//! hash of its previous receipt in the session, so that steps cannot be dropped from
+//! the record unnoticed. The body has one fixed byte layout ([`Receipt::to_bytes`]) and
+//! is signed with the server's node identity (Ed25519, the key its peer id is made of)
+//! over a domain tag, so a signature over it cannot be replayed as one over anything
+//! else.
+//!
+//! Hop k's input hash must equal hop k−1's output hash for the same step: with both
+//! signatures, a lie about what was computed is pinned to one server.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+use crate::announce::peer_id_of_ed25519;
+use crate::pb;
+
+/// Bytes prefixed to a receipt body before signing.
+const DOMAIN: &[u8] = b"nakshatra/receipt/v1\0";
+/// Length of a receipt body: version, 5 hashes, layers, session, step, shape.
+pub const RECEIPT_BYTES: usize = 1 + 32 * 5 + 4 * 2 + 8 * 2 + 4 * 3;
+
+/// Why a receipt was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// The body is not a receipt of this version.
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+    /// The signature does not verify.
+    #[error("bad receipt signature")]
+    BadSignature,
+    /// Signed by a key that is not the expected peer's.
+    #[error("receipt signed by another peer's key")]
+    WrongSigner,
+}
+
+/// blake3 of rows as computed: f32 hidden states or token ids, little-endian.
+pub fn rows_hash(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+/// blake3 of token ids as little-endian i32s (the input of a first hop).
+pub fn tokens_hash(tokens: &[i32]) -> [u8; 32] {
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    rows_hash(&bytes)
+}
+
+/// One step as a hop signs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The model id.
+    pub model_id: [u8; 32],
+    /// The whole-model layers this hop ran: `[first_layer, end_layer)`.
+    pub first_layer: u32,
+    /// End of them.
+    pub end_layer: u32,
+    /// What makes two results bit-comparable (see [`Receipt`]).
+    pub exec_class: [u8; 32],
+    /// The session at this server.
+    pub session_id: u64,
+    /// The client's step number.
+    pub step: u64,
+    /// The generation (turn) of the step.
+    pub generation: u32,
+    /// Cache position of the first row computed.
+    pub position: u32,
+    /// Rows computed.
+    pub rows: u32,
+    /// blake3 of the input rows.
+    pub input_hash: [u8; 32],
+    /// blake3 of the output rows (the last hop: the sampled token and its logits).
+    pub output_hash: [u8; 32],
+    /// [`Receipt::hash`] of the session's previous receipt (zeros for the first).
+    pub prev: [u8; 32],
+}
+
+impl Receipt {
+    /// The canonical body: a version byte, then every field in declaration order
+    /// (integers little-endian), [`RECEIPT_BYTES`] long.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECEIPT_BYTES);
+        out.push(1);
+        out.extend_from_slice(&self.model_id);
+        out.extend_from_slice(&self.first_layer.to_le_bytes());
+        out.extend_from_slice(&self.end_layer.to_le_bytes());
+        out.extend_from_slice(&self.exec_class);
+        out.extend_from_slice(&self.session_id.to_le_bytes());
+        out.extend_from_slice(&self.step.to_le_bytes());
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&self.position.to_le_bytes());
+        out.extend_from_slice(&self.rows.to_le_bytes());
+        out.extend_from_slice(&self.input_hash);
+        out.extend_from_slice(&self.output_hash);
+        out.extend_from_slice(&self.prev);
+        out
+    }
+
+    /// Reads a canonical body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        if bytes.len() != RECEIPT_BYTES || bytes[0] != 1 {
+            return Err(ReceiptError::Malformed(format!("{} bytes, version {:?}", bytes.len(), bytes.first())));
+        }
+        let mut at = 1;
+        let mut take = |n: usize| {
+            let s = &bytes[at..at + n];
+            at += n;
+            s
+        };
+        let h = |s: &[u8]| <[u8; 32]>::try_from(s).unwrap_or_default();
+        let u32_of = |s: &[u8]| u32::from_le_bytes(<[u8; 4]>::try_from(s).unwrap_or_default());
+        let u64_of = |s: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(s).unwrap_or_default());
+        Ok(Receipt {
+            model_id: h(take(32)),
+            first_layer: u32_of(take(4)),
+            end_layer: u32_of(take(4)),
+            exec_class: h(take(32)),
+            session_id: u64_of(take(8)),
+            step: u64_of(take(8)),
+            generation: u32_of(take(4)),
+            position: u32_of(take(4)),
+            rows: u32_of(take(4)),
+            input_hash: h(take(32)),
+            output_hash: h(take(32)),
+            prev: h(take(32)),
+        })
+    }
+
+    /// The hash a session's next receipt names as `prev`: blake3 of the body.
+    pub fn hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.to_bytes()).as_bytes()
+    }
+
+    /// Signs the receipt with the server's identity key.
+    pub fn sign(&self, key: &SigningKey) -> pb::SignedReceipt {
+        let body = self.to_bytes();
+        let signature = key.sign(&[DOMAIN, &body].concat());
+        pb::SignedReceipt {
+            body,
+            public_key: key.verifying_key().to_bytes().to_vec(),
+            signature: signature.to_bytes().to_vec(),
+        }
+    }
+}
+
+/// Checks a signed receipt: its body, its signature (strict Ed25519), and that the
+/// key is the one `peer_id` (binary libp2p peer id) is made of. Returns the receipt.
+pub fn verify(signed: &pb::SignedReceipt, peer_id: &[u8]) -> Result<Receipt, ReceiptError> {
+    let receipt = Receipt::from_bytes(&signed.body)?;
+    let key: [u8; 32] = signed.public_key.as_slice().try_into().map_err(|_| ReceiptError::BadSignature)?;
+    if peer_id_of_ed25519(&key) != peer_id {
+        return Err(ReceiptError::WrongSigner);
+    }
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| ReceiptError::BadSignature)?;
+    let signature = Signature::from_slice(&signed.signature).map_err(|_| ReceiptError::BadSignature)?;
+    key.verify_strict(&[DOMAIN, &signed.body].concat(), &signature).map_err(|_| ReceiptError::BadSignature)?;
+    Ok(receipt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt() -> Receipt {
+        Receipt {
+            model_id: [1; 32],
+            first_layer: 10,
+            end_layer: 20,
+            exec_class: [2; 32],
+            session_id: 7,
+            step: 3,
+            generation: 1,
+            position: 40,
+            rows: 1,
+            input_hash: tokens_hash(&[5, 6]),
+            output_hash: rows_hash(&[0; 8]),
+            prev: [9; 32],
+        }
+    }
+
+    #[test]
+    fn bodies_round_trip_and_signatures_bind_every_byte_to_the_signer() {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let peer = peer_id_of_ed25519(&key.verifying_key().to_bytes());
+        let r = receipt();
+        assert_eq!(Receipt::from_bytes(&r.to_bytes()), Ok(r));
+        let signed = r.sign(&key);
+        assert_eq!(signed.body.len(), RECEIPT_BYTES);
+        assert_eq!(verify(&signed, &peer), Ok(r));
+        for i in 0..RECEIPT_BYTES {
+            let mut bad = signed.clone();
+            bad.body[i] ^= 1;
+            assert!(verify(&bad, &peer).is_err(), "byte {i} of the body is not covered");
+        }
+        let other = SigningKey::from_bytes(&[5; 32]);
+        let other_peer = peer_id_of_ed25519(&other.verifying_key().to_bytes());
+        assert_eq!(verify(&signed, &other_peer), Err(ReceiptError::WrongSigner));
+        let mut forged = r.sign(&other);
+        forged.public_key = signed.public_key.clone();
+        assert_eq!(verify(&forged, &peer), Err(ReceiptError::BadSignature));
+        assert!(matches!(verify(&pb::SignedReceipt::default(), &peer), Err(ReceiptError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_receipt_chain_changes_with_any_field() {
+        let r = receipt();
+        let mut next = r;
+        next.step += 1;
+        assert_ne!(r.hash(), next.hash());
+        assert_ne!(tokens_hash(&[1, 2]), tokens_hash(&[2, 1]));
+    }
+}
