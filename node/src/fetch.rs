@@ -99,6 +99,13 @@ pub async fn fetch_span_blobs(
     fetch_blobs(store, net, needed, true, progress).await
 }
 
+/// Fetches the model's `meta` blob (its GGUF metadata: architecture, tokenizer) if the
+/// store lacks it; `provide` as for [`fetch_blobs`].
+pub async fn fetch_meta(store: &Store, net: &NetworkHandle, m: &Manifest, provide: bool) -> Result<(), FetchError> {
+    let meta = m.blob(BlobRole::Meta, None).cloned().into_iter().collect();
+    fetch_blobs(store, net, meta, provide, &|_, _| {}).await
+}
+
 /// Fetches the blobs of `needed` that the store lacks (see [`fetch_span_blobs`]),
 /// providing each in the DHT when `provide` (a server does; a passing client does not,
 /// or its records would outlive it).

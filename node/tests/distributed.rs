@@ -15,38 +15,12 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{log_tails, run_node, smollm_path, Node, PROMPTS};
+use common::{log_tails, nak_json as nak, smollm_path, Swarm, PROMPTS};
 
 const TOKENS: &str = "24";
 
-fn nak(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_nak-node")).args(args).env("NAK_LOG", "warn").output().unwrap();
-    assert!(out.status.success(), "nak-node {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-struct Swarm {
-    dir: tempfile::TempDir,
-    id: String,
-    addr: String,
-    _nodes: Vec<Node>,
-}
-
 fn swarm() -> Swarm {
-    let model = smollm_path();
-    assert!(model.exists(), "{} is missing: run the README's test command", model.display());
-    let dir = tempfile::tempdir().unwrap();
-    let first = run_node(&dir.path().join("a"), model.to_str().unwrap(), "0:10", None, &[]);
-    let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
-    let id = first.line("serving ", Duration::from_secs(60)).split_whitespace().nth(1).unwrap().to_string();
-    let mut nodes = vec![first];
-    for (name, layers) in [("b", "10:20"), ("c", "20:30")] {
-        nodes.push(run_node(&dir.path().join(name), &id, layers, Some(&addr), &[]));
-    }
-    for n in &nodes[1..] {
-        n.line("serving ", Duration::from_secs(90));
-    }
-    Swarm { dir, id, addr, _nodes: nodes }
+    Swarm::start(&smollm_path(), &["0:10", "10:20", "20:30"])
 }
 
 #[test]

@@ -7,23 +7,18 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
-use common::{log_tails, run_node, test_engine_config, test_model, Node, GEMMA3, PROMPTS, QWEN2};
+use common::{log_tails, nak_json as nak, prompt_config, test_model, Swarm, GEMMA3, PROMPTS, QWEN2};
 use nak_node::chain::{GenerateOptions, LocalChain};
-use nak_node::engine::{EngineConfig, Model};
+use nak_node::engine::Model;
 use nak_node::reference::ReferenceModel;
 
 const TOKENS: usize = 24;
 
-fn config() -> EngineConfig {
-    EngineConfig { ctx_per_session: 512, max_sessions: 1, max_batch_rows: 512, ..test_engine_config() }
-}
-
 /// Greedy tokens of local chains cut at each of `splits` equal the whole model's.
 fn local_splits_match(file: &str, splits: &[&[u32]]) {
     let model = test_model(file);
-    let cfg = config();
+    let cfg = prompt_config();
     let reference = ReferenceModel::load(&model).unwrap();
     let expected: Vec<Vec<i32>> = PROMPTS
         .iter()
@@ -66,34 +61,19 @@ fn qwen2_local_splits_match_the_whole_model() {
     local_splits_match(QWEN2, &[&[11], &[1, 12, 23]]);
 }
 
-fn nak(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_nak-node")).args(args).env("NAK_LOG", "warn").output().unwrap();
-    assert!(out.status.success(), "nak-node {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 /// Three `run` processes holding `spans` (the first imports the file, the others fetch
 /// their blobs from it), clients in ring and client mode through them, and a chat turn
 /// (Gemma 3 270M is a base model without a chat template: Gemma's built-in one is used).
 fn swarm_matches_the_whole_model(file: &str, spans: [&str; 3]) {
     let model = test_model(file);
-    let dir = tempfile::tempdir().unwrap();
-    let first = run_node(&dir.path().join("a"), model.to_str().unwrap(), spans[0], None, &[]);
-    let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
-    let id = first.line("serving ", Duration::from_secs(120)).split_whitespace().nth(1).unwrap().to_string();
-    let mut nodes: Vec<Node> = vec![first];
-    for (name, layers) in [("b", spans[1]), ("c", spans[2])] {
-        nodes.push(run_node(&dir.path().join(name), &id, layers, Some(&addr), &[]));
-    }
-    for n in &nodes[1..] {
-        n.line("serving ", Duration::from_secs(120));
-    }
+    let swarm = Swarm::start(&model, &spans);
+    let (dir, addr, id) = (&swarm.dir, &swarm.addr, &swarm.id);
     let tokens = TOKENS.to_string();
     for prompt in &PROMPTS[..3] {
         let path = model.to_str().unwrap();
         let local = nak(&["generate", "--model", path, "--prompt", prompt, "--max-tokens", &tokens, "--json"]);
         for mode in ["ring", "client"] {
-            let args = ["generate", "--bootstrap", &addr, "--model", &id, "--prompt", prompt, "--max-tokens", &tokens];
+            let args = ["generate", "--bootstrap", addr, "--model", id, "--prompt", prompt, "--max-tokens", &tokens];
             let remote = nak(&[&args[..], &["--mode", mode, "--json"]].concat());
             assert_eq!(
                 remote["tokens"],
@@ -106,7 +86,7 @@ fn swarm_matches_the_whole_model(file: &str, spans: [&str; 3]) {
     }
     // A chat turn through the swarm, with the model's own template.
     let mut chat = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .args(["chat", "--bootstrap", &addr, "--model", &id, "--max-tokens", "12"])
+        .args(["chat", "--bootstrap", addr, "--model", id, "--max-tokens", "12"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

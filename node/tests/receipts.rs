@@ -9,41 +9,25 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
-use common::{log_tails, run_node, smollm_path, PROMPTS};
+use common::{log_tails, nak_json, smollm_path, Swarm, PROMPTS};
 
 fn nak(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nak-node")).args(args).env("NAK_LOG", "warn").output().unwrap()
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn honest_servers_sign_receipts_that_all_check_out() {
     let model = smollm_path();
-    assert!(model.exists(), "{} is missing: run the README's test command", model.display());
-    let dir = tempfile::tempdir().unwrap();
-    let first = run_node(&dir.path().join("a"), model.to_str().unwrap(), "0:10", None, &[]);
-    let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
-    let id = first.line("serving ", Duration::from_secs(60)).split_whitespace().nth(1).unwrap().to_string();
-    let mut nodes = vec![first];
-    for (name, layers) in [("b", "10:20"), ("c", "20:30")] {
-        nodes.push(run_node(&dir.path().join(name), &id, layers, Some(&addr), &[]));
-    }
-    for n in &nodes[1..] {
-        n.line("serving ", Duration::from_secs(90));
-    }
+    let swarm = Swarm::start(&model, &["0:10", "10:20", "20:30"]);
+    let (dir, addr, id) = (&swarm.dir, swarm.addr.as_str(), swarm.id.as_str());
     let tokens = 16usize;
     for prompt in &PROMPTS[..2] {
         let path = model.to_str().unwrap();
-        let local = json(&nak(&["generate", "--model", path, "--prompt", prompt, "--max-tokens", "16", "--json"]));
+        let local = nak_json(&["generate", "--model", path, "--prompt", prompt, "--max-tokens", "16", "--json"]);
         for mode in ["ring", "client"] {
-            let args = ["generate", "--bootstrap", &addr, "--model", &id, "--prompt", prompt, "--max-tokens", "16"];
-            let remote = json(&nak(&[&args[..], &["--mode", mode, "--verify", "--json"]].concat()));
+            let args = ["generate", "--bootstrap", addr, "--model", id, "--prompt", prompt, "--max-tokens", "16"];
+            let remote = nak_json(&[&args[..], &["--mode", mode, "--verify", "--json"]].concat());
             let logs = || log_tails(dir.path(), 15);
             assert_eq!(remote["tokens"], local["tokens"], "{mode} mode, prompt {prompt:?}\n{}", logs());
             let v = &remote["verification"];
@@ -56,7 +40,7 @@ fn honest_servers_sign_receipts_that_all_check_out() {
         }
     }
     let f16 =
-        nak(&["generate", "--bootstrap", &addr, "--model", &id, "--prompt", "hi", "--verify", "--wire-dtype", "f16"]);
+        nak(&["generate", "--bootstrap", addr, "--model", id, "--prompt", "hi", "--verify", "--wire-dtype", "f16"]);
     let stderr = String::from_utf8_lossy(&f16.stderr);
     assert!(!f16.status.success() && stderr.contains("f32"), "{stderr}");
 }

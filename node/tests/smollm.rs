@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{smollm_path, test_engine_config, PROMPTS};
+use common::{prompt_config, smollm_path, PROMPTS};
 use nak_node::chain::{GenerateOptions, LocalChain};
-use nak_node::engine::{EngineConfig, SpanEngine};
+use nak_node::engine::SpanEngine;
 use nak_node::reference::ReferenceModel;
 use nak_shard_store::{span, GgufFile};
 
@@ -17,14 +17,10 @@ fn model() -> std::path::PathBuf {
     path
 }
 
-fn config() -> EngineConfig {
-    EngineConfig { ctx_per_session: 512, max_sessions: 1, max_batch_rows: 512, ..test_engine_config() }
-}
-
 #[test]
 fn local_splits_match_the_whole_model_token_for_token() {
     let model = model();
-    let cfg = config();
+    let cfg = prompt_config();
     let reference = ReferenceModel::load(&model).unwrap();
     let opts = GenerateOptions { max_tokens: 32, ..GenerateOptions::default() };
     let expected: Vec<Vec<i32>> = PROMPTS
@@ -65,7 +61,7 @@ fn middle_span_holds_only_its_layers() {
         let layers = layer_bytes(range.clone());
         // Layers, their alignment padding, and a header of a few kilobytes.
         assert!(size >= layers && size < layers + 64 * 1024, "{range:?}: file {size} bytes, layers {layers} bytes");
-        let engine = SpanEngine::load(&out, config()).unwrap();
+        let engine = SpanEngine::load(&out, prompt_config()).unwrap();
         assert_eq!(engine.span().first, range.start);
         assert_eq!(engine.span().n_layer, range.end - range.start);
         assert!(!engine.span().has_embedding && !engine.span().has_head);
@@ -89,7 +85,7 @@ fn spans_assembled_from_the_store_equal_slices_and_chain_exactly() {
         assert!(std::fs::read(&sliced).unwrap() == std::fs::read(&assembled).unwrap(), "span {a}..{b} differs");
         paths.push(assembled);
     }
-    let cfg = config();
+    let cfg = prompt_config();
     let reference = ReferenceModel::load(&model).unwrap();
     let mut chain = LocalChain::from_spans(&paths, &cfg).unwrap();
     for prompt in &PROMPTS[..3] {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use nak_protocol::{keys, pb};
-use nak_shard_store::{tokenizer_file, BlobRole, Manifest, ModelId, Store};
+use nak_shard_store::{tokenizer_file, Manifest, ModelId, Store};
 
 pub use options::{DecodeMode, Failover, RemoteGeneration, ReplayPolicy, SessionOptions};
 pub use route::{best_route, best_route_between, disjoint_routes, RouteHop, ServerInfo};
@@ -34,7 +34,7 @@ pub use session::RemoteSession;
 pub use verify::{ReceiptProblem, Verification};
 
 use crate::engine::{EngineError, Model};
-use crate::fetch::{fetch_blobs, fetch_manifest, FetchError};
+use crate::fetch::{fetch_manifest, fetch_meta, FetchError};
 use crate::net::{NetworkError, NetworkHandle};
 
 /// Errors of a client.
@@ -112,8 +112,7 @@ impl SwarmModel {
     /// store has them) and loads the tokenizer.
     pub async fn connect(net: NetworkHandle, store: &Store, id: ModelId) -> Result<Self, ClientError> {
         let manifest = fetch_manifest(store, &net, id).await?;
-        let meta = manifest.blob(BlobRole::Meta, None).cloned().into_iter().collect();
-        fetch_blobs(store, &net, meta, false, &|_, _| {}).await?;
+        fetch_meta(store, &net, &manifest, false).await?;
         net.subscribe(keys::announce_topic(&id.0)).await?;
         let s = store.clone();
         let path = tokio::task::spawn_blocking(move || tokenizer_file(&s, &id))

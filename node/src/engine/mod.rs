@@ -272,8 +272,7 @@ impl SpanEngine {
         // here with the reason, before llama.cpp refuses it with a log line.
         let file = nak_shard_store::GgufFile::open(path).map_err(|e| EngineError::Load(e.to_string()))?;
         let position = nak_shard_store::SpanPosition::of(&file).map_err(|e| EngineError::Load(e.to_string()))?;
-        let whole = 0..position.total;
-        span::check_splittable(&file.metadata, if position.is_whole() { whole } else { position.layers() })
+        span::check_splittable(&file.metadata, position.layers())
             .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let splittable = span::SPLITTABLE_ARCHITECTURES.contains(&file.architecture().unwrap_or_default());
         drop(file);

@@ -3,20 +3,29 @@
 //! one, and sends it to its opener on the control stream right after the step's
 //! result (or push). Steps the cache already held compute nothing and get none.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::SigningKey;
 use nak_protocol::pb;
 use nak_protocol::receipt::{rows_hash, tokens_hash, Receipt};
 
-use crate::engine::StepInput;
+use crate::engine::{StepInput, StepOutput};
 
 use pb::inference_frame::Kind;
+
+/// The pinned llama.cpp (the crate that vendors it), part of the execution class.
+const LLAMA_CPP_SYS_2: &str = "0.1.161";
 
 /// What makes two results of a span bit-comparable: this build of the node and of
 /// llama.cpp, its compute backend and the CPU features its kernels may use. Two hops of
 /// one class compute the same bits for the same steps; across classes they may not.
+/// Worked out once per process.
 pub fn exec_class() -> [u8; 32] {
+    static CLASS: OnceLock<[u8; 32]> = OnceLock::new();
+    *CLASS.get_or_init(describe_exec_class)
+}
+
+fn describe_exec_class() -> [u8; 32] {
     let backend = if cfg!(feature = "cuda") {
         "cuda"
     } else if cfg!(feature = "metal") {
@@ -43,17 +52,12 @@ pub fn exec_class() -> [u8; 32] {
     let class = format!(
         "nak-node {} / llama-cpp-sys-2 {} / {} / {} / {}",
         env!("CARGO_PKG_VERSION"),
-        llama_cpp_sys_2_version(),
+        LLAMA_CPP_SYS_2,
         std::env::consts::ARCH,
         backend,
         features.join(",")
     );
     *blake3::hash(class.as_bytes()).as_bytes()
-}
-
-/// The pinned llama.cpp (the crate that vendors it), part of the execution class.
-fn llama_cpp_sys_2_version() -> &'static str {
-    "0.1.161"
 }
 
 /// A session's receipt signer: the fields every receipt of the session shares, and the
@@ -117,10 +121,17 @@ pub(super) fn input_hash(input: &StepInput) -> [u8; 32] {
     }
 }
 
-/// blake3 of a last hop's output: the sampled token, then the logits it came from.
-pub(super) fn token_hash(token: i32, logits: &[f32]) -> [u8; 32] {
-    let mut bytes = Vec::with_capacity(4 + logits.len() * 4);
-    bytes.extend_from_slice(&token.to_le_bytes());
-    bytes.extend(logits.iter().flat_map(|x| x.to_le_bytes()));
-    rows_hash(&bytes)
+/// blake3 of a step's output as computed: the hidden state's f32 bytes, or (the last
+/// hop) the sampled token then the logits it came from; none for a step held already.
+pub(super) fn output_hash(output: &StepOutput) -> Option<[u8; 32]> {
+    match output {
+        StepOutput::Hidden(a) => Some(rows_hash(&a.data)),
+        StepOutput::Token { token, logits } => {
+            let mut bytes = Vec::with_capacity(4 + logits.len() * 4);
+            bytes.extend_from_slice(&token.to_le_bytes());
+            bytes.extend(logits.iter().flat_map(|x| x.to_le_bytes()));
+            Some(rows_hash(&bytes))
+        }
+        StepOutput::Cached => None,
+    }
 }

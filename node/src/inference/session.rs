@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::log::{OutputLog, Shape};
 use super::push::Pusher;
-use super::receipts::{input_hash, token_hash, ReceiptSigner, StepShape};
+use super::receipts::{input_hash, output_hash, ReceiptSigner, StepShape};
 use super::{code_of, error};
 use crate::engine::{top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
 
@@ -256,11 +256,7 @@ impl SessionTask {
         let first = self.position;
         self.position = end;
         let shape = StepShape { step: step.step, generation: self.generation, position: first, rows: end - first };
-        let out_hash = self.setup.receipts.as_ref().and_then(|_| match &out {
-            StepOutput::Hidden(a) => Some(nak_protocol::receipt::rows_hash(&a.data)),
-            StepOutput::Token { token, logits } => Some(token_hash(*token, logits)),
-            StepOutput::Cached => None,
-        });
+        let out_hash = self.setup.receipts.as_ref().and_then(|_| output_hash(&out));
         match out {
             StepOutput::Hidden(a) => {
                 self.setup.log.record(self.generation, step.step, first, step.more, &a, &row_tokens);

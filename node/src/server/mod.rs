@@ -32,14 +32,14 @@ use std::time::{Duration, Instant};
 use libp2p::identity::ed25519;
 use nak_protocol::{announce, keys, pb};
 use nak_shard_store::import::{model_metadata, ImportError};
-use nak_shard_store::{cached_span, import_gguf, span, BlobRole, Manifest, ModelId, Store, StoreError};
+use nak_shard_store::{cached_span, import_gguf, span, Manifest, ModelId, Store, StoreError};
 use prost::Message;
 
 pub use auto::span_bytes;
 use auto::{jitter, others, AutoPlacer};
 
 use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, EngineWorker, SessionConfig, StepInput};
-use crate::fetch::{fetch_blobs, fetch_manifest, fetch_span_blobs, FetchError};
+use crate::fetch::{fetch_manifest, fetch_meta, fetch_span_blobs, FetchError};
 use crate::inference::{InferenceService, ServiceConfig, ServiceError};
 use crate::net::{NetworkError, NetworkHandle};
 
@@ -323,8 +323,7 @@ impl Server {
             ServeLayers::Auto => {
                 let budget = cfg.max_memory.or_else(auto::default_budget).unwrap_or(u64::MAX);
                 // Which spans the architecture can run is in the model's metadata.
-                let meta = manifest.blob(BlobRole::Meta, None).cloned().into_iter().collect();
-                fetch_blobs(&store, &net, meta, true, &|_, _| {}).await?;
+                fetch_meta(&store, &net, &manifest, true).await?;
                 let s = store.clone();
                 let metadata = tokio::task::spawn_blocking(move || model_metadata(&s, &id)).await??;
                 let runnable = |r: &Range<u32>| span::check_splittable(&metadata, r.clone()).map_err(|e| e.to_string());

@@ -197,6 +197,50 @@ pub fn log_tails(dir: &Path, lines: usize) -> String {
     out
 }
 
+/// `nak-node ARGS` (a command that prints one JSON object), which must succeed.
+pub fn nak_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_nak-node")).args(args).env("NAK_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "nak-node {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Engine settings for whole prompts of a real model: 512 positions, one session.
+pub fn prompt_config() -> EngineConfig {
+    EngineConfig { ctx_per_session: 512, max_sessions: 1, max_batch_rows: 512, ..test_engine_config() }
+}
+
+/// `run` processes serving `model` on loopback, one per span: the first imports the
+/// file, the others fetch their blobs from it. Killed when dropped.
+pub struct Swarm {
+    /// Data directories and logs.
+    pub dir: tempfile::TempDir,
+    /// The model id.
+    pub id: String,
+    /// The first server's address (everyone's bootstrap).
+    pub addr: String,
+    _nodes: Vec<Node>,
+}
+
+impl Swarm {
+    /// Starts the servers and waits until every one serves.
+    pub fn start(model: &Path, spans: &[&str]) -> Swarm {
+        assert!(model.exists(), "{} is missing: run the README's test command", model.display());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = run_node(&dir.path().join("n0"), model.to_str().expect("utf-8 path"), spans[0], None, &[]);
+        let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
+        let serving = first.line("serving ", Duration::from_secs(120));
+        let id = serving.split_whitespace().nth(1).expect("a model id").to_string();
+        let mut nodes = vec![first];
+        for (i, layers) in spans.iter().enumerate().skip(1) {
+            nodes.push(run_node(&dir.path().join(format!("n{i}")), &id, layers, Some(&addr), &[]));
+        }
+        for n in &nodes[1..] {
+            n.line("serving ", Duration::from_secs(120));
+        }
+        Swarm { dir, id, addr, _nodes: nodes }
+    }
+}
+
 /// `nak-node --data-dir DATA run --model MODEL --serve-layers LAYERS` on a loopback TCP
 /// port with one CPU thread and 1 s announcements, joining through `bootstrap`, with
 /// `extra` arguments, logging to `DATA.log`.
