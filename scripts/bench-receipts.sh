@@ -35,7 +35,7 @@ rate() { $B generate --bootstrap "$boot" --model "$id" --prompt "$prompt" --max-
   python3 -c 'import json,sys; d=json.load(sys.stdin); v=d.get("verification") or {}; print(d["decode_tokens_per_s"], len(d["tokens"]), len(v.get("problems", [])))'; }
 rate >/dev/null # warm-up
 for r in $(seq "$ROUNDS"); do
-  echo "round $r off $(rate) on $(rate --verify)"
+  echo "round $r off $(rate) on $(rate --verify --audit-rate 0)"
 done | tee "$work/rounds"
 python3 - "$work/rounds" <<'PY'
 import statistics, sys

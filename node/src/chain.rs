@@ -192,7 +192,7 @@ impl LocalChain {
 
     /// Generates from `prompt` (token ids).
     pub fn generate(&mut self, prompt: &[i32], opts: &GenerateOptions) -> Result<Generation, ChainError> {
-        let scfg = SessionConfig { layers: None, sampling: opts.sampling, dtype: opts.dtype, return_logits: false };
+        let scfg = SessionConfig { sampling: opts.sampling, dtype: opts.dtype, ..SessionConfig::default() };
         let mut sessions = Vec::with_capacity(self.engines.len());
         for e in &mut self.engines {
             match e.open_session(scfg.clone()) {

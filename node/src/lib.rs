@@ -26,6 +26,7 @@
 //! protocol. The `nak-node` binary (`src/main.rs`, `src/cli/`, `src/bench/`) is a thin
 //! command line over this library.
 
+pub mod audit;
 pub mod chain;
 pub mod client;
 pub mod engine;

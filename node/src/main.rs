@@ -53,7 +53,7 @@ fn main() -> Result<()> {
     let Cli { data_dir, command } = Cli::parse();
     match command {
         Command::Run(args) => serve::run(args, data_dir),
-        Command::Chat(args) => generate::chat(args),
+        Command::Chat(args) => generate::chat(args, data_dir),
         Command::Generate(args) => generate::generate(args, data_dir),
         Command::Status(args) => status::status(args, data_dir),
         Command::Import(args) => files::import(args, data_dir),

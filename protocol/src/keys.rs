@@ -49,6 +49,16 @@ pub fn announce_topic(model_id: &[u8; 32]) -> String {
     format!("nakshatra/model/{}/announce", hex(model_id))
 }
 
+/// Gossipsub topic of a model's fraud proofs.
+pub fn proof_topic(model_id: &[u8; 32]) -> String {
+    format!("nakshatra/model/{}/proofs", hex(model_id))
+}
+
+/// Whether `topic` is a fraud-proof topic.
+pub fn is_proof_topic(topic: &str) -> bool {
+    topic.starts_with("nakshatra/model/") && topic.ends_with("/proofs")
+}
+
 /// The model id of an announcement topic, if `topic` is one.
 pub fn model_of_topic(topic: &str) -> Option<[u8; 32]> {
     let hex_id = topic.strip_prefix("nakshatra/model/")?.strip_suffix("/announce")?;

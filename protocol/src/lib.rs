@@ -10,11 +10,13 @@
 //! - [`announce`]: signing and checking server announcements (ed25519).
 //! - [`activation`]: hidden states between spans (f32 / f16 / bf16 encodings, checked decoding).
 //! - [`receipt`]: signed per-step activation receipts (what a hop computed, chained).
+//! - [`proof`]: fraud proofs (a hop's own receipts and inputs) and their checks.
 
 pub mod activation;
 pub mod announce;
 pub mod frame;
 pub mod keys;
+pub mod proof;
 pub mod receipt;
 
 /// Generated protobuf types (package `nakshatra.v1`).

@@ -43,6 +43,17 @@ pub fn rows_hash(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
 }
 
+/// blake3 of f32 values as little-endian bytes: [`rows_hash`] of their bytes, without
+/// copying them all at once.
+pub fn f32_rows_hash(values: &[f32]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for chunk in values.chunks(1024) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+        hasher.update(&bytes);
+    }
+    *hasher.finalize().as_bytes()
+}
+
 /// blake3 of token ids as little-endian i32s (the input of a first hop).
 pub fn tokens_hash(tokens: &[i32]) -> [u8; 32] {
     let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();

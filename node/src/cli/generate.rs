@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use libp2p::Multiaddr;
+use nak_node::audit::Auditor;
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::client::{DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
 use nak_node::engine::SamplingParams;
@@ -17,6 +18,7 @@ use nak_node::net::{Network, NetworkConfig};
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{ModelId, Store};
 
+use super::audit::{audit_generation, audit_rate, auditor, learn_proofs};
 use super::{block_on, open_store, EngineArgs};
 
 /// How long to listen for announcements before routing.
@@ -75,6 +77,10 @@ struct SwarmClientArgs {
     /// (signatures, each server's chain, hop-to-hop hashes); needs f32 hidden states.
     #[arg(long)]
     verify: bool,
+    /// With --verify: the chance that each server's session is audited afterwards
+    /// (its input rows fetched and replayed on a local copy of its span). Default 0.05.
+    #[arg(long)]
+    audit_rate: Option<f64>,
 }
 
 /// Chat with a model the swarm serves: streams answers, keeps the conversation,
@@ -103,6 +109,11 @@ pub struct ChatArgs {
     /// Ask every server for signed receipts and check them as they come.
     #[arg(long)]
     verify: bool,
+    /// With --verify: the chance that each server's session is audited after each answer. Default 0.05.
+    #[arg(long)]
+    audit_rate: Option<f64>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// Sampling options as given, if they are in range.
@@ -123,6 +134,9 @@ pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             top_logits: args.swarm.top_logits,
             replay: args.swarm.replay,
             verify: args.swarm.verify,
+            audit_rate: audit_rate(args.swarm.audit_rate, args.swarm.verify)?,
+            threads: args.engine.config().threads,
+            data_dir,
         };
         return block_on(generate_remote(remote, &args.prompt, args.max_tokens, args.swarm.parallel, args.json));
     }
@@ -162,7 +176,7 @@ pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
 }
 
 /// `nak-node chat`.
-pub fn chat(args: ChatArgs) -> Result<()> {
+pub fn chat(args: ChatArgs, data_dir: Option<PathBuf>) -> Result<()> {
     let remote = RemoteArgs {
         bootstrap: args.bootstrap,
         model: args.model,
@@ -172,6 +186,9 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         top_logits: 16,
         replay: args.replay,
         verify: args.verify,
+        audit_rate: audit_rate(args.audit_rate, args.verify)?,
+        threads: args.engine.config().threads,
+        data_dir,
     };
     block_on(converse(remote, args.system, args.max_tokens))
 }
@@ -194,20 +211,37 @@ struct RemoteArgs {
     replay: ReplayPolicy,
     /// Ask for receipts and check them.
     verify: bool,
+    /// Chance of auditing each hop's session.
+    audit_rate: f64,
+    /// Threads of the auditor's replays.
+    threads: i32,
+    /// Where the banlist, the proofs and the spans audits replay on are kept.
+    data_dir: Option<PathBuf>,
 }
 
-/// Joins the swarm on a throwaway identity and store, and finds the model.
-async fn connect(args: &RemoteArgs) -> Result<(SwarmModel, tempfile::TempDir)> {
+/// A client in the swarm: the model, its auditor, and the throwaway store its identity lives in.
+struct Joined {
+    model: SwarmModel,
+    auditor: Auditor,
+    _scratch: tempfile::TempDir,
+}
+
+/// Joins the swarm on a throwaway identity, finds the model, and learns the fraud
+/// proofs the swarm holds (a proven liar is never routed through).
+async fn connect(args: &RemoteArgs) -> Result<Joined> {
     let id =
         ModelId::from_hex(&args.model.to_ascii_lowercase()).context("--model must be a model id (64 hex digits)")?;
     let scratch = tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
     let (net, _) = Network::spawn_in_store(&store, NetworkConfig::joining(listen, args.bootstrap.clone())).await?;
-    let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net, &store, id))
+    let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net.clone(), &store, id))
         .await
         .context("no answer from the swarm about the model within 60 s")??;
-    Ok((model, scratch))
+    let data = open_store(args.data_dir.clone())?;
+    let mut auditor = auditor(&net, &data, model.manifest(), args.audit_rate, args.threads).await?;
+    learn_proofs(&mut auditor, &model, ROUTE_WAIT).await?;
+    Ok(Joined { model, auditor, _scratch: scratch })
 }
 
 async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
@@ -228,11 +262,19 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
 fn report_repairs(out: &RemoteGeneration) {
     if let Some(v) = &out.verification {
         eprintln!(
-            "[verified: {} receipts, {} hop-to-hop hashes matched, {} problem(s)]",
+            "[verified: {} receipts, {} hop-to-hop hashes matched, {} problem(s); {} session(s) audited, {} fraud(s)]",
             v.receipts_checked,
             v.links_checked,
-            v.problems.len()
+            v.problems.len(),
+            v.sessions_audited,
+            v.frauds.len()
         );
+        for f in &v.frauds {
+            eprintln!(
+                "[fraud proven: {} lied at step {} on layers {}:{} (proof {}); banned]",
+                f.peer, f.step, f.layers.0, f.layers.1, f.proof
+            );
+        }
         for p in &v.problems {
             eprintln!(
                 "[receipt problem at step {}, layers {}:{}: {} ({})]",
@@ -268,13 +310,16 @@ async fn generate_remote(
     parallel: Option<usize>,
     json: bool,
 ) -> Result<()> {
-    let (model, _scratch) = connect(&args).await?;
+    let Joined { model, mut auditor, .. } = connect(&args).await?;
     let tokens = model.vocab().tokenize(prompt, true)?;
     if let Some(n) = parallel {
-        return generate_parallel(&model, &args, &tokens, max_tokens, n.max(1)).await;
+        return generate_parallel(&model, &mut auditor, &args, &tokens, max_tokens, n.max(1)).await;
     }
     let mut session = open(&model, &args).await?;
-    let out = session.generate(&model, &tokens, max_tokens, |_| true).await?;
+    let mut out = session.generate(&model, &tokens, max_tokens, |_| true).await?;
+    if args.verify {
+        audit_generation(&mut auditor, &mut session, &mut out).await;
+    }
     session.close().await;
     if json {
         println!("{}", serde_json::to_string(&out)?);
@@ -300,6 +345,7 @@ async fn generate_remote(
 
 async fn generate_parallel(
     model: &SwarmModel,
+    auditor: &mut Auditor,
     args: &RemoteArgs,
     tokens: &[i32],
     max_tokens: usize,
@@ -311,8 +357,13 @@ async fn generate_parallel(
     }
     let t0 = std::time::Instant::now();
     let runs = futures::future::join_all(sessions.iter_mut().map(|s| s.generate(model, tokens, max_tokens, |_| true)));
-    let outs = runs.await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut outs = runs.await.into_iter().collect::<Result<Vec<_>, _>>()?;
     let wall = t0.elapsed().as_secs_f64();
+    if args.verify {
+        for (s, out) in sessions.iter_mut().zip(&mut outs) {
+            audit_generation(auditor, s, out).await;
+        }
+    }
     for s in sessions {
         s.close().await;
     }
@@ -325,6 +376,7 @@ async fn generate_parallel(
         "decode_tokens_per_s": outs.iter().map(|o| o.generation.decode_tokens_per_s).collect::<Vec<_>>(),
         "session_tokens": outs.iter().map(|o| &o.generation.tokens).collect::<Vec<_>>(),
         "route": outs.first().map(|o| o.route.clone()),
+        "verification": outs.iter().map(|o| &o.verification).collect::<Vec<_>>(),
     });
     println!("{report}");
     Ok(())
@@ -353,7 +405,7 @@ impl Streamer {
 /// An interactive conversation. `/reset` starts over, `/quit` (or end of input) leaves,
 /// Ctrl-C stops the answer being written.
 async fn converse(args: RemoteArgs, system: Option<String>, max_tokens: usize) -> Result<()> {
-    let (model, _scratch) = connect(&args).await?;
+    let Joined { model, mut auditor, .. } = connect(&args).await?;
     let mut session = open(&model, &args).await?;
     let route: Vec<String> = session.route().iter().map(|h| format!("{}:{}", h.start, h.end)).collect();
     println!(
@@ -394,12 +446,15 @@ async fn converse(args: RemoteArgs, system: Option<String>, max_tokens: usize) -
         let prompt = model.vocab().apply_chat_template(&refs, true)?;
         let tokens = model.vocab().tokenize(&prompt, false)?;
         let mut streamer = Streamer { pending: Vec::new() };
-        let out = session
+        let mut out = session
             .generate(&model, &tokens, max_tokens, |t| {
                 streamer.push(&model.vocab().token_piece(t));
                 !interrupted.load(Ordering::SeqCst)
             })
             .await?;
+        if args.verify {
+            audit_generation(&mut auditor, &mut session, &mut out).await;
+        }
         streamer.push(&[]);
         println!("{}", if out.cancelled { " [stopped]" } else { "" });
         report_repairs(&out);

@@ -8,7 +8,9 @@
 //! - [`status`]: `status`, the swarm's coverage of a model.
 //! - [`files`]: `import`, `models`, `store verify`, `slice`, `synth`, `info`.
 //! - [`benchmarks`]: the `bench*` commands.
+//! - [`audit`]: the auditor clients and servers run (proofs, bans, `--audit-rate`).
 
+pub mod audit;
 pub mod benchmarks;
 pub mod files;
 pub mod generate;

@@ -8,11 +8,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
-use nak_node::engine::{EngineConfig, LlamaLoader};
+use nak_node::client::SwarmModel;
+use nak_node::engine::{EngineConfig, Fault, LlamaLoader};
 use nak_node::net::{Network, NetworkConfig};
 use nak_node::server::{EventSink, ModelSource, Server, ServerConfig, ServerEvent};
 use nak_shard_store::{ModelId, Store};
 
+use super::audit::{auditor, watch};
 use super::{block_on, open_store};
 
 /// Join the swarm and serve a span of a model.
@@ -51,6 +53,14 @@ pub struct RunArgs {
     /// Relay connections for peers that cannot be dialled directly (run this on a public node).
     #[arg(long)]
     relay_server: bool,
+    /// Audit other servers: every --audit-interval, run a short verified generation through
+    /// them and audit each of their sessions with this chance (0: only check the proofs
+    /// others publish).
+    #[arg(long, default_value_t = 0.0)]
+    audit_rate: f64,
+    /// Seconds between those audit generations.
+    #[arg(long, default_value_t = 60)]
+    audit_interval: u64,
 }
 
 /// `nak-node run`.
@@ -58,11 +68,20 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
     if !(args.min_gain.is_finite() && args.min_gain >= 1.0) {
         bail!("--min-gain must be at least 1");
     }
+    if !(0.0..=1.0).contains(&args.audit_rate) {
+        bail!("--audit-rate must be between 0 and 1");
+    }
     let store = open_store(data_dir)?;
+    let mut engine = engine_config(args.threads, args.max_sessions);
+    engine.fault = Fault::from_env().map_err(anyhow::Error::msg)?;
+    if engine.fault.active() {
+        eprintln!("FAULT INJECTION: {:?} of {:.3} of steps (testing aid)", engine.fault.mode, engine.fault.rate);
+    }
+    let audits = Audits { rate: args.audit_rate, every: Duration::from_secs(args.audit_interval.max(1)) };
     let server = ServerConfig {
         serve_layers: args.serve_layers.parse().map_err(|e| anyhow::anyhow!("--serve-layers {e}"))?,
         max_memory: args.max_memory,
-        engine: engine_config(args.threads, args.max_sessions),
+        engine,
         announce_every: Duration::from_secs(args.announce_interval.max(1)),
         rebalance_every: Duration::from_secs(args.rebalance_interval.max(1)),
         min_gain: args.min_gain,
@@ -70,10 +89,16 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
     };
     let network =
         NetworkConfig { relay_server: args.relay_server, ..NetworkConfig::joining(args.listen, args.bootstrap) };
-    block_on(serve(store, args.model, network, server))
+    block_on(serve(store, args.model, network, server, audits))
 }
 
-async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerConfig) -> Result<()> {
+/// What a server does for verification beyond signing receipts.
+struct Audits {
+    rate: f64,
+    every: Duration,
+}
+
+async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerConfig, audits: Audits) -> Result<()> {
     let (net, key) = Network::spawn_in_store(&store, network).await?;
     for addr in net.wait_for_listen_addrs(Duration::from_secs(5)).await? {
         println!("listening {addr}");
@@ -120,13 +145,20 @@ async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerC
             }
         }
     });
-    let server = Server::start(store, net, &key, model, cfg, Arc::new(LlamaLoader), events).await?;
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("leaving the swarm");
-        })
-        .await?;
+    let threads = cfg.engine.threads;
+    let server = Server::start(store.clone(), net.clone(), &key, model, cfg, Arc::new(LlamaLoader), events).await?;
+    let auditor = auditor(&net, &store, server.manifest(), audits.rate, threads).await?;
+    let swarm = SwarmModel::connect(net.clone(), &store, server.model_id()).await?;
+    // Beside the server, not spawned: the watch runs as long as the server does.
+    let watching = watch(auditor, swarm, server.layers(), audits.rate, audits.every);
+    let serving = server.run(async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("leaving the swarm");
+    });
+    tokio::select! {
+        served = serving => served?,
+        () = watching => {}
+    }
     Ok(())
 }
 

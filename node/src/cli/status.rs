@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use libp2p::{Multiaddr, PeerId};
+use nak_node::audit::{Ban, ProofBook};
 use nak_node::fetch::fetch_manifest;
 use nak_node::net::{Network, NetworkConfig};
 use nak_protocol::{keys, pb};
@@ -34,8 +35,10 @@ pub struct StatusArgs {
 pub fn status(args: StatusArgs, data_dir: Option<PathBuf>) -> Result<()> {
     let dir = data_dir.unwrap_or_else(nak_shard_store::default_data_dir);
     let local = dir.join("manifests").is_dir().then(|| Store::open(&dir)).transpose()?;
+    // Peers this node has banned on fraud proofs it verified.
+    let banned = if dir.is_dir() { ProofBook::open(&dir)?.banned() } else { vec![] };
     let wait = Duration::from_secs(args.wait);
-    block_on(listen_and_report(local, args.bootstrap, args.model.as_deref(), wait, args.json))
+    block_on(listen_and_report(local, banned, args.bootstrap, args.model.as_deref(), wait, args.json))
 }
 
 /// Listens to announcements for `wait`, then shows each model's block coverage. Without
@@ -45,6 +48,7 @@ pub fn status(args: StatusArgs, data_dir: Option<PathBuf>) -> Result<()> {
 /// clashes with a node of this machine.
 async fn listen_and_report(
     local: Option<Store>,
+    banned: Vec<(PeerId, Ban)>,
     bootstrap: Vec<Multiaddr>,
     model: Option<&str>,
     wait: Duration,
@@ -63,6 +67,9 @@ async fn listen_and_report(
     }
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
     let (net, _) = Network::spawn_in_store(&store, NetworkConfig::joining(listen, bootstrap)).await?;
+    for (peer, _) in &banned {
+        net.block(*peer).await?;
+    }
     for id in &ids {
         net.subscribe(keys::announce_topic(&id.0)).await?;
     }
@@ -95,9 +102,20 @@ async fn listen_and_report(
         .unwrap_or_else(|| anns.iter().map(|a| a.end_layer).max().unwrap_or(0));
         models.push(model_status(id, n_layer, &anns));
     }
+    let banned: Vec<serde_json::Value> = banned
+        .iter()
+        .map(|(peer, b)| {
+            serde_json::json!({ "peer": peer.to_string(), "proof": b.proof, "model": b.model, "layers": [b.layers.0, b.layers.1], "step": b.step })
+        })
+        .collect();
     if json {
-        println!("{}", serde_json::json!({ "models": models }));
-    } else if models.is_empty() {
+        println!("{}", serde_json::json!({ "models": models, "banned": banned }));
+        return Ok(());
+    }
+    for b in &banned {
+        println!("banned {} (fraud proof {})", b["peer"], b["proof"]);
+    }
+    if models.is_empty() {
         println!("no models announced");
     }
     for m in models.iter().filter(|_| !json) {

@@ -124,6 +124,11 @@ impl SwarmModel {
         Ok(Self { net, manifest, vocab, bans: Mutex::new(HashMap::new()) })
     }
 
+    /// The model's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// The model's id.
     pub fn id(&self) -> ModelId {
         self.manifest.model_id()

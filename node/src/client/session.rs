@@ -39,8 +39,9 @@ use tokio::time::Instant;
 use super::hop::{hop_error, push_target, refused, Hop, Shape};
 use super::links::Links;
 use super::options::{DecodeMode, Failover, RemoteGeneration, SessionOptions};
-use super::verify::ReceiptCheck;
+use super::verify::{ReceiptCheck, Verification};
 use super::{ClientError, RouteHop, SwarmModel};
+use crate::audit::{AuditReport, AuditTarget};
 use crate::chain::Generation;
 use crate::engine::{Sampler, SamplingParams};
 
@@ -54,6 +55,8 @@ const OPEN_ATTEMPTS: usize = 4;
 const STALL_FLOOR: Duration = Duration::from_secs(1);
 /// ...or this many times the route's expected time for its rows, if longer.
 const STALL_FACTOR: f64 = 20.0;
+/// Longest wait, after a generation, for the hops' last receipts.
+const RECEIPTS_DRAIN: Duration = Duration::from_secs(2);
 
 /// What a session's route brings next, for [`RemoteSession::generate`].
 enum Event {
@@ -207,7 +210,7 @@ impl RemoteSession {
                 return Err(hop_error(hop, pb::ErrorCode::Closed, "the stream closed"));
             }
             if let Some(check) = &mut self.receipts {
-                check.expect(link.id, hop.peer, hop.start, hop.end, ids[k]);
+                check.expect(link.id, hop, ids[k]);
             }
             opened.push(Hop { route: hop.clone(), session_id: ids[k], link });
         }
@@ -409,6 +412,7 @@ impl RemoteSession {
             spans: self.hops.len(),
             tokens: out,
         };
+        self.drain_receipts().await;
         let verification = self.receipts.as_ref().map(ReceiptCheck::report);
         Ok(RemoteGeneration {
             generation,
@@ -440,12 +444,8 @@ impl RemoteSession {
                 Some(token) => Ok(Event::Token(r, token?)),
                 None => Ok(Event::Nothing),
             },
-            Some(Kind::Receipt(signed)) => {
-                let context = &self.context;
-                let fed = |at: u32, rows: u32| context.get(at as usize..(at + rows) as usize).map(<[i32]>::to_vec);
-                if let Some(check) = &mut self.receipts {
-                    check.receipt(link, &signed, fed);
-                }
+            Some(Kind::Receipts(batch)) => {
+                self.check_receipts(link, &batch);
                 Ok(Event::Nothing)
             }
             Some(Kind::Error(e)) => match self.failed_by(i, &e) {
@@ -455,6 +455,53 @@ impl RemoteSession {
             },
             _ => Ok(Event::Nothing), // hello answers, late replies
         }
+    }
+
+    fn check_receipts(&mut self, link: u64, batch: &pb::Receipts) {
+        let context = &self.context;
+        let fed = |at: u32, rows: u32| context.get(at as usize..(at + rows) as usize).map(<[i32]>::to_vec);
+        if let Some(check) = &mut self.receipts {
+            for signed in &batch.receipts {
+                check.receipt(link, signed, fed);
+            }
+        }
+    }
+
+    /// Waits, up to [`RECEIPTS_DRAIN`], for every hop's receipts of the generation's
+    /// steps (hops send them in batches; the last batch follows the last step).
+    async fn drain_receipts(&mut self) {
+        let Some(check) = &self.receipts else { return };
+        let links: Vec<u64> = self.hops.iter().map(|h| h.link.id).collect();
+        let end = self.context.len() as u32;
+        let deadline = Instant::now() + RECEIPTS_DRAIN;
+        let mut settled = check.settled(&links, self.generation, end);
+        while !settled {
+            let Some((link, frame)) = self.links.next(deadline).await else { break };
+            if let Some(Kind::Receipts(batch)) = frame.kind {
+                self.check_receipts(link, &batch);
+            }
+            settled = self.receipts.as_ref().is_none_or(|c| c.settled(&links, self.generation, end));
+        }
+        if !settled {
+            tracing::warn!("some hops did not send the receipts of every step in time");
+        }
+    }
+
+    /// Every hop's receipts of this session so far, for audits (a verified session).
+    pub fn audit_targets(&self) -> Vec<AuditTarget> {
+        self.receipts.as_ref().map(ReceiptCheck::targets).unwrap_or_default()
+    }
+
+    /// Records what audits of this session found in the next reports.
+    pub fn record_audit(&mut self, report: &AuditReport) {
+        if let Some(check) = &mut self.receipts {
+            check.audited(report.audited, report.frauds.clone(), report.ms);
+        }
+    }
+
+    /// What the receipts (and audits) of this session showed so far.
+    pub fn verification(&self) -> Option<Verification> {
+        self.receipts.as_ref().map(ReceiptCheck::report)
     }
 
     /// The token a result from hop `i` brings, if it is the next one this generation

@@ -18,10 +18,13 @@
 
 use std::collections::HashMap;
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use nak_protocol::pb;
 use nak_protocol::receipt::{self, Receipt};
 use serde::Serialize;
+
+use super::route::RouteHop;
+use crate::audit::{AuditTarget, Fraud};
 
 /// The step shape two hops' receipts are matched on: generation, position, rows.
 type Shape = (u32, u32, u32);
@@ -33,6 +36,12 @@ pub struct Verification {
     pub receipts_checked: u64,
     /// Hop-to-hop (and client-to-first-hop) hash comparisons that matched.
     pub links_checked: u64,
+    /// Hops whose session was audited (rows fetched and replayed).
+    pub sessions_audited: u64,
+    /// Lies the audits proved.
+    pub frauds: Vec<Fraud>,
+    /// Wall time the audits took, in milliseconds (fetching rows and replaying).
+    pub audit_ms: f64,
     /// What failed, in order.
     pub problems: Vec<ReceiptProblem>,
 }
@@ -53,10 +62,15 @@ pub struct ReceiptProblem {
 /// One hop as its receipts must describe it.
 struct HopState {
     peer: PeerId,
+    addrs: Vec<Multiaddr>,
     start: u32,
     end: u32,
     session_id: u64,
     prev: [u8; 32],
+    /// Its receipts that passed, in order (what an audit replays).
+    signed: Vec<pb::SignedReceipt>,
+    /// Generation and end position of the last of them.
+    reached: (u32, u32),
 }
 
 /// The checks of one session's receipts, across its hops and their replacements.
@@ -81,10 +95,46 @@ impl ReceiptCheck {
         }
     }
 
-    /// Expects receipts on control stream `link` from `peer`, for session `session_id`
-    /// on layers `start..end`.
-    pub(super) fn expect(&mut self, link: u64, peer: PeerId, start: u32, end: u32, session_id: u64) {
-        self.hops.insert(link, HopState { peer, start, end, session_id, prev: [0; 32] });
+    /// Expects receipts on control stream `link` from `hop`'s server, for session
+    /// `session_id`.
+    pub(super) fn expect(&mut self, link: u64, hop: &RouteHop, session_id: u64) {
+        let state = HopState {
+            peer: hop.peer,
+            addrs: hop.addrs.clone(),
+            start: hop.start,
+            end: hop.end,
+            session_id,
+            prev: [0; 32],
+            signed: Vec::new(),
+            reached: (0, 0),
+        };
+        self.hops.insert(link, state);
+    }
+
+    /// Whether every hop of `links` has sent the receipts of its steps up to position
+    /// `end` of `generation`.
+    pub(super) fn settled(&self, links: &[u64], generation: u32, end: u32) -> bool {
+        links.iter().all(|l| self.hops.get(l).is_none_or(|h| h.reached >= (generation, end)))
+    }
+
+    /// Every hop's session so far, for audits.
+    pub(super) fn targets(&self) -> Vec<AuditTarget> {
+        self.hops
+            .values()
+            .map(|h| AuditTarget {
+                peer: h.peer,
+                addrs: h.addrs.clone(),
+                session_id: h.session_id,
+                receipts: h.signed.clone(),
+            })
+            .collect()
+    }
+
+    /// Adds what audits found to the report.
+    pub(super) fn audited(&mut self, sessions: u64, frauds: Vec<Fraud>, ms: f64) {
+        self.report.sessions_audited += sessions;
+        self.report.audit_ms += ms;
+        self.report.frauds.extend(frauds);
     }
 
     /// What the checks found so far.
@@ -123,6 +173,8 @@ impl ReceiptCheck {
         }
         if let Some(hop) = self.hops.get_mut(&link) {
             hop.prev = r.hash();
+            hop.signed.push(signed.clone());
+            hop.reached = (r.generation, r.position + r.rows);
         }
         self.report.receipts_checked += 1;
         self.link_check(&r, peer, fed);
@@ -209,8 +261,8 @@ mod tests {
         let (k1, p1) = hop(1);
         let (k2, p2) = hop(2);
         let mut check = ReceiptCheck::new([7; 32]);
-        check.expect(10, p1, 0, 5, 100);
-        check.expect(20, p2, 5, 9, 200);
+        check.expect(10, &route_hop(p1, 0, 5), 100);
+        check.expect(20, &route_hop(p2, 5, 9), 200);
         let fed = |at: u32, rows: u32| Some((at..at + rows).map(|p| p as i32 + 40).collect::<Vec<i32>>());
         let hidden = rows_hash(b"hidden rows of step 0");
         let mut first = receipt((0, 5), 100, 0, tokens_hash(&[40]), hidden);
@@ -241,6 +293,10 @@ mod tests {
         assert!(problems[1].contains("another peer"), "{problems:?}");
         assert!(problems[2].contains("differs from the signed output"), "{problems:?}");
         assert_eq!(check.report().problems[2].peers, [p1.to_string(), p2.to_string()]);
+    }
+
+    fn route_hop(peer: PeerId, start: u32, end: u32) -> RouteHop {
+        RouteHop { peer, addrs: vec![], start, end, expected_s: 0.0 }
     }
 
     fn first_hash(check: &ReceiptCheck, link: u64) -> [u8; 32] {

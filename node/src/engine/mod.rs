@@ -13,6 +13,7 @@
 //! the others still run.
 
 mod compute;
+mod fault;
 mod ffi;
 mod sampling;
 mod worker;
@@ -21,10 +22,12 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
+use nak_protocol::receipt::f32_rows_hash;
 use nak_protocol::{Activation, ActivationDtype, ActivationError};
 use nak_shard_store::span;
 
 pub use compute::{Compute, ComputeLoader, LlamaLoader};
+pub use fault::{Fault, FaultMode, FAULT_MODE_ENV, FAULT_RATE_ENV};
 pub use ffi::{init_backend, LoadedSpan, Model};
 use ffi::{Batch, Context, ContextParams};
 pub use sampling::{top_logprobs, Sampler, SamplingParams};
@@ -97,6 +100,8 @@ pub struct EngineConfig {
     /// chain on the same machine, other sessions' network work). Only builds without
     /// OpenMP use it.
     pub poll: u32,
+    /// Wrong outputs on purpose, for tests of verification ([`Fault`]). Default none.
+    pub fault: Fault,
 }
 
 impl Default for EngineConfig {
@@ -108,6 +113,7 @@ impl Default for EngineConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
             gpu_layers: 0,
             poll: 0,
+            fault: Fault::default(),
         }
     }
 }
@@ -124,6 +130,8 @@ pub struct SessionConfig {
     /// Return the logits a token was sampled from (a copy of the vocabulary's worth per
     /// step); otherwise [`StepOutput::Token`] carries none.
     pub return_logits: bool,
+    /// Hash the raw logits of every sampled row ([`StepOutput::Token::logits_hash`]).
+    pub hash_logits: bool,
 }
 
 /// Input of one step.
@@ -147,6 +155,9 @@ pub enum StepOutput {
         /// Logits of the last input row, after the session's repetition penalties (empty
         /// unless the session asked for them).
         logits: Vec<f32>,
+        /// blake3 of the raw logits (f32, little-endian) before any penalty, when the
+        /// session asked for it ([`SessionConfig::hash_logits`]): what a receipt signs.
+        logits_hash: Option<[u8; 32]>,
     },
     /// The rows are in the cache; no token was asked for (see [`StepRequest::sample`]).
     Cached,
@@ -184,6 +195,7 @@ struct Session {
     sampling: SamplingParams,
     sampler: Sampler,
     return_logits: bool,
+    hash_logits: bool,
     /// Token ids of the cached positions, as far as known (for penalties; sessions that sample).
     history: Vec<i32>,
     dtype: ActivationDtype,
@@ -237,7 +249,12 @@ struct Prepared {
     row_tokens: Vec<i32>,
     emit_hidden: bool,
     sample: bool,
+    /// The fault strikes this step.
+    corrupt: bool,
 }
+
+/// A sampled row: the token, the logits returned (if asked for), the raw logits' hash (if asked for).
+type Sampled = (i32, Vec<f32>, Option<[u8; 32]>);
 
 /// Steps that run the same layers with the same kind of input: one decode (or a few).
 struct Group {
@@ -364,6 +381,7 @@ impl SpanEngine {
             sampling: cfg.sampling,
             sampler: Sampler::new(&cfg.sampling),
             return_logits: cfg.return_logits,
+            hash_logits: cfg.hash_logits,
             history: Vec::new(),
             dtype: cfg.dtype,
         };
@@ -417,9 +435,14 @@ impl SpanEngine {
                 Err(EngineError::Input(format!("session {} has two steps in one batch", req.session)))
             };
             match prepared {
-                Ok(p) => {
-                    let layers = self.sessions[&p.session].layers.clone();
+                Ok(mut p) => {
                     let tokens = matches!(p.rows, Rows::Tokens(_));
+                    let mut layers = self.sessions[&p.session].layers.clone();
+                    if p.corrupt {
+                        if let Some(fewer) = self.cfg.fault.skip_layer(&layers, p.emit_hidden, tokens) {
+                            (layers, p.corrupt) = (fewer, false);
+                        }
+                    }
                     match groups.iter_mut().find(|g| g.layers == layers && g.tokens == tokens) {
                         Some(g) => g.members.push(p),
                         None => groups.push(Group { layers, tokens, members: vec![p] }),
@@ -481,6 +504,14 @@ impl SpanEngine {
             }
         };
         let sample = req.sample;
+        let corrupt = self.cfg.fault.strikes();
+        if corrupt {
+            tracing::warn!(
+                session = req.session,
+                position = s.n_past,
+                "fault injection: this step's output is corrupted"
+            );
+        }
         Ok(Prepared {
             idx,
             session: req.session,
@@ -490,6 +521,7 @@ impl SpanEngine {
             row_tokens,
             emit_hidden,
             sample,
+            corrupt,
         })
     }
 
@@ -505,7 +537,7 @@ impl SpanEngine {
         let mut done = vec![0usize; members.len()];
         let mut hidden_out: Vec<Vec<f32>> = members.iter().map(|_| Vec::new()).collect();
         // Each member's sampled token and (when asked for) its logits.
-        let mut sampled: Vec<Option<(i32, Vec<f32>)>> = members.iter().map(|_| None).collect();
+        let mut sampled: Vec<Option<Sampled>> = members.iter().map(|_| None).collect();
         let mut failed: Option<EngineError> = None;
 
         while failed.is_none() && members.iter().zip(&done).any(|(p, d)| *d < p.rows.len(width)) {
@@ -553,8 +585,13 @@ impl SpanEngine {
                         s.record(p.start_pos, &p.row_tokens);
                         match self.ctx.logits_row_mut(row, self.n_vocab as usize) {
                             Ok(l) => {
+                                if members[m].corrupt {
+                                    self.cfg.fault.corrupt(l);
+                                }
+                                let raw_hash = s.hash_logits.then(|| f32_rows_hash(l));
                                 let token = s.sampler.sample(l);
-                                sampled[m] = Some((token, if s.return_logits { l.to_vec() } else { Vec::new() }));
+                                let logits = if s.return_logits { l.to_vec() } else { Vec::new() };
+                                sampled[m] = Some((token, logits, raw_hash));
                             }
                             Err(e) => failed = Some(e),
                         }
@@ -580,6 +617,9 @@ impl SpanEngine {
             }
             s.n_past = p.start_pos + done[m] as u32;
             let result = if emit_hidden {
+                if p.corrupt {
+                    self.cfg.fault.corrupt(&mut hidden_out[m]);
+                }
                 Activation::encode(&hidden_out[m], self.n_embd, s.dtype)
                     .map(StepOutput::Hidden)
                     .map_err(EngineError::from)
@@ -588,7 +628,7 @@ impl SpanEngine {
                 Ok(StepOutput::Cached)
             } else {
                 match sampled[m].take() {
-                    Some((token, logits)) => Ok(StepOutput::Token { token, logits }),
+                    Some((token, logits, logits_hash)) => Ok(StepOutput::Token { token, logits, logits_hash }),
                     None => Err(EngineError::NoOutput("logits")),
                 }
             };

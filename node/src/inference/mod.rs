@@ -29,6 +29,7 @@
 mod log;
 mod push;
 mod receipts;
+mod retention;
 mod session;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ use log::{OutputLog, RetainBudget};
 use push::Pusher;
 pub use receipts::exec_class;
 use receipts::ReceiptSigner;
+use retention::AuditRetention;
 use session::{Input, Origin, SessionSetup, SessionTask};
 
 use pb::inference_frame::Kind;
@@ -86,6 +88,11 @@ pub struct ServiceConfig {
     /// The node's identity key, to sign receipts with; sessions that ask for receipts
     /// are refused without it. Default none.
     pub receipt_key: Option<Arc<ed25519_dalek::SigningKey>>,
+    /// Bytes of input rows of sessions with receipts kept for their openers' audits.
+    /// Default 256 MiB.
+    pub audit_budget: u64,
+    /// How long an ended session's rows stay for audits. Default 10 min.
+    pub audit_window: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -96,6 +103,8 @@ impl Default for ServiceConfig {
             max_frames_per_sec: 2000,
             retain_budget: 512 << 20,
             receipt_key: None,
+            audit_budget: 256 << 20,
+            audit_window: Duration::from_secs(600),
         }
     }
 }
@@ -119,6 +128,7 @@ struct Shared {
     net: NetworkHandle,
     cfg: ServiceConfig,
     budget: Arc<RetainBudget>,
+    audits: Arc<AuditRetention>,
     backend: RwLock<Option<Backend>>,
     sessions: Mutex<HashMap<u64, Entry>>,
 }
@@ -151,6 +161,7 @@ impl InferenceService {
         let shared = Arc::new(Shared {
             net: net.clone(),
             budget: RetainBudget::new(cfg.retain_budget),
+            audits: AuditRetention::new(cfg.audit_budget, cfg.audit_window),
             cfg,
             backend: RwLock::new(None),
             sessions: Mutex::new(HashMap::new()),
@@ -184,6 +195,11 @@ impl InferenceService {
     /// Bytes of outputs retained for replays now, across sessions.
     pub fn retained_bytes(&self) -> u64 {
         self.shared.budget.used()
+    }
+
+    /// Bytes of input rows retained for audits now, across sessions.
+    pub fn audit_bytes(&self) -> u64 {
+        self.shared.audits.used()
     }
 }
 
@@ -320,6 +336,10 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: libp2p::Stream,
             }
             Some(Kind::Step(step)) => route_step(&shared, peer, control, step).await,
             Some(Kind::Hello(_)) => Some(pb::InferenceFrame { kind: Some(Kind::Hello(pb::Hello {})) }),
+            Some(Kind::Audit(request)) => {
+                send_audit_rows(&shared, peer, request.session_id, &out).await;
+                None
+            }
             Some(Kind::Retarget(rt)) => retarget(&shared, peer, control, rt).await,
             Some(Kind::Close(close)) => {
                 // Dropping the entry drops the inbox's sender: the session's task closes it.
@@ -327,7 +347,8 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: libp2p::Stream,
                 None
             }
             _ => {
-                Some(error(0, ErrorCode::BadFrame, "a client sends hello, open, step, retarget and close frames only"))
+                let msg = "a client sends hello, open, step, retarget, close and audit frames only";
+                Some(error(0, ErrorCode::BadFrame, msg))
             }
         };
         if let Some(reply) = reply {
@@ -338,6 +359,40 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: libp2p::Stream,
     }
     for id in opened_here {
         shared.forget(id, control);
+    }
+}
+
+/// Most bytes of rows in one `AuditRows` frame.
+const AUDIT_FRAME_BYTES: usize = 4 << 20;
+
+/// Answers an audit: the input rows this server retained of `peer`'s session, in frames
+/// of at most [`AUDIT_FRAME_BYTES`], or an error frame.
+async fn send_audit_rows(shared: &Shared, peer: PeerId, session_id: u64, out: &mpsc::Sender<pb::InferenceFrame>) {
+    let steps = match shared.audits.rows((peer, session_id)) {
+        Ok(steps) => steps,
+        Err(e) => {
+            let _ = out.send(error(session_id, ErrorCode::UnknownSession, e)).await;
+            return;
+        }
+    };
+    let (mut first, mut part, mut bytes) = (0u64, Vec::new(), 0usize);
+    let total = steps.len();
+    for (i, rows) in steps.into_iter().enumerate() {
+        bytes += rows.tokens.len() * 4 + rows.hidden.len();
+        part.push(rows);
+        let last = i + 1 == total;
+        if bytes >= AUDIT_FRAME_BYTES || last {
+            let n = part.len() as u64;
+            let frame = pb::AuditRows { session_id, first, steps: std::mem::take(&mut part), last };
+            if out.send(pb::InferenceFrame { kind: Some(Kind::AuditRows(frame)) }).await.is_err() {
+                return;
+            }
+            (first, bytes) = (first + n, 0);
+        }
+    }
+    if total == 0 {
+        let frame = pb::AuditRows { session_id, first: 0, steps: vec![], last: true };
+        let _ = out.send(pb::InferenceFrame { kind: Some(Kind::AuditRows(frame)) }).await;
     }
 }
 
@@ -475,11 +530,18 @@ async fn open_session(
         (true, Some(_)) if dtype != ActivationDtype::F32 => {
             return error(id, ErrorCode::BadInput, "receipts need f32 hidden states (they hash rows as computed)")
         }
-        (true, Some(key)) => Some(ReceiptSigner::new(key.clone(), model.0, layers.clone(), id)),
+        (true, Some(key)) => {
+            Some(ReceiptSigner::new(key.clone(), model.0, layers.clone(), (peer, id), shared.audits.clone()))
+        }
     };
-    // A last hop signs the logits its token came from.
-    let return_logits = open.top_logits > 0 || open.receipts;
-    let cfg = SessionConfig { layers: Some(layers), sampling, dtype, return_logits };
+    // A last hop signs the raw logits its token came from.
+    let cfg = SessionConfig {
+        layers: Some(layers),
+        sampling,
+        dtype,
+        return_logits: open.top_logits > 0,
+        hash_logits: open.receipts,
+    };
     let engine = match worker.open_session(cfg).await {
         Ok(engine) => engine,
         Err(e) => return error(id, code_of(&e), e.to_string()),

@@ -1,7 +1,10 @@
 //! Receipts on the server side: a session opened with `receipts` signs, for every step
 //! it computes, a [`Receipt`] of its input and output rows, chained to the previous
-//! one, and sends it to its opener on the control stream right after the step's
-//! result (or push). Steps the cache already held compute nothing and get none.
+//! one, and records the step's input rows for audits ([`AuditRetention`]). Receipts go
+//! to the opener on the control stream in batches ([`ReceiptSigner::batch`]): every
+//! [`RECEIPT_BATCH`] steps, when the session goes quiet, and when it ends, so that
+//! verification adds no frame per token. Steps the cache already held compute nothing
+//! and get none.
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,7 +12,11 @@ use ed25519_dalek::SigningKey;
 use nak_protocol::pb;
 use nak_protocol::receipt::{rows_hash, tokens_hash, Receipt};
 
+use super::retention::{AuditRetention, SessionKey};
 use crate::engine::{StepInput, StepOutput};
+
+/// Receipts sent in one frame while a session keeps stepping.
+pub(super) const RECEIPT_BATCH: usize = 32;
 
 use pb::inference_frame::Kind;
 
@@ -60,22 +67,31 @@ fn describe_exec_class() -> [u8; 32] {
     *blake3::hash(class.as_bytes()).as_bytes()
 }
 
-/// A session's receipt signer: the fields every receipt of the session shares, and the
-/// chain so far.
+/// A session's receipt signer: the fields every receipt of the session shares, the
+/// chain so far, and the receipts not yet sent.
 pub(super) struct ReceiptSigner {
     key: Arc<SigningKey>,
     base: Receipt,
+    pending: Vec<pb::SignedReceipt>,
+    retention: Arc<AuditRetention>,
+    owner: SessionKey,
 }
 
 impl ReceiptSigner {
-    /// Receipts of session `session_id` running `layers` of `model_id`.
-    pub(super) fn new(key: Arc<SigningKey>, model_id: [u8; 32], layers: std::ops::Range<u32>, session_id: u64) -> Self {
+    /// Receipts of session `session_id` of `owner` running `layers` of `model_id`.
+    pub(super) fn new(
+        key: Arc<SigningKey>,
+        model_id: [u8; 32],
+        layers: std::ops::Range<u32>,
+        owner: SessionKey,
+        retention: Arc<AuditRetention>,
+    ) -> Self {
         let base = Receipt {
             model_id,
             first_layer: layers.start,
             end_layer: layers.end,
             exec_class: exec_class(),
-            session_id,
+            session_id: owner.1,
             step: 0,
             generation: 0,
             position: 0,
@@ -84,12 +100,16 @@ impl ReceiptSigner {
             output_hash: [0; 32],
             prev: [0; 32],
         };
-        Self { key, base }
+        Self { key, base, pending: Vec::new(), retention, owner }
     }
 
-    /// The signed receipt of one computed step, as a frame for the opener; the next
-    /// receipt will name this one as its predecessor.
-    pub(super) fn sign(&mut self, shape: StepShape, input_hash: [u8; 32], output_hash: [u8; 32]) -> pb::InferenceFrame {
+    /// Signs the receipt of one computed step with input `rows` (kept for audits); the
+    /// next receipt will name this one as its predecessor.
+    pub(super) fn sign(&mut self, shape: StepShape, rows: pb::StepRows, output_hash: [u8; 32]) {
+        let input_hash = match rows.tokens.is_empty() {
+            false => tokens_hash(&rows.tokens),
+            true => rows_hash(&rows.hidden),
+        };
         let receipt = Receipt {
             step: shape.step,
             generation: shape.generation,
@@ -100,7 +120,28 @@ impl ReceiptSigner {
             ..self.base
         };
         self.base.prev = receipt.hash();
-        pb::InferenceFrame { kind: Some(Kind::Receipt(receipt.sign(&self.key))) }
+        self.pending.push(receipt.sign(&self.key));
+        self.retention.record(self.owner, rows);
+    }
+
+    /// The receipts to send now, as one frame: when a batch is full, or (`flush`) any.
+    pub(super) fn batch(&mut self, flush: bool) -> Option<pb::InferenceFrame> {
+        let due = self.pending.len() >= RECEIPT_BATCH || (flush && !self.pending.is_empty());
+        if !due {
+            return None;
+        }
+        let receipts = pb::Receipts { session_id: self.owner.1, receipts: std::mem::take(&mut self.pending) };
+        Some(pb::InferenceFrame { kind: Some(Kind::Receipts(receipts)) })
+    }
+
+    /// Whether receipts wait to be sent.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The session ended: its rows stay for the retention window.
+    pub(super) fn end(&self) {
+        self.retention.end(self.owner);
     }
 }
 
@@ -113,25 +154,22 @@ pub(super) struct StepShape {
     pub(super) rows: u32,
 }
 
-/// blake3 of a step's input rows as computed: token ids, or the hidden state's f32 bytes.
-pub(super) fn input_hash(input: &StepInput) -> [u8; 32] {
+/// A step's input rows as computed, as a receipt hashes them and an audit replays them:
+/// token ids, or the hidden state's f32 bytes.
+pub(super) fn input_rows(input: &StepInput) -> pb::StepRows {
     match input {
-        StepInput::Tokens(tokens) => tokens_hash(tokens),
-        StepInput::Hidden(a) => rows_hash(&a.data),
+        StepInput::Tokens(tokens) => pb::StepRows { tokens: tokens.clone(), ..Default::default() },
+        StepInput::Hidden(a) => pb::StepRows { hidden: a.data.clone(), ..Default::default() },
     }
 }
 
 /// blake3 of a step's output as computed: the hidden state's f32 bytes, or (the last
-/// hop) the sampled token then the logits it came from; none for a step held already.
-pub(super) fn output_hash(output: &StepOutput) -> Option<[u8; 32]> {
+/// hop) the raw logits the token was drawn from; for a step that only filled the cache,
+/// the hash of nothing.
+pub(super) fn output_hash(output: &StepOutput) -> [u8; 32] {
     match output {
-        StepOutput::Hidden(a) => Some(rows_hash(&a.data)),
-        StepOutput::Token { token, logits } => {
-            let mut bytes = Vec::with_capacity(4 + logits.len() * 4);
-            bytes.extend_from_slice(&token.to_le_bytes());
-            bytes.extend(logits.iter().flat_map(|x| x.to_le_bytes()));
-            Some(rows_hash(&bytes))
-        }
-        StepOutput::Cached => None,
+        StepOutput::Hidden(a) => rows_hash(&a.data),
+        StepOutput::Token { logits_hash: Some(hash), .. } => *hash,
+        StepOutput::Token { logits_hash: None, .. } | StepOutput::Cached => rows_hash(&[]),
     }
 }

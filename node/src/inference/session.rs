@@ -25,12 +25,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use nak_protocol::{pb, Activation};
+use nak_protocol::{pb, Activation, ActivationDtype};
 use tokio::sync::mpsc;
 
 use super::log::{OutputLog, Shape};
 use super::push::Pusher;
-use super::receipts::{input_hash, output_hash, ReceiptSigner, StepShape};
+use super::receipts::{input_rows, output_hash, ReceiptSigner, StepShape};
 use super::{code_of, error};
 use crate::engine::{top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
 
@@ -39,6 +39,8 @@ use pb::ErrorCode;
 
 /// Pushed steps held until the steps before them arrive.
 const MAX_WAITING: usize = 256;
+/// How long a session with unsent receipts waits for its next step before sending them.
+const RECEIPTS_QUIET: Duration = Duration::from_millis(20);
 
 /// Where a step came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +129,7 @@ impl SessionTask {
                     Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
                     Err(mpsc::error::TryRecvError::Empty) => match self.looped.take() {
                         Some(step) => Ok(Some(Input::Step(step, Origin::Pushed))),
-                        None => tokio::time::timeout(idle, inbox.recv()).await,
+                        None => self.wait(&mut inbox, idle).await,
                     },
                 },
             };
@@ -145,7 +147,34 @@ impl SessionTask {
         if let Some(push) = &mut self.setup.push {
             push.close().await;
         }
+        self.send_receipts(true).await;
+        if let Some(signer) = &self.setup.receipts {
+            signer.end();
+        }
         let _ = self.worker.close_session(self.engine).await;
+    }
+
+    /// The next input, waiting up to `idle`; receipts not yet sent go out once the
+    /// session has been quiet for a moment (the generation has likely ended).
+    async fn wait(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Input>,
+        idle: Duration,
+    ) -> Result<Option<Input>, tokio::time::error::Elapsed> {
+        if self.setup.receipts.as_ref().is_some_and(ReceiptSigner::has_pending) {
+            if let Ok(input) = tokio::time::timeout(RECEIPTS_QUIET, inbox.recv()).await {
+                return Ok(input);
+            }
+            self.send_receipts(true).await;
+        }
+        tokio::time::timeout(idle, inbox.recv()).await
+    }
+
+    /// Sends the receipts signed so far when a batch is full, or (`flush`) any.
+    async fn send_receipts(&mut self, flush: bool) {
+        if let Some(frame) = self.setup.receipts.as_mut().and_then(|s| s.batch(flush)) {
+            self.tell_client(frame).await;
+        }
     }
 
     fn next_waiting(&mut self) -> Option<pb::Step> {
@@ -238,7 +267,14 @@ impl SessionTask {
             StepInput::Tokens(t) => t.clone(),
             StepInput::Hidden(_) => row_tokens,
         };
-        let in_hash = self.setup.receipts.as_ref().map(|_| input_hash(&input));
+        let rows_in = match (&self.setup.receipts, &input) {
+            (None, _) => None,
+            // What an audit replays must be what the receipt hashed: f32, as computed.
+            (Some(_), StepInput::Hidden(a)) if a.dtype != ActivationDtype::F32 => {
+                return self.fail(ErrorCode::BadInput, "a session with receipts takes f32 hidden states only").await;
+            }
+            (Some(_), input) => Some(input_rows(input)),
+        };
         let started = std::time::Instant::now();
         // A token is wanted unless more prompt follows or the client has it already.
         let sample = !step.more && end >= self.setup.emit_from;
@@ -256,7 +292,7 @@ impl SessionTask {
         let first = self.position;
         self.position = end;
         let shape = StepShape { step: step.step, generation: self.generation, position: first, rows: end - first };
-        let out_hash = self.setup.receipts.as_ref().and_then(|_| output_hash(&out));
+        let out_hash = self.setup.receipts.as_ref().map(|_| output_hash(&out));
         match out {
             StepOutput::Hidden(a) => {
                 self.setup.log.record(self.generation, step.step, first, step.more, &a, &row_tokens);
@@ -273,12 +309,12 @@ impl SessionTask {
                 };
                 self.send_on(onward).await;
             }
-            StepOutput::Token { token, logits } => self.emit(step.step, step.more, token, &logits).await,
+            StepOutput::Token { token, logits, .. } => self.emit(step.step, step.more, token, &logits).await,
             StepOutput::Cached => {}
         }
-        if let (Some(signer), Some(input), Some(output)) = (&mut self.setup.receipts, in_hash, out_hash) {
-            let frame = signer.sign(shape, input, output);
-            self.tell_client(frame).await;
+        if let (Some(signer), Some(rows), Some(output)) = (&mut self.setup.receipts, rows_in, out_hash) {
+            signer.sign(shape, rows, output);
+            self.send_receipts(false).await;
         }
     }
 

@@ -21,8 +21,9 @@ use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{autonat, dcutr, identify, noise, ping, relay, tcp, yamux, PeerId, Swarm, Transport};
+use libp2p::{allow_block_list, autonat, dcutr, identify, noise, ping, relay, tcp, yamux, PeerId, Swarm, Transport};
 use nak_protocol::announce::MAX_ANNOUNCEMENT_BYTES;
+use nak_protocol::proof::MAX_PROOF_BYTES;
 
 use super::{BlobCodec, NetworkConfig, NetworkError, BLOB_PROTOCOL, KAD_PROTOCOL};
 
@@ -32,6 +33,8 @@ pub type InjectedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 /// Every protocol a node speaks.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// Peers banned for proven fraud: no connection to or from them.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<MemoryStore>,
@@ -70,10 +73,11 @@ fn behaviour(
     let gossip_cfg = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        .max_transmit_size(MAX_ANNOUNCEMENT_BYTES + 1024)
+        .max_transmit_size(MAX_ANNOUNCEMENT_BYTES.max(MAX_PROOF_BYTES) + 1024)
         .heartbeat_interval(Duration::from_millis(500))
         .build()?;
     Ok(Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
         identify: identify::Behaviour::new(identify::Config::new("/nakshatra/id/1.0.0".into(), key.public())),
         ping: ping::Behaviour::default(),
         kad: kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg),

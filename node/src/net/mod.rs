@@ -15,6 +15,10 @@
 //!   bounded channel, since only the loop may touch the swarm;
 //! - announcements received on a model's topic are checked (signature, signer,
 //!   freshness, size) before gossipsub forwards them; rejected ones are logged;
+//! - fraud proofs received on a model's proof topic are checked as far as they can be
+//!   without the model ([`nak_protocol::proof::check`]) before they are forwarded, and
+//!   wait for the node to take them and replay them; the proofs a node verified are
+//!   files under [`proofs_dir`], which it serves to peers that ask (`proofs` requests);
 //! - when AutoNAT finds us unreachable, the loop listens through a relay it knows.
 
 mod behaviour;
@@ -147,6 +151,11 @@ pub enum Command {
     Rtts(oneshot::Sender<HashMap<PeerId, Duration>>),
     /// Gossip topics that connected peers subscribe to.
     PeerTopics(oneshot::Sender<Vec<String>>),
+    /// Ban a peer: close and refuse its connections, ignore its announcements and its
+    /// provider records.
+    Block(PeerId),
+    /// Fraud proofs received on gossip since the last call (model-free checks passed).
+    TakeProofs(oneshot::Sender<Vec<(PeerId, pb::FraudProof)>>),
     /// Counters of the network task.
     Stats(oneshot::Sender<NetworkStats>),
     /// Stop providing everything and end the task.
@@ -166,6 +175,15 @@ pub struct NetworkStats {
     pub refused_blob_frames: u64,
     /// Inbound blob requests that were read but could not be answered.
     pub failed_blob_requests: u64,
+    /// Fraud proofs from gossip that failed their model-free checks.
+    pub rejected_proofs: u64,
+}
+
+/// Where a node keeps the fraud proofs it verified about a model, one file each; it
+/// answers other peers' proof requests from there.
+pub fn proofs_dir(root: &std::path::Path, model_id: &[u8; 32]) -> std::path::PathBuf {
+    let hex: String = model_id.iter().map(|b| format!("{b:02x}")).collect();
+    root.join("proofs").join(hex)
 }
 
 /// A cheap, cloneable way to talk to the network task.
@@ -311,6 +329,18 @@ impl NetworkHandle {
     /// Gossip topics that connected peers subscribe to (how `status` finds the models).
     pub async fn peer_topics(&self) -> Result<Vec<String>, NetworkError> {
         self.ask(Command::PeerTopics).await
+    }
+
+    /// Bans `peer` from this node's network: its connections are closed and refused, its
+    /// announcements ignored (also when others forward them), and providers lists no
+    /// longer name it.
+    pub async fn block(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.tx.send(Command::Block(peer)).await.map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Fraud proofs received on gossip since the last call, each with its publisher.
+    pub async fn take_proofs(&self) -> Result<Vec<(PeerId, pb::FraudProof)>, NetworkError> {
+        self.ask(Command::TakeProofs).await
     }
 
     /// Counters of the network task.

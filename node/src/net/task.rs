@@ -21,9 +21,10 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
-use nak_protocol::{announce, pb};
+use nak_protocol::{announce, keys, pb, proof};
 use nak_shard_store::transfer::{BlobProvider, ChunkNum, ChunkRanges, ProviderError, StoreProvider};
 use nak_shard_store::Hash;
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
@@ -62,7 +63,15 @@ pub(super) struct Task {
     relay_server: bool,
     /// When to publish our provider records again because the swarm grew.
     republish_at: Option<tokio::time::Instant>,
+    /// Fraud proofs received on gossip that passed the model-free checks, with the peer
+    /// that published each, until the node takes them ([`Command::TakeProofs`]).
+    proofs: std::collections::VecDeque<(PeerId, pb::FraudProof)>,
+    /// Banned peers.
+    blocked: HashSet<PeerId>,
 }
+
+/// Fraud proofs held for the node to take; more are dropped (and not forwarded).
+const PROOF_QUEUE: usize = 64;
 
 impl Task {
     pub(super) fn new(
@@ -94,6 +103,8 @@ impl Task {
             reserved: HashSet::new(),
             relay_server: cfg.relay_server,
             republish_at: None,
+            proofs: std::collections::VecDeque::new(),
+            blocked: HashSet::new(),
         }
     }
 
@@ -209,6 +220,14 @@ impl Task {
                 topics.dedup();
                 let _ = reply.send(topics);
             }
+            Command::Block(peer) => {
+                behaviour.blocked.block_peer(peer);
+                self.announcements.remove(&peer.to_bytes());
+                self.blocked.insert(peer);
+            }
+            Command::TakeProofs(reply) => {
+                let _ = reply.send(self.proofs.drain(..).collect());
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(NetworkStats { refused_blob_frames: self.codec.refused(), ..self.stats });
             }
@@ -297,21 +316,10 @@ impl Task {
                 message_id,
                 message,
             })) => {
-                let verdict = match announce::verify(&message.data, announce::now_ms(), self.max_age.as_millis() as u64)
-                {
-                    Ok(ann) => {
-                        let newer = self.announcements.get(&ann.peer_id).is_none_or(|old| old.sequence < ann.sequence);
-                        if newer {
-                            self.announcements.insert(ann.peer_id.clone(), ann);
-                        }
-                        self.stats.accepted_announcements += 1;
-                        MessageAcceptance::Accept
-                    }
-                    Err(e) => {
-                        tracing::warn!(from = %propagation_source, error = %e, "rejected an announcement");
-                        self.stats.rejected_announcements += 1;
-                        MessageAcceptance::Reject
-                    }
+                let verdict = if keys::is_proof_topic(message.topic.as_str()) {
+                    self.on_proof(message.source.unwrap_or(propagation_source), &message.data)
+                } else {
+                    self.on_announcement(&message.data, propagation_source)
                 };
                 let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &message_id,
@@ -320,6 +328,53 @@ impl Task {
                 );
             }
             _ => {}
+        }
+    }
+
+    /// Checks a fraud proof from gossip as far as it can be without the model, and keeps
+    /// it for the node, which replays it before anything follows from it.
+    fn on_proof(&mut self, publisher: PeerId, data: &[u8]) -> MessageAcceptance {
+        let checked = match (data.len() <= proof::MAX_PROOF_BYTES)
+            .then(|| pb::FraudProof::decode(data))
+            .ok_or_else(|| "oversized".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(p) => proof::check(&p).map(|_| p).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(p) if self.proofs.len() < PROOF_QUEUE => {
+                self.proofs.push_back((publisher, p));
+                MessageAcceptance::Accept
+            }
+            Ok(_) => MessageAcceptance::Ignore,
+            Err(e) => {
+                tracing::warn!(from = %publisher, error = %e, "rejected a fraud proof");
+                self.stats.rejected_proofs += 1;
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    fn on_announcement(&mut self, data: &[u8], propagation_source: PeerId) -> MessageAcceptance {
+        match announce::verify(data, announce::now_ms(), self.max_age.as_millis() as u64) {
+            // A banned server's word, forwarded by an honest peer: not used, not blamed on the forwarder.
+            Ok(ann) if PeerId::from_bytes(&ann.peer_id).is_ok_and(|p| self.blocked.contains(&p)) => {
+                MessageAcceptance::Ignore
+            }
+            Ok(ann) => {
+                let newer = self.announcements.get(&ann.peer_id).is_none_or(|old| old.sequence < ann.sequence);
+                if newer {
+                    self.announcements.insert(ann.peer_id.clone(), ann);
+                }
+                self.stats.accepted_announcements += 1;
+                MessageAcceptance::Accept
+            }
+            Err(e) => {
+                tracing::warn!(from = %propagation_source, error = %e, "rejected an announcement");
+                self.stats.rejected_announcements += 1;
+                MessageAcceptance::Reject
+            }
         }
     }
 
@@ -346,7 +401,7 @@ impl Task {
                 let mut done = last;
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                        found.extend(providers);
+                        found.extend(providers.into_iter().filter(|p| !self.blocked.contains(p)));
                         // Enough to start fetching, unless the caller asked for everyone.
                         done |= !*exhaustive;
                     }
@@ -436,9 +491,35 @@ fn serve(provider: &StoreProvider, request: pb::BlobRequest) -> pb::BlobResponse
             },
             Err(_) => R::Error("model id must be 32 bytes".into()),
         },
+        Some(Kind::Proofs(id)) => match <[u8; 32]>::try_from(id.as_slice()) {
+            Ok(id) => R::Proofs(stored_proofs(&super::proofs_dir(provider.store().root(), &id)).encode_to_vec()),
+            Err(_) => R::Error("model id must be 32 bytes".into()),
+        },
         None => R::Error("empty request".into()),
     };
     pb::BlobResponse { result: Some(result) }
+}
+
+/// Most bytes of proofs in one answer (under the blob codec's response limit).
+const PROOFS_ANSWER_BYTES: usize = 3 << 20;
+
+/// The fraud proofs stored in `dir` (each file one encoded proof), as many as fit in
+/// one answer.
+fn stored_proofs(dir: &std::path::Path) -> pb::FraudProofs {
+    let mut out = pb::FraudProofs::default();
+    let mut bytes = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let Ok(data) = std::fs::read(entry.path()) else { continue };
+        if bytes + data.len() > PROOFS_ANSWER_BYTES {
+            break;
+        }
+        if let Ok(p) = pb::FraudProof::decode(data.as_slice()) {
+            bytes += data.len();
+            out.proofs.push(p);
+        }
+    }
+    out
 }
 
 fn is_circuit(addr: &Multiaddr) -> bool {

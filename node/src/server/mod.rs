@@ -378,6 +378,11 @@ impl Server {
         self.manifest.model_id()
     }
 
+    /// The model's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// The layers served now.
     pub fn layers(&self) -> Range<u32> {
         self.serving.layers.clone()

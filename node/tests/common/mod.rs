@@ -117,6 +117,11 @@ impl Node {
 
     /// The same, writing the process's log (stderr) to `log`.
     pub fn start_logged(args: &[&str], log: Option<&Path>) -> Node {
+        Self::start_with_env(args, log, &[])
+    }
+
+    /// The same, with `env` set for the process.
+    pub fn start_with_env(args: &[&str], log: Option<&Path>, env: &[(&str, &str)]) -> Node {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
@@ -125,6 +130,7 @@ impl Node {
             .args(args)
             .env("NAK_LOG", "warn")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -224,15 +230,25 @@ pub struct Swarm {
 impl Swarm {
     /// Starts the servers and waits until every one serves.
     pub fn start(model: &Path, spans: &[&str]) -> Swarm {
+        Self::start_with(model, spans, |_| vec![])
+    }
+
+    /// The same, server `i` started with the environment `env(i)`.
+    pub fn start_with(model: &Path, spans: &[&str], env: impl Fn(usize) -> Vec<(&'static str, String)>) -> Swarm {
         assert!(model.exists(), "{} is missing: run the README's test command", model.display());
         let dir = tempfile::tempdir().expect("temp dir");
-        let first = run_node(&dir.path().join("n0"), model.to_str().expect("utf-8 path"), spans[0], None, &[]);
+        let run = |i: usize, model: &str, bootstrap: Option<&str>| {
+            let env = env(i);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            run_node_env(&dir.path().join(format!("n{i}")), model, spans[i], bootstrap, &[], &env)
+        };
+        let first = run(0, model.to_str().expect("utf-8 path"), None);
         let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
         let serving = first.line("serving ", Duration::from_secs(120));
         let id = serving.split_whitespace().nth(1).expect("a model id").to_string();
         let mut nodes = vec![first];
-        for (i, layers) in spans.iter().enumerate().skip(1) {
-            nodes.push(run_node(&dir.path().join(format!("n{i}")), &id, layers, Some(&addr), &[]));
+        for i in 1..spans.len() {
+            nodes.push(run(i, &id, Some(&addr)));
         }
         for n in &nodes[1..] {
             n.line("serving ", Duration::from_secs(120));
@@ -245,6 +261,18 @@ impl Swarm {
 /// port with one CPU thread and 1 s announcements, joining through `bootstrap`, with
 /// `extra` arguments, logging to `DATA.log`.
 pub fn run_node(data: &Path, model: &str, layers: &str, bootstrap: Option<&str>, extra: &[&str]) -> Node {
+    run_node_env(data, model, layers, bootstrap, extra, &[])
+}
+
+/// The same, with `env` set for the process.
+pub fn run_node_env(
+    data: &Path,
+    model: &str,
+    layers: &str,
+    bootstrap: Option<&str>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Node {
     let mut args = vec!["--data-dir", data.to_str().expect("utf-8 path"), "run", "--model", model];
     args.extend(["--serve-layers", layers, "--listen", "/ip4/127.0.0.1/tcp/0", "--announce-interval", "1"]);
     args.extend(["--threads", "1"]);
@@ -252,5 +280,5 @@ pub fn run_node(data: &Path, model: &str, layers: &str, bootstrap: Option<&str>,
         args.extend(["--bootstrap", b]);
     }
     args.extend(extra);
-    Node::start_logged(&args, Some(&data.with_extension("log")))
+    Node::start_with_env(&args, Some(&data.with_extension("log")), env)
 }
