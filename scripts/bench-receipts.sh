@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Receipts overhead (docs/BENCHMARKS.md): decode through a 3-process chain of SmolLM2-135M
-# on loopback (layers 0:10, 10:20, 20:30), with and without `--verify`, in interleaved
-# rounds; prints each round's rates and the medians and their ratio.
+# on loopback (layers 0:10, 10:20, 20:30), with and without `--verify` (receipts only:
+# `--audit-rate 0`), in interleaved rounds whose order alternates (off first in odd
+# rounds, on first in even ones); prints each round's rates and the medians and ratios.
 #
 #   scripts/bench-receipts.sh [ROUNDS]     (default 7; THREADS per server, default 1; TOKENS, default 128)
+#   SAME=1 scripts/bench-receipts.sh ...   both sides without receipts: the method's noise floor
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-7}
@@ -34,8 +36,15 @@ prompt="Once upon a time, in a small village by the sea, there lived an old fish
 rate() { $B generate --bootstrap "$boot" --model "$id" --prompt "$prompt" --max-tokens "$TOKENS" --json "$@" |
   python3 -c 'import json,sys; d=json.load(sys.stdin); v=d.get("verification") or {}; print(d["decode_tokens_per_s"], len(d["tokens"]), len(v.get("problems", [])))'; }
 rate >/dev/null # warm-up
+verify=(--verify --audit-rate 0)
+[ -z "${SAME:-}" ] || verify=()
 for r in $(seq "$ROUNDS"); do
-  echo "round $r off $(rate) on $(rate --verify --audit-rate 0)"
+  if [ $((r % 2)) = 1 ]; then
+    off=$(rate); on=$(rate "${verify[@]}")
+  else
+    on=$(rate "${verify[@]}"); off=$(rate)
+  fi
+  echo "round $r off $off on $on"
 done | tee "$work/rounds"
 python3 - "$work/rounds" <<'PY'
 import statistics, sys
@@ -46,5 +55,5 @@ for line in open(sys.argv[1]):
     assert w[9] == "0", "a receipt check failed: " + line
 print(f"decode tok/s, median of {len(off)}: receipts off {statistics.median(off):.1f}, on {statistics.median(on):.1f}, "
       f"ratio {statistics.median(on) / statistics.median(off):.3f} (median of per-round ratios "
-      f"{statistics.median(b / a for a, b in zip(off, on)):.3f})")
+      f"{statistics.median(b / a for a, b in zip(off, on)):.3f}, mean {statistics.mean(b / a for a, b in zip(off, on)):.3f})")
 PY

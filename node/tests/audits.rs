@@ -160,12 +160,12 @@ async fn forged_proofs_are_rejected_everywhere_and_ban_nobody() {
     let rows = fetch_rows(&net, &target).await.unwrap();
     let honest = pb::FraudProof {
         accused: target.peer.to_bytes(),
-        receipts: target.receipts.clone(),
+        batches: target.receipts.clone(),
         inputs: rows,
         reporter: net.peer_id().to_bytes(),
     };
     let mut bad_signature = honest.clone();
-    bad_signature.receipts.last_mut().unwrap().signature[0] ^= 1;
+    bad_signature.batches.last_mut().unwrap().signature[0] ^= 1;
     let mut bad_rows = honest.clone();
     bad_rows.inputs[0].hidden[0] ^= 1;
     let forgeries = [("bad signature", bad_signature), ("other rows", bad_rows), ("correct claimed wrong", honest)];

@@ -1,10 +1,11 @@
 //! Fraud proofs: evidence that a server signed an output it did not compute.
 //!
-//! A proof carries the accused's own signed receipts of one session, from its first
-//! step up to the wrong one, and the input rows of each. [`check`] verifies everything
-//! that needs no model: every signature is the accused's, the receipts form one chain
-//! of one session with consistent step shapes, and each input's hash equals the one the
-//! accused signed. What remains, replaying the rows on the same layers in the same
+//! A proof carries the accused's own signed receipt batches of one session, from its
+//! first step up to the batch holding the wrong receipt, and the input rows of each
+//! receipt up to the wrong one (the last receipt with rows is the one claimed wrong).
+//! [`check`] verifies everything that needs no model: every signature is the
+//! accused's, the receipts form one chain of one session with consistent step shapes,
+//! and each input's hash equals the one the accused signed. What remains, replaying the rows on the same layers in the same
 //! execution class and getting another output hash for the last receipt, needs the
 //! span; the node does it. Nothing in a proof is taken on the reporter's word.
 
@@ -23,8 +24,8 @@ pub enum ProofError {
     /// Its structure is wrong.
     #[error("malformed fraud proof: {0}")]
     Malformed(String),
-    /// A receipt is not validly signed by the accused.
-    #[error("receipt {index} of the proof: {error}")]
+    /// A receipt batch is not validly signed by the accused.
+    #[error("receipt batch {index} of the proof: {error}")]
     Receipt {
         /// Which.
         index: usize,
@@ -46,7 +47,7 @@ pub struct CheckedProof {
     pub id: [u8; 32],
     /// The accused's binary peer id.
     pub accused: Vec<u8>,
-    /// The receipts, in order; the last is the one claimed wrong.
+    /// The receipts that have input rows, in order; the last is the one claimed wrong.
     pub receipts: Vec<Receipt>,
 }
 
@@ -76,16 +77,22 @@ pub fn step_rows_hash(rows: &pb::StepRows) -> Result<[u8; 32], ProofError> {
 /// Checks everything about a proof that needs no model (see the module doc).
 pub fn check(proof: &pb::FraudProof) -> Result<CheckedProof, ProofError> {
     let malformed = |m: &str| ProofError::Malformed(m.into());
-    if proof.receipts.is_empty() || proof.receipts.len() != proof.inputs.len() {
-        return Err(malformed("a proof needs one input per receipt, and at least one"));
+    let mut receipts: Vec<Receipt> = Vec::new();
+    for (index, batch) in proof.batches.iter().enumerate() {
+        let batch =
+            receipt::verify_batch(batch, &proof.accused).map_err(|error| ProofError::Receipt { index, error })?;
+        receipts.extend(batch);
     }
-    let mut receipts: Vec<Receipt> = Vec::with_capacity(proof.receipts.len());
+    let last_batch = proof.batches.last().map_or(0, |b| b.bodies.len());
+    let n = proof.inputs.len();
+    // The claimed-wrong receipt (the last with rows) is in the last batch.
+    if n == 0 || n > receipts.len() || n + last_batch <= receipts.len() {
+        return Err(malformed("a proof needs rows for its receipts up to one in its last batch"));
+    }
     let mut width: Option<usize> = None;
-    for (index, (signed, rows)) in proof.receipts.iter().zip(&proof.inputs).enumerate() {
-        let r = receipt::verify(signed, &proof.accused).map_err(|error| ProofError::Receipt { index, error })?;
-        match receipts.last() {
-            None if r.prev != [0; 32] => return Err(ProofError::BrokenChain(0)),
-            None => {}
+    for (index, r) in receipts.iter().enumerate() {
+        let follows = match index.checked_sub(1).map(|i| &receipts[i]) {
+            None => r.prev == [0; 32],
             Some(before) => {
                 let same = (r.model_id, r.first_layer, r.end_layer, r.exec_class, r.session_id)
                     == (before.model_id, before.first_layer, before.end_layer, before.exec_class, before.session_id);
@@ -95,14 +102,16 @@ pub fn check(proof: &pb::FraudProof) -> Result<CheckedProof, ProofError> {
                 } else {
                     r.generation > before.generation && r.position <= end
                 };
-                if r.prev != before.hash() || !same || !shape_follows {
-                    return Err(ProofError::BrokenChain(index));
-                }
+                r.prev == before.hash() && same && shape_follows
             }
+        };
+        if !follows {
+            return Err(ProofError::BrokenChain(index));
         }
         if r.rows == 0 || r.first_layer >= r.end_layer {
             return Err(malformed("a receipt with no rows or no layers"));
         }
+        let Some(rows) = proof.inputs.get(index) else { continue };
         if step_rows_hash(rows)? != r.input_hash {
             return Err(ProofError::RowsMismatch(index));
         }
@@ -118,9 +127,9 @@ pub fn check(proof: &pb::FraudProof) -> Result<CheckedProof, ProofError> {
                 return Err(malformed("the steps' hidden states differ in width"));
             }
         }
-        receipts.push(r);
     }
-    let id = proof_id(&proof.accused, &receipts[receipts.len() - 1]);
+    receipts.truncate(n);
+    let id = proof_id(&proof.accused, &receipts[n - 1]);
     Ok(CheckedProof { id, accused: proof.accused.clone(), receipts })
 }
 
@@ -130,6 +139,7 @@ mod tests {
 
     use super::*;
     use crate::announce::peer_id_of_ed25519;
+    use crate::receipt::sign_batch;
 
     /// A two-step session of a hop on layers 3..6: a 2-row prompt, then one token.
     fn proof(key: &SigningKey) -> pb::FraudProof {
@@ -158,10 +168,12 @@ mod tests {
                 prev,
             };
             prev = r.hash();
-            receipts.push(r.sign(key));
+            receipts.push(r);
         }
         let accused = peer_id_of_ed25519(&key.verifying_key().to_bytes());
-        pb::FraudProof { accused, receipts, inputs, reporter: vec![] }
+        // Two batches: the first step alone, then the second.
+        let batches = vec![sign_batch(&receipts[..1], key), sign_batch(&receipts[1..], key)];
+        pb::FraudProof { accused, batches, inputs, reporter: vec![] }
     }
 
     #[test]
@@ -180,15 +192,23 @@ mod tests {
         let mut p = good.clone();
         p.inputs[1].hidden[0] ^= 1;
         assert_eq!(check(&p).unwrap_err(), ProofError::RowsMismatch(1));
-        // A receipt left out of the chain.
+        // A batch left out of the chain.
         let mut p = good.clone();
-        p.receipts.remove(0);
+        p.batches.remove(0);
         p.inputs.remove(0);
         assert_eq!(check(&p).unwrap_err(), ProofError::BrokenChain(0));
-        // Inputs and receipts that do not pair up; an empty proof.
+        // The claimed-wrong receipt outside the last batch; no rows; an empty proof.
         let mut p = good.clone();
         p.inputs.pop();
         assert!(matches!(check(&p), Err(ProofError::Malformed(_))));
+        p.inputs.clear();
+        assert!(matches!(check(&p), Err(ProofError::Malformed(_))));
         assert!(matches!(check(&pb::FraudProof::default()), Err(ProofError::Malformed(_))));
+        // Claiming the first receipt wrong when both are in one batch: fine.
+        let mut p = good.clone();
+        let receipts: Vec<Receipt> = checked.receipts.clone();
+        p.batches = vec![sign_batch(&receipts, &key)];
+        p.inputs.pop();
+        assert_eq!(check(&p).unwrap().accused_receipt().step, 0);
     }
 }

@@ -6,10 +6,11 @@
 //! shape (step, generation, cache position, rows), blake3 of the input rows and of the
 //! output rows as computed (f32 hidden states, little-endian; token ids as i32), and the
 //! hash of its previous receipt in the session, so that steps cannot be dropped from
-//! the record unnoticed. The body has one fixed byte layout ([`Receipt::to_bytes`]) and
-//! is signed with the server's node identity (Ed25519, the key its peer id is made of)
-//! over a domain tag, so a signature over it cannot be replayed as one over anything
-//! else.
+//! the record unnoticed. The body has one fixed byte layout ([`Receipt::to_bytes`]).
+//! Receipts are signed in batches of consecutive steps ([`sign_batch`]): one signature
+//! with the server's node identity (Ed25519, the key its peer id is made of) over a
+//! domain tag, the count and the bodies, so a signature cannot be replayed as one over
+//! anything else, and signing and checking cost one signature per batch, not per token.
 //!
 //! Hop k's input hash must equal hop k−1's output hash for the same step: with both
 //! signatures, a lie about what was computed is pinned to one server.
@@ -19,8 +20,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use crate::announce::peer_id_of_ed25519;
 use crate::pb;
 
-/// Bytes prefixed to a receipt body before signing.
-const DOMAIN: &[u8] = b"nakshatra/receipt/v1\0";
+/// Bytes prefixed to a batch of receipt bodies before signing.
+const DOMAIN: &[u8] = b"nakshatra/receipts/v1\0";
+/// Most receipts in one signed batch.
+pub const MAX_BATCH: usize = 1024;
 /// Length of a receipt body: version, 5 hashes, layers, session, step, shape.
 pub const RECEIPT_BYTES: usize = 1 + 32 * 5 + 4 * 2 + 8 * 2 + 4 * 3;
 
@@ -33,6 +36,9 @@ pub enum ReceiptError {
     /// The signature does not verify.
     #[error("bad receipt signature")]
     BadSignature,
+    /// A batch with no receipt, or more than [`MAX_BATCH`].
+    #[error("a receipt batch of {0} receipts (1 to {MAX_BATCH})")]
+    BatchSize(usize),
     /// Signed by a key that is not the expected peer's.
     #[error("receipt signed by another peer's key")]
     WrongSigner,
@@ -46,6 +52,10 @@ pub fn rows_hash(bytes: &[u8]) -> [u8; 32] {
 /// blake3 of f32 values as little-endian bytes: [`rows_hash`] of their bytes, without
 /// copying them all at once.
 pub fn f32_rows_hash(values: &[f32]) -> [u8; 32] {
+    if cfg!(target_endian = "little") {
+        // In memory, f32s on a little-endian machine are their little-endian bytes.
+        return rows_hash(bytemuck::cast_slice(values));
+    }
     let mut hasher = blake3::Hasher::new();
     for chunk in values.chunks(1024) {
         let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -144,31 +154,44 @@ impl Receipt {
     pub fn hash(&self) -> [u8; 32] {
         *blake3::hash(&self.to_bytes()).as_bytes()
     }
+}
 
-    /// Signs the receipt with the server's identity key.
-    pub fn sign(&self, key: &SigningKey) -> pb::SignedReceipt {
-        let body = self.to_bytes();
-        let signature = key.sign(&[DOMAIN, &body].concat());
-        pb::SignedReceipt {
-            body,
-            public_key: key.verifying_key().to_bytes().to_vec(),
-            signature: signature.to_bytes().to_vec(),
-        }
+fn signed_message(bodies: &[Vec<u8>]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(DOMAIN.len() + 4 + bodies.len() * RECEIPT_BYTES);
+    message.extend_from_slice(DOMAIN);
+    message.extend_from_slice(&(bodies.len() as u32).to_le_bytes());
+    for body in bodies {
+        message.extend_from_slice(body);
+    }
+    message
+}
+
+/// Signs consecutive receipts as one batch with the server's identity key.
+pub fn sign_batch(receipts: &[Receipt], key: &SigningKey) -> pb::SignedReceipts {
+    let bodies: Vec<Vec<u8>> = receipts.iter().map(Receipt::to_bytes).collect();
+    let signature = key.sign(&signed_message(&bodies));
+    pb::SignedReceipts {
+        bodies,
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        signature: signature.to_bytes().to_vec(),
     }
 }
 
-/// Checks a signed receipt: its body, its signature (strict Ed25519), and that the
-/// key is the one `peer_id` (binary libp2p peer id) is made of. Returns the receipt.
-pub fn verify(signed: &pb::SignedReceipt, peer_id: &[u8]) -> Result<Receipt, ReceiptError> {
-    let receipt = Receipt::from_bytes(&signed.body)?;
+/// Checks a signed batch: its size, every body, the signature (strict Ed25519), and that
+/// the key is the one `peer_id` (binary libp2p peer id) is made of. Returns the receipts.
+pub fn verify_batch(signed: &pb::SignedReceipts, peer_id: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
+    if signed.bodies.is_empty() || signed.bodies.len() > MAX_BATCH {
+        return Err(ReceiptError::BatchSize(signed.bodies.len()));
+    }
+    let receipts = signed.bodies.iter().map(|b| Receipt::from_bytes(b)).collect::<Result<Vec<_>, _>>()?;
     let key: [u8; 32] = signed.public_key.as_slice().try_into().map_err(|_| ReceiptError::BadSignature)?;
     if peer_id_of_ed25519(&key) != peer_id {
         return Err(ReceiptError::WrongSigner);
     }
     let key = VerifyingKey::from_bytes(&key).map_err(|_| ReceiptError::BadSignature)?;
     let signature = Signature::from_slice(&signed.signature).map_err(|_| ReceiptError::BadSignature)?;
-    key.verify_strict(&[DOMAIN, &signed.body].concat(), &signature).map_err(|_| ReceiptError::BadSignature)?;
-    Ok(receipt)
+    key.verify_strict(&signed_message(&signed.bodies), &signature).map_err(|_| ReceiptError::BadSignature)?;
+    Ok(receipts)
 }
 
 #[cfg(test)]
@@ -197,22 +220,37 @@ mod tests {
         let key = SigningKey::from_bytes(&[4; 32]);
         let peer = peer_id_of_ed25519(&key.verifying_key().to_bytes());
         let r = receipt();
+        let mut next = r;
+        next.step += 1;
         assert_eq!(Receipt::from_bytes(&r.to_bytes()), Ok(r));
-        let signed = r.sign(&key);
-        assert_eq!(signed.body.len(), RECEIPT_BYTES);
-        assert_eq!(verify(&signed, &peer), Ok(r));
-        for i in 0..RECEIPT_BYTES {
+        let signed = sign_batch(&[r, next], &key);
+        assert_eq!(signed.bodies[1].len(), RECEIPT_BYTES);
+        assert_eq!(verify_batch(&signed, &peer), Ok(vec![r, next]));
+        for (b, i) in [0, 1].into_iter().flat_map(|b| (0..RECEIPT_BYTES).map(move |i| (b, i))) {
             let mut bad = signed.clone();
-            bad.body[i] ^= 1;
-            assert!(verify(&bad, &peer).is_err(), "byte {i} of the body is not covered");
+            bad.bodies[b][i] ^= 1;
+            assert!(verify_batch(&bad, &peer).is_err(), "byte {i} of body {b} is not covered");
         }
+        let mut dropped = signed.clone();
+        dropped.bodies.pop();
+        assert_eq!(verify_batch(&dropped, &peer), Err(ReceiptError::BadSignature));
         let other = SigningKey::from_bytes(&[5; 32]);
         let other_peer = peer_id_of_ed25519(&other.verifying_key().to_bytes());
-        assert_eq!(verify(&signed, &other_peer), Err(ReceiptError::WrongSigner));
-        let mut forged = r.sign(&other);
+        assert_eq!(verify_batch(&signed, &other_peer), Err(ReceiptError::WrongSigner));
+        let mut forged = sign_batch(&[r], &other);
         forged.public_key = signed.public_key.clone();
-        assert_eq!(verify(&forged, &peer), Err(ReceiptError::BadSignature));
-        assert!(matches!(verify(&pb::SignedReceipt::default(), &peer), Err(ReceiptError::Malformed(_))));
+        assert_eq!(verify_batch(&forged, &peer), Err(ReceiptError::BadSignature));
+        assert_eq!(verify_batch(&pb::SignedReceipts::default(), &peer), Err(ReceiptError::BatchSize(0)));
+        let mut malformed = signed.clone();
+        malformed.bodies[0].pop();
+        assert!(matches!(verify_batch(&malformed, &peer), Err(ReceiptError::Malformed(_))));
+    }
+
+    #[test]
+    fn f32_rows_hash_is_the_hash_of_their_little_endian_bytes() {
+        let values = [1.5f32, -0.25, 3e-8];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(f32_rows_hash(&values), rows_hash(&bytes));
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub struct AuditTarget {
     pub addrs: Vec<Multiaddr>,
     /// The session's id at that server.
     pub session_id: u64,
-    /// Its receipts of the session, in order.
-    pub receipts: Vec<pb::SignedReceipt>,
+    /// Its signed receipt batches of the session, in order.
+    pub receipts: Vec<pb::SignedReceipts>,
 }
 
 /// A lie an audit proved.
@@ -133,19 +133,19 @@ impl Auditor {
     }
 
     async fn audit_hop(&mut self, t: &AuditTarget, report: &mut AuditReport) -> Result<(), AuditError> {
-        let receipts: Vec<Receipt> = t
-            .receipts
-            .iter()
-            .map(|s| receipt::verify(s, &t.peer.to_bytes()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| AuditError::Refused(format!("its receipts: {e}")))?;
+        let mut receipts: Vec<Receipt> = Vec::new();
+        for batch in &t.receipts {
+            let batch = receipt::verify_batch(batch, &t.peer.to_bytes())
+                .map_err(|e| AuditError::Refused(format!("its receipts: {e}")))?;
+            receipts.extend(batch);
+        }
         let rows = fetch_rows(&self.net, t).await?;
         if rows.len() != receipts.len() {
             return Err(AuditError::Refused(format!("it sent {} rows for {} receipts", rows.len(), receipts.len())));
         }
         let full = pb::FraudProof {
             accused: t.peer.to_bytes(),
-            receipts: t.receipts.clone(),
+            batches: t.receipts.clone(),
             inputs: rows,
             reporter: self.net.peer_id().to_bytes(),
         };
@@ -161,8 +161,17 @@ impl Auditor {
             *self.clean.entry(t.peer).or_insert(0) += 1;
             return Ok(());
         };
-        let proof =
-            pb::FraudProof { receipts: full.receipts[..=k].to_vec(), inputs: full.inputs[..=k].to_vec(), ..full };
+        // The batches up to the one holding receipt k, and the rows up to k.
+        let mut batches = Vec::new();
+        let mut covered = 0;
+        for batch in &full.batches {
+            if covered > k {
+                break;
+            }
+            covered += batch.bodies.len();
+            batches.push(batch.clone());
+        }
+        let proof = pb::FraudProof { batches, inputs: full.inputs[..=k].to_vec(), ..full };
         match self.consider(proof.clone(), None).await {
             Some(fraud) => {
                 let data = proof.encode_to_vec();

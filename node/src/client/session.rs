@@ -460,10 +460,8 @@ impl RemoteSession {
     fn check_receipts(&mut self, link: u64, batch: &pb::Receipts) {
         let context = &self.context;
         let fed = |at: u32, rows: u32| context.get(at as usize..(at + rows) as usize).map(<[i32]>::to_vec);
-        if let Some(check) = &mut self.receipts {
-            for signed in &batch.receipts {
-                check.receipt(link, signed, fed);
-            }
+        if let (Some(check), Some(signed)) = (&mut self.receipts, &batch.batch) {
+            check.batch(link, signed, fed);
         }
     }
 

@@ -67,8 +67,8 @@ struct HopState {
     end: u32,
     session_id: u64,
     prev: [u8; 32],
-    /// Its receipts that passed, in order (what an audit replays).
-    signed: Vec<pb::SignedReceipt>,
+    /// Its receipt batches whose signature verified, in order (what an audit replays).
+    signed: Vec<pb::SignedReceipts>,
     /// Generation and end position of the last of them.
     reached: (u32, u32),
 }
@@ -149,39 +149,37 @@ impl ReceiptCheck {
         self.report.problems.push(ReceiptProblem { peers, step, layers, what });
     }
 
-    /// Checks a receipt that came on `link`; `fed` gives the tokens at a position range
-    /// when this client knows them (what the first hop must have taken as input).
-    pub(super) fn receipt(
-        &mut self,
-        link: u64,
-        signed: &pb::SignedReceipt,
-        fed: impl Fn(u32, u32) -> Option<Vec<i32>>,
-    ) {
-        let Some(hop) = self.hops.get(&link) else { return };
+    /// Checks a signed batch of receipts that came on `link`; `fed` gives the tokens at a
+    /// position range when this client knows them (what the first hop must have taken
+    /// as input).
+    pub(super) fn batch(&mut self, link: u64, signed: &pb::SignedReceipts, fed: impl Fn(u32, u32) -> Option<Vec<i32>>) {
+        let Some(hop) = self.hops.get_mut(&link) else { return };
         let (peer, layers) = (hop.peer, (hop.start, hop.end));
-        let r = match receipt::verify(signed, &peer.to_bytes()) {
+        let receipts = match receipt::verify_batch(signed, &peer.to_bytes()) {
             Ok(r) => r,
             Err(e) => return self.problem(&[peer], 0, layers, e.to_string()),
         };
-        let about_us =
-            r.model_id == self.model_id && (r.first_layer, r.end_layer) == layers && r.session_id == hop.session_id;
-        if !about_us {
-            return self.problem(&[peer], r.step, layers, "a receipt about another model, layers or session");
-        }
-        if r.prev != hop.prev {
-            return self.problem(&[peer], r.step, layers, "the receipt chain is broken (a step left out or reordered)");
-        }
-        if let Some(hop) = self.hops.get_mut(&link) {
+        hop.signed.push(signed.clone());
+        for r in receipts {
+            let Some(hop) = self.hops.get_mut(&link) else { return };
+            let about_us =
+                r.model_id == self.model_id && (r.first_layer, r.end_layer) == layers && r.session_id == hop.session_id;
+            if !about_us {
+                return self.problem(&[peer], r.step, layers, "a receipt about another model, layers or session");
+            }
+            if r.prev != hop.prev {
+                let what = "the receipt chain is broken (a step left out or reordered)";
+                return self.problem(&[peer], r.step, layers, what);
+            }
             hop.prev = r.hash();
-            hop.signed.push(signed.clone());
             hop.reached = (r.generation, r.position + r.rows);
+            self.report.receipts_checked += 1;
+            self.link_check(&r, peer, &fed);
         }
-        self.report.receipts_checked += 1;
-        self.link_check(&r, peer, fed);
     }
 
     /// Matches `r` against its neighbours' receipts for the same step shape.
-    fn link_check(&mut self, r: &Receipt, peer: PeerId, fed: impl Fn(u32, u32) -> Option<Vec<i32>>) {
+    fn link_check(&mut self, r: &Receipt, peer: PeerId, fed: &impl Fn(u32, u32) -> Option<Vec<i32>>) {
         let shape = (r.generation, r.position, r.rows);
         let layers = (r.first_layer, r.end_layer);
         if r.first_layer == 0 {
@@ -227,7 +225,7 @@ impl ReceiptCheck {
 #[cfg(test)]
 mod tests {
     use ed25519_dalek::SigningKey;
-    use nak_protocol::receipt::{rows_hash, tokens_hash};
+    use nak_protocol::receipt::{rows_hash, sign_batch, tokens_hash};
 
     use super::*;
 
@@ -267,8 +265,8 @@ mod tests {
         let hidden = rows_hash(b"hidden rows of step 0");
         let mut first = receipt((0, 5), 100, 0, tokens_hash(&[40]), hidden);
         let second = receipt((5, 9), 200, 0, hidden, rows_hash(b"token"));
-        check.receipt(20, &second.sign(&k2), fed);
-        check.receipt(10, &first.sign(&k1), fed);
+        check.batch(20, &sign_batch(&[second], &k2), fed);
+        check.batch(10, &sign_batch(&[first], &k1), fed);
         let report = check.report();
         assert_eq!((report.receipts_checked, report.links_checked), (2, 2));
         assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -276,17 +274,17 @@ mod tests {
         // The first hop's next step names the previous receipt; leaving it out breaks the chain.
         let mut skipped = receipt((0, 5), 100, 2, tokens_hash(&[42]), hidden);
         skipped.prev = [0; 32];
-        check.receipt(10, &skipped.sign(&k1), fed);
+        check.batch(10, &sign_batch(&[skipped], &k1), fed);
         // Signed by the other hop's key, on the first hop's stream.
         first.step = 1;
-        check.receipt(10, &first.sign(&k2), fed);
+        check.batch(10, &sign_batch(&[first], &k2), fed);
         // A second hop that claims another input than the first hop's output.
         let (mut step1_first, mut step1_second) =
             (receipt((0, 5), 100, 1, tokens_hash(&[41]), hidden), receipt((5, 9), 200, 1, rows_hash(b"x"), hidden));
         step1_first.prev = first_hash(&check, 10);
         step1_second.prev = receipt((5, 9), 200, 0, hidden, rows_hash(b"token")).hash();
-        check.receipt(10, &step1_first.sign(&k1), fed);
-        check.receipt(20, &step1_second.sign(&k2), fed);
+        check.batch(10, &sign_batch(&[step1_first], &k1), fed);
+        check.batch(20, &sign_batch(&[step1_second], &k2), fed);
         let problems: Vec<String> = check.report().problems.iter().map(|p| p.what.clone()).collect();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("chain is broken"), "{problems:?}");

@@ -1,16 +1,16 @@
 //! Receipts on the server side: a session opened with `receipts` signs, for every step
 //! it computes, a [`Receipt`] of its input and output rows, chained to the previous
 //! one, and records the step's input rows for audits ([`AuditRetention`]). Receipts go
-//! to the opener on the control stream in batches ([`ReceiptSigner::batch`]): every
-//! [`RECEIPT_BATCH`] steps, when the session goes quiet, and when it ends, so that
-//! verification adds no frame per token. Steps the cache already held compute nothing
+//! to the opener on the control stream in signed batches ([`ReceiptSigner::batch`]):
+//! every [`RECEIPT_BATCH`] steps, when the session goes quiet, and when it ends, so that
+//! verification adds neither a frame nor a signature per token. Steps the cache already held compute nothing
 //! and get none.
 
 use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::SigningKey;
 use nak_protocol::pb;
-use nak_protocol::receipt::{rows_hash, tokens_hash, Receipt};
+use nak_protocol::receipt::{rows_hash, sign_batch, tokens_hash, Receipt};
 
 use super::retention::{AuditRetention, SessionKey};
 use crate::engine::{StepInput, StepOutput};
@@ -68,11 +68,11 @@ fn describe_exec_class() -> [u8; 32] {
 }
 
 /// A session's receipt signer: the fields every receipt of the session shares, the
-/// chain so far, and the receipts not yet sent.
+/// chain so far, and the receipts not yet signed and sent.
 pub(super) struct ReceiptSigner {
     key: Arc<SigningKey>,
     base: Receipt,
-    pending: Vec<pb::SignedReceipt>,
+    pending: Vec<Receipt>,
     retention: Arc<AuditRetention>,
     owner: SessionKey,
 }
@@ -103,9 +103,9 @@ impl ReceiptSigner {
         Self { key, base, pending: Vec::new(), retention, owner }
     }
 
-    /// Signs the receipt of one computed step with input `rows` (kept for audits); the
+    /// Makes the receipt of one computed step with input `rows` (kept for audits); the
     /// next receipt will name this one as its predecessor.
-    pub(super) fn sign(&mut self, shape: StepShape, rows: pb::StepRows, output_hash: [u8; 32]) {
+    pub(super) fn record(&mut self, shape: StepShape, rows: pb::StepRows, output_hash: [u8; 32]) {
         let input_hash = match rows.tokens.is_empty() {
             false => tokens_hash(&rows.tokens),
             true => rows_hash(&rows.hidden),
@@ -120,17 +120,19 @@ impl ReceiptSigner {
             ..self.base
         };
         self.base.prev = receipt.hash();
-        self.pending.push(receipt.sign(&self.key));
+        self.pending.push(receipt);
         self.retention.record(self.owner, rows);
     }
 
-    /// The receipts to send now, as one frame: when a batch is full, or (`flush`) any.
+    /// The receipts to send now, signed as one batch in one frame: when a batch is full,
+    /// or (`flush`) any.
     pub(super) fn batch(&mut self, flush: bool) -> Option<pb::InferenceFrame> {
         let due = self.pending.len() >= RECEIPT_BATCH || (flush && !self.pending.is_empty());
         if !due {
             return None;
         }
-        let receipts = pb::Receipts { session_id: self.owner.1, receipts: std::mem::take(&mut self.pending) };
+        let batch = sign_batch(&std::mem::take(&mut self.pending), &self.key);
+        let receipts = pb::Receipts { session_id: self.owner.1, batch: Some(batch) };
         Some(pb::InferenceFrame { kind: Some(Kind::Receipts(receipts)) })
     }
 

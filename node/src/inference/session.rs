@@ -313,7 +313,7 @@ impl SessionTask {
             StepOutput::Cached => {}
         }
         if let (Some(signer), Some(rows), Some(output)) = (&mut self.setup.receipts, rows_in, out_hash) {
-            signer.sign(shape, rows, output);
+            signer.record(shape, rows, output);
             self.send_receipts(false).await;
         }
     }
