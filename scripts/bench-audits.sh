@@ -79,11 +79,14 @@ assert frauds == 0, "a proof against an honest server"
 until_convicted() {
   local d=$1; shift
   local n=0 first=0
+  # Faults the liar injected into its own speed probe at start are not a session's.
+  local base
+  base=$(grep -c "fault injection" "$d/b.log" || true)
   while :; do
     n=$((n + 1))
     local out frauds
     out=$(gen "$d/client-$n" --verify "$@")
-    if [ "$first" = 0 ] && grep -q "fault injection" "$d/b.log"; then first=$n; fi
+    if [ "$first" = 0 ] && [ "$(grep -c "fault injection" "$d/b.log" || true)" -gt "$base" ]; then first=$n; fi
     frauds=$(echo "$out" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["verification"]["frauds"]))')
     if [ "$frauds" != 0 ]; then echo "$n $first"; return; fi
     [ "$n" -lt 400 ] || { echo "$n $first (not convicted)"; return; }

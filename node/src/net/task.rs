@@ -19,6 +19,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
 use nak_protocol::{announce, keys, pb, proof};
@@ -401,7 +402,21 @@ impl Task {
                 let mut done = last;
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                        found.extend(providers.into_iter().filter(|p| !self.blocked.contains(p)));
+                        let new: Vec<PeerId> = providers
+                            .into_iter()
+                            .filter(|p| !self.blocked.contains(p) && p != self.swarm.local_peer_id())
+                            .collect();
+                        // Kademlia knows a provider's addresses only while this query lives (they
+                        // are not kept once it is finished), so dial now: the fetch that follows
+                        // asks by peer id alone.
+                        for peer in &new {
+                            let opts =
+                                DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+                            if let Err(e) = self.swarm.dial(opts) {
+                                tracing::debug!(%peer, error = %e, "cannot dial a provider");
+                            }
+                        }
+                        found.extend(new);
                         // Enough to start fetching, unless the caller asked for everyone.
                         done |= !*exhaustive;
                     }
