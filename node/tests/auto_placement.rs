@@ -21,6 +21,7 @@ use nak_shard_store::{import_gguf, Store, SynthConfig};
 /// Per-block server peer ids, as `status --json` reports them.
 fn coverage(bootstrap: &str, model: &str) -> Vec<Vec<String>> {
     let out = Command::new(env!("CARGO_BIN_EXE_nak-node"))
+        .env("NAKSHATRA_NO_MDNS", "1")
         .args(["status", "--bootstrap", bootstrap, "--model", model, "--wait", "3", "--json"])
         .env("NAK_LOG", "warn")
         .output()

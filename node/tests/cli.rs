@@ -3,7 +3,13 @@
 use std::process::Command;
 
 fn nak(data: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nak-node")).arg("--data-dir").arg(data).args(args).output().expect("nak-node runs")
+    Command::new(env!("CARGO_BIN_EXE_nak-node"))
+        .env("NAKSHATRA_NO_MDNS", "1")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("nak-node runs")
 }
 
 #[test]

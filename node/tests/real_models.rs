@@ -86,6 +86,7 @@ fn swarm_matches_the_whole_model(file: &str, spans: [&str; 3]) {
     }
     // A chat turn through the swarm, with the model's own template.
     let mut chat = Command::new(env!("CARGO_BIN_EXE_nak-node"))
+        .env("NAKSHATRA_NO_MDNS", "1")
         .args(["chat", "--bootstrap", addr, "--model", id, "--max-tokens", "12"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

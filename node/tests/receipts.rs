@@ -13,7 +13,12 @@ use std::process::Command;
 use common::{log_tails, nak_json, smollm_path, Swarm, PROMPTS};
 
 fn nak(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nak-node")).args(args).env("NAK_LOG", "warn").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_nak-node"))
+        .env("NAKSHATRA_NO_MDNS", "1")
+        .args(args)
+        .env("NAK_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 #[test]

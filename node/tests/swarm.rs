@@ -29,6 +29,7 @@ fn a_second_node_fetches_its_span_from_the_first_and_the_swarm_covers_every_bloc
     assert_eq!(fetched, 15 + 3);
 
     let out = Command::new(env!("CARGO_BIN_EXE_nak-node"))
+        .env("NAKSHATRA_NO_MDNS", "1")
         // No --model: status finds the model from the topics its peers subscribe to.
         .args(["status", "--bootstrap", &a_addr, "--wait", "4", "--json"])
         .env("NAK_LOG", "warn")

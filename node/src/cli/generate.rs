@@ -9,17 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use libp2p::Multiaddr;
 use nak_node::audit::Auditor;
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::client::{DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
 use nak_node::engine::SamplingParams;
-use nak_node::net::{Network, NetworkConfig};
+use nak_node::net::Network;
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{ModelId, Store};
 
 use super::audit::{audit_generation, audit_rate, auditor, learn_proofs};
-use super::{block_on, open_store, EngineArgs};
+use super::{block_on, open_store, EngineArgs, JoinArgs};
 
 /// How long to listen for announcements before routing.
 const ROUTE_WAIT: Duration = Duration::from_secs(15);
@@ -56,9 +55,10 @@ pub struct GenerateArgs {
 /// Running through the swarm instead of locally.
 #[derive(clap::Args)]
 struct SwarmClientArgs {
-    /// Join the swarm at these addresses and generate through its servers (`--model` is then a model id).
-    #[arg(long)]
-    bootstrap: Vec<Multiaddr>,
+    /// Generate through the swarm's servers (`--model` is then a model id): with any of
+    /// these flags, or when `--model` is a model id the local store lacks.
+    #[command(flatten)]
+    join: JoinArgs,
     /// ring: the last server samples and sends the token to the first; client: it sends
     /// its top logits here and this client samples.
     #[arg(long, value_enum, default_value = "ring")]
@@ -87,9 +87,8 @@ struct SwarmClientArgs {
 /// `/reset` starts over, Ctrl-C stops an answer.
 #[derive(clap::Args)]
 pub struct ChatArgs {
-    /// Peers to join.
-    #[arg(long, required = true)]
-    bootstrap: Vec<Multiaddr>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// Model id.
     #[arg(long)]
     model: String,
@@ -122,11 +121,24 @@ fn checked(sampling: SamplingParams) -> Result<SamplingParams> {
     Ok(sampling)
 }
 
-/// `nak-node generate`: locally, or through the swarm when `--bootstrap` is given.
+/// Whether `model` names a model of the swarm rather than a local one: a full model id
+/// that is neither a file nor in the local store.
+fn swarm_model(model: &std::path::Path, data_dir: &Option<PathBuf>) -> bool {
+    let text = model.to_string_lossy().to_ascii_lowercase();
+    let id = text.len() == 64 && ModelId::from_hex(&text).is_ok();
+    let local = || {
+        let dir = super::data_dir(data_dir.clone());
+        dir.join("manifests").is_dir() && Store::open(&dir).is_ok_and(|s| s.resolve_model(&text).is_ok())
+    };
+    id && !model.is_file() && !local()
+}
+
+/// `nak-node generate`: locally, or through the swarm when a flag of [`JoinArgs`] is
+/// given or the model is only the swarm's.
 pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
-    if !args.swarm.bootstrap.is_empty() {
+    if args.swarm.join.given() || swarm_model(&args.model, &data_dir) {
         let remote = RemoteArgs {
-            bootstrap: args.swarm.bootstrap,
+            join: args.swarm.join,
             model: args.model.to_string_lossy().into_owned(),
             mode: args.swarm.mode,
             sampling: checked(args.sampling)?,
@@ -178,7 +190,7 @@ pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
 /// `nak-node chat`.
 pub fn chat(args: ChatArgs, data_dir: Option<PathBuf>) -> Result<()> {
     let remote = RemoteArgs {
-        bootstrap: args.bootstrap,
+        join: args.join,
         model: args.model,
         mode: args.mode,
         sampling: checked(args.sampling)?,
@@ -195,8 +207,8 @@ pub fn chat(args: ChatArgs, data_dir: Option<PathBuf>) -> Result<()> {
 
 /// What both commands need to reach the model.
 struct RemoteArgs {
-    /// Peers to join.
-    bootstrap: Vec<Multiaddr>,
+    /// How to join the swarm.
+    join: JoinArgs,
     /// The model id (hex).
     model: String,
     /// Decoding mode.
@@ -234,7 +246,11 @@ async fn connect(args: &RemoteArgs) -> Result<Joined> {
     let scratch = tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
-    let (net, _) = Network::spawn_in_store(&store, NetworkConfig::joining(listen, args.bootstrap.clone())).await?;
+    let dir = super::data_dir(args.data_dir.clone());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let network = args.join.network(listen, &dir, true)?;
+    let (net, _) = Network::spawn_in_store(&store, network.clone()).await?;
+    args.join.require_peer(&net, &network, &dir).await?;
     let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net.clone(), &store, id))
         .await
         .context("no answer from the swarm about the model within 60 s")??;
@@ -377,6 +393,7 @@ async fn generate_parallel(
         "session_tokens": outs.iter().map(|o| &o.generation.tokens).collect::<Vec<_>>(),
         "route": outs.first().map(|o| o.route.clone()),
         "verification": outs.iter().map(|o| &o.verification).collect::<Vec<_>>(),
+        "discovery_ms": model.discovery_time().map(|d| d.as_secs_f64() * 1e3),
     });
     println!("{report}");
     Ok(())

@@ -18,11 +18,96 @@ pub mod serve;
 pub mod status;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
+use libp2p::Multiaddr;
 use nak_node::engine::EngineConfig;
+use nak_node::net::{
+    bootstrap_file_peers, read_peers_file, read_swarm_key, NetworkConfig, NetworkHandle, SwarmProtocols, BOOTSTRAP_ENV,
+    BOOTSTRAP_FILE, PEERS_FILE,
+};
 use nak_shard_store::Store;
+
+/// How a command joins the swarm: where to find peers, and which swarm.
+#[derive(clap::Args, Clone)]
+pub struct JoinArgs {
+    /// Peers to join through (multiaddrs ending in /p2p/<peer id>). Also used: $NAKSHATRA_BOOTSTRAP
+    /// (comma-separated), the data dir's `bootstrap` file (one per line), the peers met before, and mDNS.
+    #[arg(long)]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Do not look for peers on the local network by mDNS.
+    #[arg(long, env = "NAKSHATRA_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_mdns: bool,
+    /// The swarm to join: nodes of different swarms never connect (1-32 of a-z, 0-9, '-').
+    #[arg(long, default_value = nak_node::net::PUBLIC_SWARM)]
+    pub swarm: String,
+    /// A private swarm's pre-shared key file (IPFS swarm.key format): peers without it are refused; TCP only.
+    #[arg(long)]
+    pub swarm_key: Option<PathBuf>,
+}
+
+/// How long a client waits for its first peer when it has only mDNS or remembered peers.
+const FIRST_PEER_WAIT: Duration = Duration::from_secs(5);
+
+impl JoinArgs {
+    /// Network settings listening on `listen` (the defaults when empty) and joining
+    /// through every source of peers; `data_dir` holds the `bootstrap` file and the
+    /// remembered peers (when `remember`, this node adds the peers it meets there).
+    pub fn network(&self, listen: Vec<Multiaddr>, data_dir: &Path, remember: bool) -> Result<NetworkConfig> {
+        SwarmProtocols::of(&self.swarm)?;
+        let mut peers = self.bootstrap.clone();
+        if let Ok(list) = std::env::var(BOOTSTRAP_ENV) {
+            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                peers.push(item.parse().with_context(|| format!("{BOOTSTRAP_ENV}: {item:?} is not a multiaddr"))?);
+            }
+        }
+        peers.extend(bootstrap_file_peers(data_dir)?);
+        peers.extend(read_peers_file(&data_dir.join(PEERS_FILE)));
+        let mut seen = std::collections::HashSet::new();
+        peers.retain(|a| seen.insert(a.clone()));
+        let swarm_key = self.swarm_key.as_deref().map(read_swarm_key).transpose()?;
+        Ok(NetworkConfig {
+            swarm: self.swarm.clone(),
+            swarm_key,
+            mdns: !self.no_mdns,
+            peers_file: (remember && data_dir.is_dir()).then(|| data_dir.join(PEERS_FILE)),
+            ..NetworkConfig::joining(listen, peers)
+        })
+    }
+
+    /// Whether the user pointed this command at a swarm (any flag of these).
+    pub fn given(&self) -> bool {
+        !self.bootstrap.is_empty() || self.swarm != nak_node::net::PUBLIC_SWARM || self.swarm_key.is_some()
+    }
+
+    /// For a client: waits for a first peer, or says exactly how to name one.
+    pub async fn require_peer(&self, net: &NetworkHandle, cfg: &NetworkConfig, data_dir: &Path) -> Result<()> {
+        let how = format!(
+            "pass --bootstrap /ip4/<host>/tcp/<port>/p2p/<peer id> (a server prints its addresses as `listening …`), \
+             set {BOOTSTRAP_ENV}=<addr>[,<addr>…], or list addresses in {}",
+            data_dir.join(BOOTSTRAP_FILE).display()
+        );
+        if cfg.bootstrap.is_empty() && !cfg.mdns {
+            bail!("no peers to join: {how}");
+        }
+        if !net.wait_for_peer(FIRST_PEER_WAIT).await? {
+            let tried = match (cfg.bootstrap.len(), cfg.mdns) {
+                (0, _) => "mDNS found no node on the local network".to_string(),
+                (n, true) => format!("none of {n} known peer address(es) answered and mDNS found no node"),
+                (n, false) => format!("none of {n} known peer address(es) answered"),
+            };
+            bail!("no peers within {} s: {tried}; {how}", FIRST_PEER_WAIT.as_secs());
+        }
+        Ok(())
+    }
+}
+
+/// The data directory (`dir`, else `$NAKSHATRA_DATA_DIR`, else the per-user one).
+pub fn data_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(nak_shard_store::default_data_dir)
+}
 
 /// Engine settings of the commands that run a model in this process.
 #[derive(clap::Args)]

@@ -10,12 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use nak_node::client::SwarmModel;
 use nak_node::engine::{EngineConfig, Fault, LlamaLoader};
-use nak_node::net::{Network, NetworkConfig};
+use nak_node::net::{reachability_name, Network, NetworkConfig, NetworkHandle};
 use nak_node::server::{EventSink, ModelSource, Server, ServerConfig, ServerEvent};
 use nak_shard_store::{ModelId, Store};
 
 use super::audit::{auditor, watch};
-use super::{block_on, open_store};
+use super::{block_on, open_store, JoinArgs};
 
 /// Join the swarm and serve a span of a model.
 #[derive(clap::Args)]
@@ -29,9 +29,8 @@ pub struct RunArgs {
     /// Addresses to listen on (default: TCP and QUIC on all interfaces).
     #[arg(long)]
     listen: Vec<Multiaddr>,
-    /// Peers to join through (with their /p2p/ peer id).
-    #[arg(long)]
-    bootstrap: Vec<Multiaddr>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// Most bytes of weights this node may hold (with auto, default: half the available memory).
     #[arg(long)]
     max_memory: Option<u64>,
@@ -88,7 +87,7 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
         ..Default::default()
     };
     let network =
-        NetworkConfig { relay_server: args.relay_server, ..NetworkConfig::joining(args.listen, args.bootstrap) };
+        NetworkConfig { relay_server: args.relay_server, ..args.join.network(args.listen, store.root(), true)? };
     block_on(serve(store, args.model, network, server, audits))
 }
 
@@ -99,9 +98,14 @@ struct Audits {
 }
 
 async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerConfig, audits: Audits) -> Result<()> {
+    let (alone, mdns) = (network.bootstrap.is_empty(), network.mdns);
     let (net, key) = Network::spawn_in_store(&store, network).await?;
     for addr in net.wait_for_listen_addrs(Duration::from_secs(5)).await? {
         println!("listening {addr}");
+    }
+    if alone {
+        let lan = if mdns { "; mDNS joins nodes of this network as they appear" } else { "" };
+        eprintln!("no peers known: starting a swarm (others join with --bootstrap <a listening address>){lan}");
     }
     let model = if std::path::Path::new(&model).is_file() {
         ModelSource::File(model.into())
@@ -158,8 +162,22 @@ async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerC
     tokio::select! {
         served = serving => served?,
         () = watching => {}
+        () = print_reachability(net) => {}
     }
     Ok(())
+}
+
+/// Prints how the node can be reached (`reachability public|relayed|private|unknown`)
+/// at start and whenever it changes; returns when the network stops.
+async fn print_reachability(net: NetworkHandle) {
+    let mut last = None;
+    while let Ok(now) = net.reachability().await {
+        if last != Some(now) {
+            println!("reachability {}", reachability_name(now));
+            last = Some(now);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Engine settings of a server: the defaults, with `threads` if given.

@@ -1,29 +1,31 @@
 //! Swarm status: `nak-node status` shows each model's servers and block coverage as the
 //! swarm announces them.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use nak_node::audit::{Ban, ProofBook};
+use nak_node::client::discover_servers;
 use nak_node::fetch::fetch_manifest;
-use nak_node::net::{Network, NetworkConfig};
+use nak_node::net::{reachability_name, Network};
 use nak_protocol::{keys, pb};
 use nak_shard_store::{Hash, ModelId, Store};
 
-use super::block_on;
+use super::{block_on, JoinArgs};
 
 /// Show a model's servers and block coverage as the swarm announces them.
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// Peers to join through.
-    #[arg(long)]
-    bootstrap: Vec<Multiaddr>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// The model id (or a unique prefix of a model in the local store); default: every model the peers announce.
     #[arg(long)]
     model: Option<String>,
-    /// Seconds to listen for announcements.
+    /// Most seconds to look for models and servers (the answer comes as soon as every
+    /// model found has been asked about; a model not named is found through the peers).
     #[arg(long, default_value_t = 12)]
     wait: u64,
     /// Print JSON.
@@ -31,25 +33,31 @@ pub struct StatusArgs {
     json: bool,
 }
 
+/// How long `status` waits for more models after the last new one appeared.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// `nak-node status`. The user's store, if there is one, resolves model id prefixes.
 pub fn status(args: StatusArgs, data_dir: Option<PathBuf>) -> Result<()> {
-    let dir = data_dir.unwrap_or_else(nak_shard_store::default_data_dir);
+    let dir = super::data_dir(data_dir);
     let local = dir.join("manifests").is_dir().then(|| Store::open(&dir)).transpose()?;
     // Peers this node has banned on fraud proofs it verified.
     let banned = if dir.is_dir() { ProofBook::open(&dir)?.banned() } else { vec![] };
     let wait = Duration::from_secs(args.wait);
-    block_on(listen_and_report(local, banned, args.bootstrap, args.model.as_deref(), wait, args.json))
+    block_on(listen_and_report(local, banned, &args.join, &dir, args.model.as_deref(), wait, args.json))
 }
 
-/// Listens to announcements for `wait`, then shows each model's block coverage. Without
-/// `model`, the models are those whose announcement topics the peers we meet subscribe
-/// to. `local` (the user's store, if any) resolves id prefixes; other manifests come
-/// from the swarm. The network runs on a throwaway identity so it never
-/// clashes with a node of this machine.
+/// Finds each model's servers (the DHT's block providers, asked for their current
+/// announcements, and gossip), then shows its block coverage. Without `model`, the
+/// models are those whose announcement topics the peers we meet subscribe to; the
+/// answer comes once every model found has been asked about and no new one has
+/// appeared for [`SETTLE`], or after `wait`. `local` (the user's store, if any)
+/// resolves id prefixes; other manifests come from the swarm. The network runs on a
+/// throwaway identity so it never clashes with a node of this machine.
 async fn listen_and_report(
     local: Option<Store>,
     banned: Vec<(PeerId, Ban)>,
-    bootstrap: Vec<Multiaddr>,
+    join: &JoinArgs,
+    dir: &std::path::Path,
     model: Option<&str>,
     wait: Duration,
     json: bool,
@@ -66,7 +74,9 @@ async fn listen_and_report(
         ids.push(id);
     }
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
-    let (net, _) = Network::spawn_in_store(&store, NetworkConfig::joining(listen, bootstrap)).await?;
+    let network = join.network(listen, dir, false)?;
+    let (net, _) = Network::spawn_in_store(&store, network.clone()).await?;
+    join.require_peer(&net, &network, dir).await?;
     for (peer, _) in &banned {
         net.block(*peer).await?;
     }
@@ -74,32 +84,47 @@ async fn listen_and_report(
         net.subscribe(keys::announce_topic(&id.0)).await?;
     }
     let t0 = Instant::now();
-    while t0.elapsed() < wait {
+    let mut last_new = t0;
+    // Layers of each model asked about (None: its manifest could not be had).
+    let mut layers: HashMap<ModelId, Option<u32>> = HashMap::new();
+    loop {
         if model.is_none() {
             for topic in net.peer_topics().await? {
                 if let Some(id) = keys::model_of_topic(&topic).map(Hash) {
                     if !ids.contains(&id) {
                         net.subscribe(topic).await?;
                         ids.push(id);
+                        last_new = Instant::now();
                     }
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        for id in ids.iter().filter(|id| !layers.contains_key(id)).copied().collect::<Vec<_>>() {
+            let n_layer = match lookup.manifest(&id) {
+                Ok(m) => Some(m.n_layer),
+                Err(_) => tokio::time::timeout(wait.saturating_sub(t0.elapsed()), fetch_manifest(&store, &net, id))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|m| m.n_layer),
+            };
+            if let Some(n) = n_layer {
+                discover_servers(&net, &id.0, n).await;
+            }
+            layers.insert(id, n_layer);
+        }
+        let settled = !ids.is_empty() && last_new.elapsed() >= SETTLE;
+        if settled || t0.elapsed() >= wait {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all = net.announcements().await?;
     let mut models = Vec::new();
     for id in ids {
         let anns: Vec<&pb::ServerAnnouncement> = all.iter().filter(|a| a.model_id == id.0).collect();
-        let n_layer = match lookup.manifest(&id) {
-            Ok(m) => Some(m.n_layer),
-            Err(_) => tokio::time::timeout(Duration::from_secs(10), fetch_manifest(&store, &net, id))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|m| m.n_layer),
-        }
-        .unwrap_or_else(|| anns.iter().map(|a| a.end_layer).max().unwrap_or(0));
+        let n_layer =
+            layers.get(&id).copied().flatten().unwrap_or_else(|| anns.iter().map(|a| a.end_layer).max().unwrap_or(0));
         models.push(model_status(id, n_layer, &anns));
     }
     let banned: Vec<serde_json::Value> = banned
@@ -128,6 +153,17 @@ async fn listen_and_report(
             m["servers"],
             counts.len()
         );
+        for s in m["server_list"].as_array().map_or(&[][..], Vec::as_slice) {
+            println!(
+                "  server {} layers {}:{}, {:.0} block-tokens/s, {}, reachability {}",
+                s["peer"].as_str().unwrap_or_default(),
+                s["layers"][0],
+                s["layers"][1],
+                s["throughput"].as_f64().unwrap_or_default(),
+                s["state"].as_str().unwrap_or_default(),
+                s["reachability"].as_str().unwrap_or_default()
+            );
+        }
         for (b, count) in blocks.iter().zip(&counts) {
             let total: f64 =
                 b["servers"].as_array().into_iter().flatten().filter_map(|s| s["throughput"].as_f64()).sum();
@@ -138,21 +174,29 @@ async fn listen_and_report(
     Ok(())
 }
 
-/// One model's coverage as JSON: `{model_id, servers, blocks: [{index, servers: [{peer, throughput, state}]}]}`.
+/// One model's coverage as JSON: `{model_id, servers, server_list: [{peer, layers,
+/// throughput, state, reachability, version}], blocks: [{index, servers: [{peer,
+/// throughput, state, reachability, version}]}]}`.
 fn model_status(id: ModelId, n_layer: u32, anns: &[&pb::ServerAnnouncement]) -> serde_json::Value {
+    let server = |a: &pb::ServerAnnouncement| {
+        let peer = PeerId::from_bytes(&a.peer_id).map(|p| p.to_string()).unwrap_or_default();
+        let state = if a.state() == pb::ServerState::Joining { "joining" } else { "online" };
+        serde_json::json!({
+            "peer": peer,
+            "layers": [a.first_layer, a.end_layer],
+            "throughput": a.block_throughput,
+            "state": state,
+            "reachability": reachability_name(a.reachability()),
+            "version": a.version,
+        })
+    };
     let blocks: Vec<serde_json::Value> = (0..n_layer)
         .map(|i| {
-            let servers: Vec<serde_json::Value> = anns
-                .iter()
-                .filter(|a| (a.first_layer..a.end_layer).contains(&i))
-                .map(|a| {
-                    let peer = PeerId::from_bytes(&a.peer_id).map(|p| p.to_string()).unwrap_or_default();
-                    let state = if a.state() == pb::ServerState::Joining { "joining" } else { "online" };
-                    serde_json::json!({ "peer": peer, "throughput": a.block_throughput, "state": state })
-                })
-                .collect();
+            let servers: Vec<serde_json::Value> =
+                anns.iter().filter(|a| (a.first_layer..a.end_layer).contains(&i)).map(|a| server(a)).collect();
             serde_json::json!({ "index": i, "servers": servers })
         })
         .collect();
-    serde_json::json!({ "model_id": id.to_hex(), "servers": anns.len(), "blocks": blocks })
+    let list: Vec<serde_json::Value> = anns.iter().map(|a| server(a)).collect();
+    serde_json::json!({ "model_id": id.to_hex(), "servers": anns.len(), "server_list": list, "blocks": blocks })
 }

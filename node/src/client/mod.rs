@@ -3,10 +3,12 @@
 //!
 //! [`SwarmModel::connect`] fetches the model's manifest and its metadata blob from the
 //! swarm (verified, like any blob) and loads the tokenizer from it; no weights are
-//! fetched. [`SwarmModel::view`] listens on the model's announcement topic until every
-//! layer is covered, and adds the ping round trip to each server; [`route::best_route`]
-//! picks the chain. [`RemoteSession::open`] ([`session`]) opens one session per hop
-//! over control streams ([`links`]), telling each where to push its output, and then
+//! fetched. [`SwarmModel::view`] finds the model's servers at once, without waiting
+//! for their next announcement: the DHT names the providers of each block, and each is
+//! asked for its current signed announcement ([`NetworkHandle::ask_announcement`]); the
+//! announcement topic keeps the view current after that. It adds the ping round trip
+//! to each server; [`route::best_route`] picks the chain. [`RemoteSession::open`]
+//! ([`session`]) opens one session per hop over control streams ([`links`]), telling each where to push its output, and then
 //! generates in ring or client-sampled mode. When a hop fails, [`recovery`] bans it,
 //! routes its layers through other servers and has the hop before it replay its outputs
 //! to them, and the generation goes on.
@@ -105,12 +107,25 @@ pub struct SwarmModel {
     vocab: Model,
     /// Banned peers: until when, and how many times they failed.
     bans: Mutex<HashMap<PeerId, (Instant, u32)>>,
+    /// When [`SwarmModel::connect`] began.
+    joined: Instant,
+    /// How long after that the first view with a full route was ready.
+    discovery: Mutex<Option<Duration>>,
+    /// When servers were last asked for their announcements.
+    last_asked: Mutex<Option<Instant>>,
 }
+
+/// How often a view that still lacks layers asks the DHT and the servers again.
+const ASK_AGAIN: Duration = Duration::from_secs(2);
+/// How long a block's provider lookup, or a server's answer, may take: a dead or
+/// blackholed provider must not hold up the others (nor a failover).
+const ASK_LIMIT: Duration = Duration::from_secs(2);
 
 impl SwarmModel {
     /// Fetches the manifest and metadata of `id` into `store` (from the swarm unless the
     /// store has them) and loads the tokenizer.
     pub async fn connect(net: NetworkHandle, store: &Store, id: ModelId) -> Result<Self, ClientError> {
+        let joined = Instant::now();
         let manifest = fetch_manifest(store, &net, id).await?;
         fetch_meta(store, &net, &manifest, false).await?;
         net.subscribe(keys::announce_topic(&id.0)).await?;
@@ -121,7 +136,15 @@ impl SwarmModel {
         let vocab = tokio::task::spawn_blocking(move || Model::load_vocab(&path))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))??;
-        Ok(Self { net, manifest, vocab, bans: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            net,
+            manifest,
+            vocab,
+            bans: Mutex::new(HashMap::new()),
+            joined,
+            discovery: Mutex::new(None),
+            last_asked: Mutex::new(None),
+        })
     }
 
     /// The model's manifest.
@@ -149,18 +172,46 @@ impl SwarmModel {
         &self.net
     }
 
-    /// The servers of this model that announce themselves online, waiting up to `wait`
-    /// for every layer to be covered (returning what is known then).
+    /// The servers of this model that are online, waiting up to `wait` for every layer
+    /// to be covered (returning what is known then). While layers lack a server, the
+    /// DHT and the servers it names are asked (every [`ASK_AGAIN`]), and gossip listened to.
     pub async fn view(&self, wait: Duration) -> Result<Vec<ServerInfo>, ClientError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let servers = self.servers().await?;
             let covered = best_route(&servers, self.n_layer(), &HashSet::new()).is_some();
+            if covered {
+                let mut discovery = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+                discovery.get_or_insert_with(|| self.joined.elapsed());
+            }
             if covered || tokio::time::Instant::now() >= deadline {
                 return Ok(servers);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !self.ask_servers_if_due().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
+    }
+
+    /// How long after joining the first full route was known (None before that).
+    pub fn discovery_time(&self) -> Option<Duration> {
+        *self.discovery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Unless that was done less than [`ASK_AGAIN`] ago, finds the providers of every
+    /// block of the model in the DHT and asks each for its current announcement (which
+    /// lands in the network's view); returns whether it asked.
+    async fn ask_servers_if_due(&self) -> bool {
+        {
+            let mut last = self.last_asked.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < ASK_AGAIN) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let answered = discover_servers(&self.net, &self.id().0, self.n_layer()).await;
+        tracing::debug!(servers = answered, "asked the block providers for their announcements");
+        true
     }
 
     async fn servers(&self) -> Result<Vec<ServerInfo>, ClientError> {
@@ -216,7 +267,9 @@ impl SwarmModel {
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!("usable servers hold [{}]", held(&servers, &excluded)));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !self.ask_servers_if_due().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 
@@ -247,6 +300,30 @@ impl SwarmModel {
         let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.vocab.token_piece(t)).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// Finds the providers of each of the `n_layer` blocks of a model in the DHT (all at
+/// once) and asks each for its current signed announcement, which the network checks and
+/// adds to its view; returns how many servers answered.
+pub async fn discover_servers(net: &NetworkHandle, model_id: &[u8; 32], n_layer: u32) -> usize {
+    let lookups =
+        (0..n_layer).map(|layer| tokio::time::timeout(ASK_LIMIT, net.providers(keys::block_key(model_id, layer))));
+    let found = futures::future::join_all(lookups).await;
+    let mut peers: Vec<PeerId> = found.into_iter().flatten().flatten().flatten().collect();
+    peers.sort();
+    peers.dedup();
+    peers.retain(|p| *p != net.peer_id());
+    let asks = peers.iter().map(|&peer| tokio::time::timeout(ASK_LIMIT, net.ask_announcement(peer, model_id)));
+    let answers = futures::future::join_all(asks).await;
+    let mut answered = 0;
+    for (answer, peer) in answers.into_iter().zip(&peers) {
+        match answer {
+            Ok(Ok(_)) => answered += 1,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "a block provider gave no announcement"),
+            Err(_) => tracing::debug!(%peer, "a block provider did not answer in time"),
+        }
+    }
+    answered
 }
 
 /// The spans of the servers not in `excluded`, for messages.

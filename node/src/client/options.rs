@@ -118,6 +118,9 @@ pub struct RemoteGeneration {
     /// What the hops' receipts showed, in a verified session (cumulative over it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// How long after joining the swarm the client knew a full route (manifest,
+    /// tokenizer and the servers' announcements): the cold-start cost before any work.
+    pub discovery_ms: Option<f64>,
 }
 
 /// One repair of the route.

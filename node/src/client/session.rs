@@ -422,6 +422,7 @@ impl RemoteSession {
             failovers,
             error,
             verification,
+            discovery_ms: model.discovery_time().map(|d| d.as_secs_f64() * 1e3),
         })
     }
 

@@ -44,7 +44,7 @@ use nak_shard_store::ModelId;
 use tokio::sync::mpsc;
 
 use crate::engine::{EngineError, EngineWorker, SamplingParams, SessionConfig};
-use crate::net::frames::{read_frame, write_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
+use crate::net::frames::{read_frame, write_frame, MAX_INFERENCE_FRAME};
 use crate::net::NetworkHandle;
 pub(crate) use log::{replay_runs, FAST_REPLAY_ROWS};
 use log::{OutputLog, RetainBudget};
@@ -157,7 +157,8 @@ pub struct InferenceService {
 impl InferenceService {
     /// Accepts inference streams on `net`. Sessions are refused until [`Self::serve`].
     pub fn spawn(net: &NetworkHandle, cfg: ServiceConfig) -> Result<Self, ServiceError> {
-        let mut incoming = net.streams().accept(INFERENCE_PROTOCOL).map_err(|_| ServiceError::AlreadyAccepting)?;
+        let mut incoming =
+            net.streams().accept(net.inference_protocol()).map_err(|_| ServiceError::AlreadyAccepting)?;
         let shared = Arc::new(Shared {
             net: net.clone(),
             budget: RetainBudget::new(cfg.retain_budget),
@@ -269,7 +270,7 @@ pub(crate) async fn connect(net: &NetworkHandle, peer: PeerId, addrs: &[Multiadd
             let pause = rand::random::<u64>() % (20 << attempt);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
-        let mut stream = match net.open_stream(peer, addrs, INFERENCE_PROTOCOL).await {
+        let mut stream = match net.open_stream(peer, addrs, net.inference_protocol()).await {
             Ok(stream) => stream,
             Err(e) => {
                 last = e.to_string();

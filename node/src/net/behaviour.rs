@@ -3,7 +3,9 @@
 //! One [`Behaviour`] combines identify, ping, Kademlia, gossipsub, blob exchange, and
 //! the NAT-traversal trio: AutoNAT (are we reachable?), the circuit-relay client (be
 //! reachable through a relay when not) and DCUtR (upgrade a relayed connection to a
-//! direct one by hole punching); a public node may also relay for others. Raw streams
+//! direct one by hole punching); a public node may also relay for others; mDNS, when
+//! on, finds peers on the local network. Every protocol id is the swarm's own
+//! ([`SwarmProtocols`]). Raw streams
 //! (inference sessions) go through `libp2p-stream`, outside the swarm's event loop.
 //!
 //! The transport is TCP and QUIC by default. A caller may inject its own
@@ -18,14 +20,17 @@ use libp2p::core::upgrade::Version;
 use libp2p::gossipsub;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{allow_block_list, autonat, dcutr, identify, noise, ping, relay, tcp, yamux, PeerId, Swarm, Transport};
+use libp2p::{
+    allow_block_list, autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, PeerId, Swarm, Transport,
+};
 use nak_protocol::announce::MAX_ANNOUNCEMENT_BYTES;
 use nak_protocol::proof::MAX_PROOF_BYTES;
 
-use super::{BlobCodec, NetworkConfig, NetworkError, BLOB_PROTOCOL, KAD_PROTOCOL};
+use super::{BlobCodec, NetworkConfig, NetworkError, SwarmProtocols};
 
 /// A transport handed to the node instead of TCP and QUIC: authenticated and multiplexed.
 pub type InjectedTransport = Boxed<(PeerId, StreamMuxerBox)>;
@@ -44,6 +49,7 @@ pub(super) struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub streams: libp2p_stream::Behaviour,
 }
 
@@ -59,18 +65,40 @@ pub fn memory_transport(keypair: &Keypair) -> Result<InjectedTransport, NetworkE
         .boxed())
 }
 
+/// TCP with the pre-shared key's encryption under noise and yamux: a private swarm's
+/// transport.
+pub fn private_tcp_transport(
+    keypair: &Keypair,
+    protocols: &SwarmProtocols,
+    psk: PreSharedKey,
+) -> Result<InjectedTransport, NetworkError> {
+    let noise = protocols.noise(keypair).map_err(|e| NetworkError::Setup(e.to_string()))?;
+    Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20))
+        .boxed())
+}
+
 fn behaviour(
     key: &Keypair,
     relay_client: relay::client::Behaviour,
     cfg: &NetworkConfig,
+    protocols: &SwarmProtocols,
     codec: BlobCodec,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
-    let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+    let mut kad_cfg = kad::Config::new(protocols.kad.clone());
     kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
     kad_cfg.set_provider_publication_interval(Some(cfg.provider_republish));
     kad_cfg.set_query_timeout(Duration::from_secs(30));
-    let gossip_cfg = gossipsub::ConfigBuilder::default()
+    let mut gossip_builder = gossipsub::ConfigBuilder::default();
+    if let Some(prefix) = &protocols.gossip_prefix {
+        gossip_builder.protocol_id_prefix(prefix.clone());
+    }
+    let gossip_cfg = gossip_builder
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(MAX_ANNOUNCEMENT_BYTES.max(MAX_PROOF_BYTES) + 1024)
@@ -78,19 +106,24 @@ fn behaviour(
         .build()?;
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
-        identify: identify::Behaviour::new(identify::Config::new("/nakshatra/id/1.0.0".into(), key.public())),
+        identify: identify::Behaviour::new(identify::Config::new(protocols.identify.clone(), key.public())),
         ping: ping::Behaviour::default(),
         kad: kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg),
         gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?,
         blobs: request_response::Behaviour::with_codec(
             codec,
-            [(BLOB_PROTOCOL, ProtocolSupport::Full)],
+            [(protocols.blobs.clone(), ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
         ),
         autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
         relay_client,
         relay_server: cfg.relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default())).into(),
         dcutr: dcutr::Behaviour::new(peer_id),
+        mdns: match cfg.mdns {
+            true => Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?),
+            false => None,
+        }
+        .into(),
         streams: libp2p_stream::Behaviour::new(),
     })
 }
@@ -99,6 +132,7 @@ fn behaviour(
 pub(super) fn build_swarm(
     keypair: Keypair,
     cfg: &NetworkConfig,
+    protocols: &SwarmProtocols,
     codec: BlobCodec,
     transport: Option<InjectedTransport>,
 ) -> Result<Swarm<Behaviour>, NetworkError> {
@@ -110,9 +144,9 @@ pub(super) fn build_swarm(
     macro_rules! finish {
         ($after_transport:expr) => {
             $after_transport
-                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .with_relay_client(|key: &Keypair| protocols.noise(key), yamux::Config::default)
                 .map_err(|e| setup(&e))?
-                .with_behaviour(|key, relay| behaviour(key, relay, cfg, codec))
+                .with_behaviour(|key, relay| behaviour(key, relay, cfg, protocols, codec))
                 .map_err(|e| setup(&e))?
                 .with_swarm_config(idle)
                 .build()
@@ -120,7 +154,11 @@ pub(super) fn build_swarm(
     }
     let mut swarm = match transport {
         None => finish!(builder
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                |key: &Keypair| protocols.noise(key),
+                yamux::Config::default
+            )
             .map_err(|e| setup(&e))?
             .with_quic()),
         Some(transport) => finish!(builder.with_other_transport(|_| transport).map_err(|e| setup(&e))?),

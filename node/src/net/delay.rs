@@ -19,13 +19,17 @@ use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::transport::Transport as _;
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::{noise, tcp, yamux};
+use libp2p::{tcp, yamux};
 
-use super::{InjectedTransport, NetworkError};
+use super::{InjectedTransport, NetworkError, SwarmProtocols};
 
 /// TCP (no delay on sending) + noise + yamux, delaying what each connection reads by `delay`.
-pub fn delayed_tcp_transport(keypair: &Keypair, delay: Duration) -> Result<InjectedTransport, NetworkError> {
-    let noise = noise::Config::new(keypair).map_err(|e| NetworkError::Setup(e.to_string()))?;
+pub fn delayed_tcp_transport(
+    keypair: &Keypair,
+    protocols: &SwarmProtocols,
+    delay: Duration,
+) -> Result<InjectedTransport, NetworkError> {
+    let noise = protocols.noise(keypair).map_err(|e| NetworkError::Setup(e.to_string()))?;
     Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .map(move |stream, _| Delayed::new(stream, delay))
         .upgrade(Version::V1)

@@ -19,13 +19,19 @@
 //!   without the model ([`nak_protocol::proof::check`]) before they are forwarded, and
 //!   wait for the node to take them and replay them; the proofs a node verified are
 //!   files under [`proofs_dir`], which it serves to peers that ask (`proofs` requests);
-//! - when AutoNAT finds us unreachable, the loop listens through a relay it knows.
+//! - when AutoNAT finds us unreachable, the loop listens through a relay it knows;
+//! - peers found by mDNS (when on) are dialled; the peers met are remembered in a
+//!   file ([`peers`]) that the command line reads back as bootstrap peers;
+//! - the swarm's name sets every protocol id ([`namespace`]), and a private swarm's
+//!   key wraps TCP in pnet.
 
 mod behaviour;
 mod codec;
 mod delay;
 pub mod frames;
 pub mod identity;
+mod namespace;
+mod peers;
 mod provider;
 mod task;
 
@@ -40,12 +46,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use task::Task;
 
-pub use behaviour::{memory_transport, InjectedTransport};
+pub use behaviour::{memory_transport, private_tcp_transport, InjectedTransport};
 pub use codec::{BlobCodec, BLOB_PROTOCOL};
 pub use delay::delayed_tcp_transport;
+pub use namespace::{read_swarm_key, SwarmProtocols, PUBLIC_SWARM};
+pub use peers::{bootstrap_file_peers, read_peers_file, BOOTSTRAP_ENV, BOOTSTRAP_FILE, PEERS_FILE};
 pub use provider::RemoteProvider;
 
-/// Kademlia protocol of the swarm.
+/// Kademlia protocol of the public swarm (other swarms: [`SwarmProtocols`]).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/nakshatra/kad/1.0.0");
 
 /// Network settings.
@@ -69,6 +77,18 @@ pub struct NetworkConfig {
     /// Hold every received byte this long: TCP only, a wide-area link on loopback for
     /// benchmarks ([`delayed_tcp_transport`]). Default none.
     pub link_delay: Option<Duration>,
+    /// The swarm to join ([`SwarmProtocols`]): nodes of different swarms never talk.
+    /// Default [`PUBLIC_SWARM`].
+    pub swarm: String,
+    /// A private swarm's pre-shared key: TCP only, every connection encrypted with it
+    /// ([`private_tcp_transport`]). Default none.
+    pub swarm_key: Option<libp2p::pnet::PreSharedKey>,
+    /// Find peers on the local network by multicast DNS and join them. Default off here
+    /// (tests and embedders run many nodes on one host); the command line turns it on.
+    pub mdns: bool,
+    /// Where to remember the peers met (bounded, rewritten from time to time and at
+    /// shutdown), to rejoin through them after a restart. Default none.
+    pub peers_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NetworkConfig {
@@ -85,6 +105,10 @@ impl Default for NetworkConfig {
             command_queue: 64,
             relay_server: false,
             link_delay: None,
+            swarm: PUBLIC_SWARM.to_string(),
+            swarm_key: None,
+            mdns: false,
+            peers_file: None,
         }
     }
 }
@@ -154,8 +178,18 @@ pub enum Command {
     /// Ban a peer: close and refuse its connections, ignore its announcements and its
     /// provider records.
     Block(PeerId),
+    /// This node's current announcement of a model, which it signs afresh for each peer
+    /// that asks for it.
+    SetAnnouncement(pb::ServerAnnouncement),
+    /// Check a signed announcement (as gossip's are checked) and keep it as its server's
+    /// latest when it is newer.
+    AddAnnouncement(Vec<u8>, oneshot::Sender<Result<pb::ServerAnnouncement, NetworkError>>),
     /// Fraud proofs received on gossip since the last call (model-free checks passed).
     TakeProofs(oneshot::Sender<Vec<(PeerId, pb::FraudProof)>>),
+    /// How this node can be reached, as far as it knows.
+    Reachability(oneshot::Sender<pb::Reachability>),
+    /// Peers connected now.
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     /// Counters of the network task.
     Stats(oneshot::Sender<NetworkStats>),
     /// Stop providing everything and end the task.
@@ -179,6 +213,17 @@ pub struct NetworkStats {
     pub rejected_proofs: u64,
 }
 
+/// The word for a reachability (`public`, `relayed`, `private`, `unknown`), as `run`
+/// prints it and `status` shows it.
+pub fn reachability_name(r: pb::Reachability) -> &'static str {
+    match r {
+        pb::Reachability::Unknown => "unknown",
+        pb::Reachability::Public => "public",
+        pb::Reachability::Relayed => "relayed",
+        pb::Reachability::Private => "private",
+    }
+}
+
 /// Where a node keeps the fraud proofs it verified about a model, one file each; it
 /// answers other peers' proof requests from there.
 pub fn proofs_dir(root: &std::path::Path, model_id: &[u8; 32]) -> std::path::PathBuf {
@@ -192,12 +237,18 @@ pub struct NetworkHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     streams: libp2p_stream::Control,
+    inference: StreamProtocol,
 }
 
 impl NetworkHandle {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The inference protocol of this node's swarm.
+    pub fn inference_protocol(&self) -> StreamProtocol {
+        self.inference.clone()
     }
 
     /// Opens and accepts raw protocol streams (inference sessions) without going
@@ -321,6 +372,29 @@ impl NetworkHandle {
         self.ask(Command::Announcements).await
     }
 
+    /// Sets what this node answers peers that ask for its announcement of the model
+    /// (`announcement.model_id`); the answer is stamped and signed at the time of asking.
+    pub async fn set_announcement(&self, announcement: pb::ServerAnnouncement) -> Result<(), NetworkError> {
+        self.tx.send(Command::SetAnnouncement(announcement)).await.map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Asks `peer` for its current announcement of a model, checks it like one from
+    /// gossip and adds it to [`NetworkHandle::announcements`].
+    pub async fn ask_announcement(
+        &self,
+        peer: PeerId,
+        model_id: &[u8; 32],
+    ) -> Result<pb::ServerAnnouncement, NetworkError> {
+        use pb::blob_response::Result as R;
+        let req = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Announcement(model_id.to_vec())) };
+        match self.request(peer, req).await?.result {
+            Some(R::Announcement(bytes)) => self.ask(|tx| Command::AddAnnouncement(bytes, tx)).await?,
+            Some(R::NotFound(_)) => Err(NetworkError::Failed(format!("{peer} does not serve the model"))),
+            Some(R::Error(e)) => Err(NetworkError::Failed(format!("{peer}: {e}"))),
+            _ => Err(NetworkError::Failed(format!("{peer} answered an announcement request with something else"))),
+        }
+    }
+
     /// The latest ping round-trip time to each connected peer (libp2p ping, every 15 s).
     pub async fn rtts(&self) -> Result<HashMap<PeerId, Duration>, NetworkError> {
         self.ask(Command::Rtts).await
@@ -341,6 +415,32 @@ impl NetworkHandle {
     /// Fraud proofs received on gossip since the last call, each with its publisher.
     pub async fn take_proofs(&self) -> Result<Vec<(PeerId, pb::FraudProof)>, NetworkError> {
         self.ask(Command::TakeProofs).await
+    }
+
+    /// How this node can be reached: public (AutoNAT peers dialled it back), relayed
+    /// (behind a NAT, with a relay reservation), private (behind a NAT, no relay) or
+    /// unknown (not tested yet, or only local addresses, which AutoNAT does not test).
+    pub async fn reachability(&self) -> Result<pb::Reachability, NetworkError> {
+        self.ask(Command::Reachability).await
+    }
+
+    /// Peers connected now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetworkError> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// Waits up to `limit` for a connection to any peer; whether one came.
+    pub async fn wait_for_peer(&self, limit: Duration) -> Result<bool, NetworkError> {
+        let t0 = std::time::Instant::now();
+        loop {
+            if !self.connected_peers().await?.is_empty() {
+                return Ok(true);
+            }
+            if t0.elapsed() > limit {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Counters of the network task.
@@ -388,15 +488,28 @@ impl Network {
         transport: Option<InjectedTransport>,
     ) -> Result<(NetworkHandle, tokio::task::JoinHandle<()>), NetworkError> {
         let keypair = identity::libp2p_keypair(&key);
+        let signer = ed25519_dalek::SigningKey::from_bytes(
+            &key.secret()
+                .as_ref()
+                .try_into()
+                .map_err(|_| NetworkError::Setup("an Ed25519 secret key is 32 bytes".into()))?,
+        );
         let peer_id = keypair.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
         let codec = BlobCodec::default();
-        let delayed = match (transport.is_none(), cfg.link_delay) {
-            (true, Some(delay)) => Some(delayed_tcp_transport(&keypair, delay)?),
+        let protocols = SwarmProtocols::of(&cfg.swarm)?;
+        // Both replace plain TCP and leave QUIC out: refuse rather than drop one silently.
+        if cfg.link_delay.is_some() && cfg.swarm_key.is_some() {
+            return Err(NetworkError::Setup(format!("{LINK_DELAY_ENV} cannot be combined with a swarm key")));
+        }
+        let tcp_replacement = match (transport.is_none(), cfg.link_delay, cfg.swarm_key) {
+            (true, Some(delay), _) => Some(delayed_tcp_transport(&keypair, &protocols, delay)?),
+            (true, None, Some(psk)) => Some(private_tcp_transport(&keypair, &protocols, psk)?),
             _ => None,
         };
-        let tcp_only = delayed.is_some();
-        let mut swarm = behaviour::build_swarm(keypair, &cfg, codec.clone(), transport.or(delayed))?;
+        let tcp_only = tcp_replacement.is_some();
+        let mut swarm =
+            behaviour::build_swarm(keypair, &cfg, &protocols, codec.clone(), transport.or(tcp_replacement))?;
         let quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
         for addr in cfg.listen.iter().filter(|a| !(tcp_only && quic(a))) {
             swarm.listen_on(addr.clone()).map_err(|e| setup(&e))?;
@@ -409,8 +522,9 @@ impl Network {
         }
         let (tx, rx) = mpsc::channel(cfg.command_queue);
         let streams = swarm.behaviour().streams.new_control();
-        let task = Task::new(swarm, rx, StoreProvider::new(store, peer_id.to_string()), codec, &cfg);
+        let task =
+            Task::new(swarm, rx, StoreProvider::new(store, peer_id.to_string()), codec, &cfg, &protocols, signer);
         let join = tokio::spawn(task.run());
-        Ok((NetworkHandle { tx, peer_id, streams }, join))
+        Ok((NetworkHandle { tx, peer_id, streams, inference: protocols.inference }, join))
     }
 }

@@ -29,7 +29,8 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats};
+use super::peers::{MetPeers, SAVE_EVERY};
+use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats, SwarmProtocols};
 
 type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
 
@@ -69,7 +70,25 @@ pub(super) struct Task {
     proofs: std::collections::VecDeque<(PeerId, pb::FraudProof)>,
     /// Banned peers.
     blocked: HashSet<PeerId>,
+    /// This node's own current announcement of each model it serves (by model id),
+    /// signed afresh whenever a peer asks for it.
+    own_announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
+    /// The node's identity, which signs those answers.
+    signer: ed25519_dalek::SigningKey,
+    /// What AutoNAT last concluded.
+    nat: autonat::NatStatus,
+    /// Whether a relay accepted a reservation from us.
+    relayed: bool,
+    /// Peers met, and the file they are remembered in.
+    met: MetPeers,
+    peers_file: Option<std::path::PathBuf>,
+    /// Identify's protocol version of our swarm: a peer that reports another is of
+    /// another swarm.
+    identify_version: String,
 }
+
+/// Why an announcement of a banned server is not used (it is not the forwarder's fault).
+const BANNED: &str = "the announcing server is banned";
 
 /// Fraud proofs held for the node to take; more are dropped (and not forwarded).
 const PROOF_QUEUE: usize = 64;
@@ -81,6 +100,8 @@ impl Task {
         provider: StoreProvider,
         codec: BlobCodec,
         cfg: &NetworkConfig,
+        protocols: &SwarmProtocols,
+        signer: ed25519_dalek::SigningKey,
     ) -> Self {
         let (served_tx, served_rx) = mpsc::channel(cfg.command_queue);
         Task {
@@ -106,14 +127,23 @@ impl Task {
             republish_at: None,
             proofs: std::collections::VecDeque::new(),
             blocked: HashSet::new(),
+            own_announcements: HashMap::new(),
+            signer,
+            nat: autonat::NatStatus::Unknown,
+            relayed: false,
+            met: cfg.peers_file.as_deref().map(MetPeers::load).unwrap_or_default(),
+            peers_file: cfg.peers_file.clone(),
+            identify_version: protocols.identify.clone(),
         }
     }
 
     pub(super) async fn run(mut self) {
+        let mut save = tokio::time::interval(SAVE_EVERY);
         loop {
             let republish_at = self.republish_at;
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = save.tick() => self.save_peers(),
                 _ = tokio::time::sleep_until(republish_at.unwrap_or_else(tokio::time::Instant::now)), if republish_at.is_some() => {
                     self.republish_at = None;
                     for key in self.provided.clone() {
@@ -132,12 +162,21 @@ impl Task {
                         for key in std::mem::take(&mut self.provided) {
                             self.swarm.behaviour_mut().kad.stop_providing(&key);
                         }
+                        self.save_peers();
                         let _ = done.send(());
                         return;
                     }
                     Some(command) => self.on_command(command),
                     None => return,
                 },
+            }
+        }
+    }
+
+    fn save_peers(&mut self) {
+        if let Some(path) = &self.peers_file {
+            if let Err(e) = self.met.save(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remember the peers met");
             }
         }
     }
@@ -225,9 +264,27 @@ impl Task {
                 behaviour.blocked.block_peer(peer);
                 self.announcements.remove(&peer.to_bytes());
                 self.blocked.insert(peer);
+                self.met.forget(&peer);
+            }
+            Command::SetAnnouncement(ann) => {
+                self.own_announcements.insert(ann.model_id.clone(), ann);
+            }
+            Command::AddAnnouncement(data, reply) => {
+                let _ = reply.send(self.accept_announcement(&data).map_err(NetworkError::Failed));
             }
             Command::TakeProofs(reply) => {
                 let _ = reply.send(self.proofs.drain(..).collect());
+            }
+            Command::Reachability(reply) => {
+                let _ = reply.send(match (&self.nat, self.relayed) {
+                    (autonat::NatStatus::Public(_), _) => pb::Reachability::Public,
+                    (_, true) => pb::Reachability::Relayed,
+                    (autonat::NatStatus::Private, false) => pb::Reachability::Private,
+                    (autonat::NatStatus::Unknown, false) => pb::Reachability::Unknown,
+                });
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Stats(reply) => {
                 let _ = reply.send(NetworkStats { refused_blob_frames: self.codec.refused(), ..self.stats });
@@ -246,7 +303,10 @@ impl Task {
                     self.swarm.add_external_address(address);
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                if let libp2p::core::ConnectedPoint::Dialer { address, .. } = endpoint {
+                    self.met.remember(peer_id, address);
+                }
                 if let Some(reply) = self.pending_dials.remove(&peer_id) {
                     let _ = reply.send(Ok(()));
                 }
@@ -271,13 +331,40 @@ impl Task {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                // A node of another Nakshatra swarm, reached over QUIC (no noise prologue to stop
+                // it). Other libp2p peers name their own versions and may still speak our
+                // protocols (the public swarm's are plain), so only ours are compared.
+                if info.protocol_version.starts_with("/nakshatra") && info.protocol_version != self.identify_version {
+                    tracing::info!(peer = %peer_id, theirs = %info.protocol_version, "a peer of another swarm; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
                     if let Some(addr) = info.listen_addrs.iter().find(|a| !is_circuit(a)) {
                         self.relays.insert(peer_id, addr.clone());
                     }
                 }
+                if let Some(addr) = info.listen_addrs.iter().find(|a| !is_circuit(a)) {
+                    if !self.met.knows(&peer_id) {
+                        self.met.remember(peer_id, addr.clone());
+                    }
+                }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                let me = *self.swarm.local_peer_id();
+                for (peer, addr) in found.into_iter().filter(|(p, _)| *p != me && !self.blocked.contains(p)) {
+                    tracing::debug!(%peer, %addr, "found on the local network");
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "cannot dial a peer found on the local network");
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new })) => {
@@ -285,9 +372,13 @@ impl Task {
                 if new == autonat::NatStatus::Private {
                     self.reserve_relay();
                 }
+                self.nat = new;
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
                 tracing::info!(?event, "relay client");
+                if matches!(event, relay::client::Event::ReservationReqAccepted { .. }) {
+                    self.relayed = true;
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
                 Ok(_) => {
@@ -358,24 +449,51 @@ impl Task {
     }
 
     fn on_announcement(&mut self, data: &[u8], propagation_source: PeerId) -> MessageAcceptance {
-        match announce::verify(data, announce::now_ms(), self.max_age.as_millis() as u64) {
+        match self.accept_announcement(data) {
+            Ok(_) => MessageAcceptance::Accept,
             // A banned server's word, forwarded by an honest peer: not used, not blamed on the forwarder.
-            Ok(ann) if PeerId::from_bytes(&ann.peer_id).is_ok_and(|p| self.blocked.contains(&p)) => {
-                MessageAcceptance::Ignore
-            }
-            Ok(ann) => {
-                let newer = self.announcements.get(&ann.peer_id).is_none_or(|old| old.sequence < ann.sequence);
-                if newer {
-                    self.announcements.insert(ann.peer_id.clone(), ann);
-                }
-                self.stats.accepted_announcements += 1;
-                MessageAcceptance::Accept
-            }
+            Err(e) if e == BANNED => MessageAcceptance::Ignore,
             Err(e) => {
                 tracing::warn!(from = %propagation_source, error = %e, "rejected an announcement");
-                self.stats.rejected_announcements += 1;
                 MessageAcceptance::Reject
             }
+        }
+    }
+
+    /// Checks a signed announcement (from gossip or asked for) and keeps it when it is
+    /// the newest of its server.
+    fn accept_announcement(&mut self, data: &[u8]) -> Result<pb::ServerAnnouncement, String> {
+        let ann = match announce::verify(data, announce::now_ms(), self.max_age.as_millis() as u64) {
+            Ok(ann) => ann,
+            Err(e) => {
+                self.stats.rejected_announcements += 1;
+                return Err(e.to_string());
+            }
+        };
+        if PeerId::from_bytes(&ann.peer_id).is_ok_and(|p| self.blocked.contains(&p)) {
+            return Err(BANNED.into());
+        }
+        // A server re-signs its current announcement when asked, under the same sequence
+        // number: the later timestamp wins a tie.
+        let newer = self
+            .announcements
+            .get(&ann.peer_id)
+            .is_none_or(|old| (old.sequence, old.timestamp_ms) < (ann.sequence, ann.timestamp_ms));
+        if newer {
+            self.announcements.insert(ann.peer_id.clone(), ann.clone());
+        }
+        self.stats.accepted_announcements += 1;
+        Ok(ann)
+    }
+
+    /// This node's current announcement of `model_id`, stamped now and signed.
+    fn own_announcement(&self, model_id: &[u8]) -> pb::blob_response::Result {
+        match self.own_announcements.get(model_id) {
+            Some(ann) => {
+                let ann = pb::ServerAnnouncement { timestamp_ms: announce::now_ms(), ..ann.clone() };
+                pb::blob_response::Result::Announcement(announce::sign(&self.signer, &ann).encode_to_vec())
+            }
+            None => pb::blob_response::Result::NotFound(pb::NotFound {}),
         }
     }
 
@@ -450,6 +568,16 @@ impl Task {
     fn on_blobs(&mut self, event: request_response::Event<pb::BlobRequest, pb::BlobResponse>) {
         match event {
             request_response::Event::Message { message, .. } => match message {
+                request_response::Message::Request {
+                    request: pb::BlobRequest { kind: Some(pb::blob_request::Kind::Announcement(model_id)) },
+                    channel,
+                    ..
+                } => {
+                    let response = pb::BlobResponse { result: Some(self.own_announcement(&model_id)) };
+                    if self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err() {
+                        tracing::debug!("a peer asking for our announcement went away before its answer");
+                    }
+                }
                 request_response::Message::Request { request, channel, .. } => {
                     let provider = self.provider.clone();
                     let tx = self.served_tx.clone();
@@ -510,6 +638,8 @@ fn serve(provider: &StoreProvider, request: pb::BlobRequest) -> pb::BlobResponse
             Ok(id) => R::Proofs(stored_proofs(&super::proofs_dir(provider.store().root(), &id)).encode_to_vec()),
             Err(_) => R::Error("model id must be 32 bytes".into()),
         },
+        // Answered by the network task itself, which holds the announcements.
+        Some(Kind::Announcement(_)) => R::NotFound(pb::NotFound {}),
         None => R::Error("empty request".into()),
     };
     pb::BlobResponse { result: Some(result) }

@@ -284,7 +284,11 @@ async fn publish_announcement(
         ..Default::default()
     };
     ann.set_state(state);
+    ann.set_reachability(net.reachability().await.unwrap_or_default());
     let signed = announce::sign(signer, &ann).encode_to_vec();
+    if let Err(e) = net.set_announcement(ann).await {
+        tracing::debug!(error = %e, "announcement not kept for peers that ask");
+    }
     if let Err(e) = net.publish(keys::announce_topic(&model.0), signed).await {
         tracing::debug!(error = %e, "announcement not published (no peers yet?)");
     }

@@ -122,15 +122,21 @@ impl Node {
 
     /// The same, with `env` set for the process.
     pub fn start_with_env(args: &[&str], log: Option<&Path>, env: &[(&str, &str)]) -> Node {
+        // mDNS off: tests on one host would otherwise find each other's nodes.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nak-node"));
+        Self::spawn(cmd.env("NAKSHATRA_NO_MDNS", "1").args(args).envs(env.iter().copied()), log)
+    }
+
+    /// Starts `cmd` (a nak-node, perhaps through a wrapper) with warnings logged to `log`
+    /// and its stdout read line by line.
+    pub fn spawn(cmd: &mut Command, log: Option<&Path>) -> Node {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-            .args(args)
+        let mut child = cmd
             .env("NAK_LOG", "warn")
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -205,7 +211,12 @@ pub fn log_tails(dir: &Path, lines: usize) -> String {
 
 /// `nak-node ARGS` (a command that prints one JSON object), which must succeed.
 pub fn nak_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_nak-node")).args(args).env("NAK_LOG", "warn").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nak-node"))
+        .env("NAKSHATRA_NO_MDNS", "1")
+        .args(args)
+        .env("NAK_LOG", "warn")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "nak-node {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
