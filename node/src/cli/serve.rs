@@ -103,6 +103,8 @@ async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerC
     for addr in net.wait_for_listen_addrs(Duration::from_secs(5)).await? {
         println!("listening {addr}");
     }
+    // From the start: AutoNAT decides while the span is still being fetched and loaded.
+    tokio::spawn(print_reachability(net.clone()));
     if alone {
         let lan = if mdns { "; mDNS joins nodes of this network as they appear" } else { "" };
         eprintln!("no peers known: starting a swarm (others join with --bootstrap <a listening address>){lan}");
@@ -162,7 +164,6 @@ async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerC
     tokio::select! {
         served = serving => served?,
         () = watching => {}
-        () = print_reachability(net) => {}
     }
     Ok(())
 }
