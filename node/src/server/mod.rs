@@ -373,8 +373,12 @@ impl Server {
         let service = InferenceService::spawn(&net, service_cfg)?;
         service.serve(id, serving.worker.clone());
         provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
-        events(ServerEvent::Serving { model: id, layers: serving.layers.clone(), throughput: serving.throughput });
-        Ok(Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, service, events })
+        let mut server = Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, service, events };
+        // Announced before it says it serves: a peer that asks from then on gets the answer.
+        server.announce().await;
+        let s = &server.serving;
+        (server.events)(ServerEvent::Serving { model: id, layers: s.layers.clone(), throughput: s.throughput });
+        Ok(server)
     }
 
     /// The model served.
