@@ -53,6 +53,14 @@ pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError
     }
 }
 
+/// The same key as an `ed25519_dalek` signer (announcements, receipts).
+pub fn signing_key(key: &ed25519::Keypair) -> ed25519_dalek::SigningKey {
+    // libp2p's Ed25519 secret is exactly 32 bytes, so the copy cannot fail.
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(key.secret().as_ref());
+    ed25519_dalek::SigningKey::from_bytes(&secret)
+}
+
 /// The libp2p keypair of an Ed25519 key.
 pub fn libp2p_keypair(key: &ed25519::Keypair) -> Keypair {
     Keypair::from(key.clone())

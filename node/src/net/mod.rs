@@ -488,12 +488,7 @@ impl Network {
         transport: Option<InjectedTransport>,
     ) -> Result<(NetworkHandle, tokio::task::JoinHandle<()>), NetworkError> {
         let keypair = identity::libp2p_keypair(&key);
-        let signer = ed25519_dalek::SigningKey::from_bytes(
-            &key.secret()
-                .as_ref()
-                .try_into()
-                .map_err(|_| NetworkError::Setup("an Ed25519 secret key is 32 bytes".into()))?,
-        );
+        let signer = identity::signing_key(&key);
         let peer_id = keypair.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
         let codec = BlobCodec::default();

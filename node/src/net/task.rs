@@ -358,13 +358,7 @@ impl Task {
                 for (peer, addr) in found.into_iter().filter(|(p, _)| *p != me && !self.blocked.contains(p)) {
                     tracing::debug!(%peer, %addr, "found on the local network");
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(vec![addr])
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        tracing::debug!(%peer, error = %e, "cannot dial a peer found on the local network");
-                    }
+                    dial_unless_connected(&mut self.swarm, peer, vec![addr]);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new })) => {
@@ -528,11 +522,7 @@ impl Task {
                         // are not kept once it is finished), so dial now: the fetch that follows
                         // asks by peer id alone.
                         for peer in &new {
-                            let opts =
-                                DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
-                            if let Err(e) = self.swarm.dial(opts) {
-                                tracing::debug!(%peer, error = %e, "cannot dial a provider");
-                            }
+                            dial_unless_connected(&mut self.swarm, *peer, Vec::new());
                         }
                         found.extend(new);
                         // Enough to start fetching, unless the caller asked for everyone.
@@ -665,6 +655,15 @@ fn stored_proofs(dir: &std::path::Path) -> pb::FraudProofs {
         }
     }
     out
+}
+
+/// Dials `peer` (at `addrs`, and wherever the swarm knows it) unless connected to it or
+/// dialling it already.
+fn dial_unless_connected(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
+    let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+    if let Err(e) = swarm.dial(opts) {
+        tracing::debug!(%peer, error = %e, "cannot dial a peer");
+    }
 }
 
 fn is_circuit(addr: &Multiaddr) -> bool {

@@ -317,9 +317,7 @@ impl Server {
         net.provide(keys::manifest_key(&id.0)).await?;
         provide_blobs(&store, &net, &manifest).await?;
         net.subscribe(keys::announce_topic(&id.0)).await?;
-        let secret: [u8; 32] =
-            key.secret().as_ref().try_into().map_err(|_| ServeError::Config("bad identity key".into()))?;
-        let signer = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let signer = crate::net::identity::signing_key(key);
         let n = manifest.n_layer;
         let mut sequence = 0;
 
