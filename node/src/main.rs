@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(serve::RunArgs),
+    Relay(serve::RelayArgs),
     Chat(generate::ChatArgs),
     Generate(generate::GenerateArgs),
     Status(status::StatusArgs),
@@ -53,6 +54,7 @@ fn main() -> Result<()> {
     let Cli { data_dir, command } = Cli::parse();
     match command {
         Command::Run(args) => serve::run(args, data_dir),
+        Command::Relay(args) => serve::relay(args, data_dir),
         Command::Chat(args) => generate::chat(args, data_dir),
         Command::Generate(args) => generate::generate(args, data_dir),
         Command::Status(args) => status::status(args, data_dir),

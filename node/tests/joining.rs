@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{smollm_path, Node};
+use common::{smollm_path, Namespaces, Node};
 
 /// `nak-node ARGS` with `env`, killed after `limit`.
 fn nak(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
@@ -157,60 +157,17 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// Network namespaces on one bridge (in a namespace of its own), removed when dropped.
-struct Lan {
-    names: Vec<String>,
-}
-
-impl Lan {
-    /// Hosts `10.77.0.1` … `10.77.0.N`, or None where namespaces cannot be made.
-    fn new(hosts: usize) -> Option<Lan> {
-        let tag = std::process::id();
-        let switch = format!("nak-sw-{tag}");
-        let mut lan = Lan { names: vec![switch.clone()] };
-        let ip = |args: &str| Command::new("ip").args(args.split_whitespace()).status().is_ok_and(|s| s.success());
-        if !ip(&format!("netns add {switch}")) {
-            return None;
-        }
-        let ok = ip(&format!("-n {switch} link add br0 type bridge")) && ip(&format!("-n {switch} link set br0 up"));
-        assert!(ok, "cannot make a bridge");
-        for h in 1..=hosts {
-            let ns = format!("nak-h{h}-{tag}");
-            lan.names.push(ns.clone());
-            let ok = ip(&format!("netns add {ns}"))
-                && ip(&format!("-n {ns} link add eth0 type veth peer name p{h} netns {switch}"))
-                && ip(&format!("-n {switch} link set p{h} master br0"))
-                && ip(&format!("-n {switch} link set p{h} up"))
-                && ip(&format!("-n {ns} addr add 10.77.0.{h}/24 dev eth0"))
-                && ip(&format!("-n {ns} link set eth0 up"))
-                && ip(&format!("-n {ns} link set lo up"));
-            assert!(ok, "cannot wire host {h}");
-        }
-        Some(lan)
-    }
-
-    /// `nak-node ARGS` in host `h`'s namespace, with mDNS on.
-    fn node(&self, h: usize, args: &[&str], log: &Path) -> Node {
-        let mut full = vec!["netns", "exec", &self.names[h], env!("CARGO_BIN_EXE_nak-node")];
-        full.extend(args);
-        Node::spawn(Command::new("ip").args(&full).env("NAKSHATRA_NO_MDNS", "false"), Some(log))
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
 #[test]
 fn nodes_on_one_lan_find_each_other_by_mdns() {
-    let Some(lan) = Lan::new(2) else {
+    let Some(mut lan) = Namespaces::new() else {
         eprintln!("SKIPPED: cannot make network namespaces here (needs root and iproute2)");
         return;
     };
+    let switch = lan.switch("lan");
+    let hosts: Vec<String> = (1..=2).map(|h| lan.make(&format!("h{h}"))).collect();
+    for (h, host) in hosts.iter().enumerate() {
+        lan.plug(host, "eth0", &format!("10.77.0.{}/24", h + 1), &switch);
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let run = |n: &str, model: &str, layers: &str| -> Vec<String> {
@@ -219,14 +176,14 @@ fn nodes_on_one_lan_find_each_other_by_mdns() {
         args.iter().chain(&more).map(|s| s.to_string()).collect()
     };
     let a_args = run("a", smollm_path().to_str().unwrap(), "0:15");
-    let a = lan.node(1, &strs(&a_args), &dir.path().join("a.log"));
+    let a = lan.node(&hosts[0], &strs(&a_args), &dir.path().join("a.log"), &[]);
     let id = model_id(&a);
     let b_args = run("b", &id, "15:30");
-    let b = lan.node(2, &strs(&b_args), &dir.path().join("b.log"));
+    let b = lan.node(&hosts[1], &strs(&b_args), &dir.path().join("b.log"), &[]);
     b.line("serving ", Duration::from_secs(120));
     let c = data("client");
     let args = ["--data-dir", &c, "generate", "--model", &id, "--prompt", "Hello", "--max-tokens", "4", "--json"];
-    let client = lan.node(2, &args, &dir.path().join("client.log"));
+    let client = lan.node(&hosts[1], &args, &dir.path().join("client.log"), &[]);
     let line = client.line("{", Duration::from_secs(120));
     let out: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(out["tokens"].as_array().unwrap().len(), 4, "{out}");

@@ -245,10 +245,11 @@ async fn connect(args: &RemoteArgs) -> Result<Joined> {
         ModelId::from_hex(&args.model.to_ascii_lowercase()).context("--model must be a model id (64 hex digits)")?;
     let scratch = tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
-    let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
     let dir = super::data_dir(args.data_dir.clone());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let network = args.join.network(listen, &dir, true)?;
+    // TCP and QUIC on all interfaces, as a server: hops and relays may need to reach the
+    // client back, and hole punching from behind a NAT works best with both.
+    let network = args.join.network(Vec::new(), &dir, true)?;
     let (net, _) = Network::spawn_in_store(&store, network.clone()).await?;
     args.join.require_peer(&net, &network, &dir).await?;
     let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net.clone(), &store, id))

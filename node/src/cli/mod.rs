@@ -3,7 +3,7 @@
 //! everything the commands do is the library's (`nak_node`), or a benchmark harness's
 //! ([`crate::bench`]).
 //!
-//! - [`serve`]: `run`, a server in the swarm.
+//! - [`serve`]: `run`, a server in the swarm, and `relay`, a public node serving none.
 //! - [`generate`]: `generate` (locally or through the swarm) and `chat`.
 //! - [`status`]: `status`, the swarm's coverage of a model.
 //! - [`files`]: `import`, `models`, `store verify`, `slice`, `synth`, `info`.

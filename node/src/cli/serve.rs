@@ -1,5 +1,6 @@
 //! Serving: `nak-node run` starts the network on the store's identity, prints the
-//! listen addresses, and runs a [`Server`] until Ctrl-C, printing what it does.
+//! listen addresses, and runs a [`Server`] until Ctrl-C, printing what it does;
+//! `nak-node relay` runs a public node that serves no model, only the swarm itself.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -89,6 +90,37 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
     let network =
         NetworkConfig { relay_server: args.relay_server, ..args.join.network(args.listen, store.root(), true)? };
     block_on(serve(store, args.model, network, server, audits))
+}
+
+/// A public node that serves no model: peers join through it (a stable `--bootstrap`
+/// address) and, behind NATs, are reached through it (circuit relay) until hole
+/// punching connects them directly.
+#[derive(clap::Args)]
+pub struct RelayArgs {
+    /// Addresses to listen on (default: TCP and QUIC on all interfaces, random ports; give a
+    /// fixed port, e.g. /ip4/0.0.0.0/tcp/4001, for an address others can write down).
+    #[arg(long)]
+    listen: Vec<Multiaddr>,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+/// `nak-node relay`.
+pub fn relay(args: RelayArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    let store = open_store(data_dir)?;
+    let network = NetworkConfig { relay_server: true, ..args.join.network(args.listen, store.root(), true)? };
+    block_on(async move {
+        let (net, _) = Network::spawn_in_store(&store, network).await?;
+        for addr in net.wait_for_listen_addrs(Duration::from_secs(5)).await? {
+            println!("listening {addr}");
+        }
+        println!("relaying");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => eprintln!("leaving the swarm"),
+            () = print_reachability(net) => {}
+        }
+        Ok(())
+    })
 }
 
 /// What a server does for verification beyond signing receipts.

@@ -106,7 +106,10 @@ fn behaviour(
         .build()?;
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
-        identify: identify::Behaviour::new(identify::Config::new(protocols.identify.clone(), key.public())),
+        // Peers learn at once of an address gained later (a relay reservation).
+        identify: identify::Behaviour::new(
+            identify::Config::new(protocols.identify.clone(), key.public()).with_push_listen_addr_updates(true),
+        ),
         ping: ping::Behaviour::default(),
         kad: kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg),
         gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?,
@@ -117,7 +120,7 @@ fn behaviour(
         ),
         autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
         relay_client,
-        relay_server: cfg.relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default())).into(),
+        relay_server: cfg.relay_server.then(|| relay::Behaviour::new(peer_id, relay_config())).into(),
         dcutr: dcutr::Behaviour::new(peer_id),
         mdns: match cfg.mdns {
             true => Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?),
@@ -126,6 +129,21 @@ fn behaviour(
         .into(),
         streams: libp2p_stream::Behaviour::new(),
     })
+}
+
+/// Most a relayed connection may carry, and for how long. libp2p's defaults (128 KiB, 2
+/// minutes) only let peers coordinate hole punching; a span's metadata fetch and an
+/// inference session whose hole punching failed need more. The relay's operator pays in
+/// bandwidth; the per-peer and per-address rate limits stay libp2p's.
+const RELAY_CIRCUIT_BYTES: u64 = 64 << 20;
+const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
+
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_circuit_bytes: RELAY_CIRCUIT_BYTES,
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        ..relay::Config::default()
+    }
 }
 
 /// Builds the swarm on TCP and QUIC, or on `transport` when one is injected.

@@ -33,6 +33,7 @@ pub mod identity;
 mod namespace;
 mod peers;
 mod provider;
+mod scope;
 mod task;
 
 use std::collections::HashMap;
@@ -154,8 +155,9 @@ pub enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     /// Listen on one more address (for example through a relay: `<relay>/p2p-circuit`).
     ListenOn(Multiaddr, oneshot::Sender<Result<(), NetworkError>>),
-    /// Dial a peer at an address (with its `/p2p/` part).
-    Dial(Multiaddr, oneshot::Sender<Result<(), NetworkError>>),
+    /// Connect to a peer (unless connected), dialling `addrs` at once and wherever the
+    /// swarm knows it.
+    Dial(PeerId, Vec<Multiaddr>, oneshot::Sender<Result<(), NetworkError>>),
     /// Announce in the DHT that we provide `key`.
     Provide(Vec<u8>, oneshot::Sender<Result<(), NetworkError>>),
     /// Stop providing `key`.
@@ -288,14 +290,8 @@ impl NetworkHandle {
             Ok(stream) => return Ok(stream),
             Err(e) => e,
         };
-        for addr in addrs {
-            let mut addr = addr.clone();
-            if !matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-                addr.push(libp2p::multiaddr::Protocol::P2p(peer));
-            }
-            if self.dial(addr).await.is_ok() {
-                break;
-            }
+        if let Err(e) = self.connect(peer, addrs.to_vec()).await {
+            tracing::debug!(%peer, error = %e, "cannot connect");
         }
         control
             .open_stream(peer, protocol)
@@ -303,22 +299,37 @@ impl NetworkHandle {
             .map_err(|e| NetworkError::Failed(format!("no stream to {peer}: {e} (first try: {first})")))
     }
 
-    /// The listen addresses, waiting up to `limit` for the first to appear (listeners
-    /// start asynchronously); empty if none did.
+    /// The listen addresses, waiting up to `limit` for the first to appear and then
+    /// until no more appear for a moment (listeners start asynchronously, each on every
+    /// interface); empty if none did.
     pub async fn wait_for_listen_addrs(&self, limit: Duration) -> Result<Vec<Multiaddr>, NetworkError> {
+        const SETTLED: Duration = Duration::from_millis(100);
         let t0 = std::time::Instant::now();
+        let (mut addrs, mut changed) = (Vec::new(), t0);
         loop {
-            let addrs = self.listen_addrs().await?;
-            if !addrs.is_empty() || t0.elapsed() > limit {
+            let now = self.listen_addrs().await?;
+            if now != addrs {
+                (addrs, changed) = (now, std::time::Instant::now());
+            }
+            if (!addrs.is_empty() && changed.elapsed() >= SETTLED) || t0.elapsed() > limit {
                 return Ok(addrs);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Dials an address.
+    /// Dials an address (ending in the peer's `/p2p/` id).
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetworkError> {
-        self.ask(|tx| Command::Dial(addr, tx)).await?
+        match addr.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(peer)) => self.connect(peer, vec![addr]).await,
+            _ => Err(NetworkError::Failed(format!("{addr} has no /p2p/ peer id"))),
+        }
+    }
+
+    /// Connects to `peer` unless connected: `addrs` and the addresses the swarm knows are
+    /// dialled at once (a dead address does not hold up a live one).
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
+        self.ask(|tx| Command::Dial(peer, addrs, tx)).await?
     }
 
     /// Provides a DHT key.

@@ -20,7 +20,7 @@ use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
 use nak_protocol::{announce, keys, pb, proof};
 use nak_shard_store::transfer::{BlobProvider, ChunkNum, ChunkRanges, ProviderError, StoreProvider};
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::peers::{MetPeers, SAVE_EVERY};
+use super::scope;
 use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats, SwarmProtocols};
 
 type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
@@ -50,7 +51,7 @@ pub(super) struct Task {
     pending_providers: HashMap<kad::QueryId, ProviderQuery>,
     pending_provide: HashMap<kad::QueryId, Reply<()>>,
     pending_requests: HashMap<OutboundRequestId, Reply<pb::BlobResponse>>,
-    pending_dials: HashMap<PeerId, Reply<()>>,
+    pending_dials: HashMap<PeerId, Vec<Reply<()>>>,
     provided: Vec<RecordKey>,
     announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
     rtts: HashMap<PeerId, Duration>,
@@ -59,6 +60,8 @@ pub(super) struct Task {
     bootstrapped: bool,
     /// Peers that offer relaying, with an address of each.
     relays: HashMap<PeerId, Multiaddr>,
+    /// The address at the other end of each open connection, and whether we dialled it.
+    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
     /// Relays we hold a reservation with (or asked for one).
     reserved: HashSet<PeerId>,
     /// Whether we relay for others.
@@ -77,8 +80,8 @@ pub(super) struct Task {
     signer: ed25519_dalek::SigningKey,
     /// What AutoNAT last concluded.
     nat: autonat::NatStatus,
-    /// Whether a relay accepted a reservation from us.
-    relayed: bool,
+    /// Relays that accepted a reservation from us (and still hold it).
+    relayed: HashSet<PeerId>,
     /// Peers met, and the file they are remembered in.
     met: MetPeers,
     peers_file: Option<std::path::PathBuf>,
@@ -123,6 +126,7 @@ impl Task {
             bootstrapped: false,
             relays: HashMap::new(),
             reserved: HashSet::new(),
+            connections: HashMap::new(),
             relay_server: cfg.relay_server,
             republish_at: None,
             proofs: std::collections::VecDeque::new(),
@@ -130,7 +134,7 @@ impl Task {
             own_announcements: HashMap::new(),
             signer,
             nat: autonat::NatStatus::Unknown,
-            relayed: false,
+            relayed: HashSet::new(),
             met: cfg.peers_file.as_deref().map(MetPeers::load).unwrap_or_default(),
             peers_file: cfg.peers_file.clone(),
             identify_version: protocols.identify.clone(),
@@ -191,18 +195,20 @@ impl Task {
                 let r = self.swarm.listen_on(addr).map(|_| ());
                 let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
             }
-            Command::Dial(addr, reply) => {
-                let peer = match addr.iter().last() {
-                    Some(libp2p::multiaddr::Protocol::P2p(peer)) => peer,
-                    _ => {
-                        let _ = reply.send(Err(NetworkError::Failed(format!("{addr} has no /p2p/ peer id"))));
-                        return;
-                    }
-                };
-                behaviour.kad.add_address(&peer, addr.clone());
-                match self.swarm.dial(addr) {
-                    Ok(()) => {
-                        self.pending_dials.insert(peer, reply);
+            Command::Dial(peer, addrs, reply) => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .extend_addresses_through_behaviour()
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    // Already being dialled: answered with that dial.
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.pending_dials.entry(peer).or_default().push(reply);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetworkError::Failed(e.to_string())));
@@ -276,7 +282,7 @@ impl Task {
                 let _ = reply.send(self.proofs.drain(..).collect());
             }
             Command::Reachability(reply) => {
-                let _ = reply.send(match (&self.nat, self.relayed) {
+                let _ = reply.send(match (&self.nat, !self.relayed.is_empty()) {
                     (autonat::NatStatus::Public(_), _) => pb::Reachability::Public,
                     (_, true) => pb::Reachability::Relayed,
                     (autonat::NatStatus::Private, false) => pb::Reachability::Private,
@@ -301,13 +307,30 @@ impl Task {
                 // what it hands to the peers that reserve a slot with it.
                 if self.relay_server && !is_circuit(&address) {
                     self.swarm.add_external_address(address);
+                } else if is_circuit(&address) {
+                    // A relay reservation: an address anyone can dial, which our provider
+                    // records should carry from now on.
+                    self.swarm.add_external_address(address);
+                    if !self.provided.is_empty() {
+                        self.republish_at = Some(tokio::time::Instant::now() + REPUBLISH_SETTLE);
+                    }
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ExpiredListenAddr { address, .. } if is_circuit(&address) => self.lost_relay(&address),
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                for address in addresses.iter().filter(|a| is_circuit(a)) {
+                    self.lost_relay(address);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.connections.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_dialer()));
+                if endpoint.is_relayed() {
+                    tracing::info!(peer = %peer_id, dialer = endpoint.is_dialer(), "connected through a relay");
+                }
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = endpoint {
                     self.met.remember(peer_id, address);
                 }
-                if let Some(reply) = self.pending_dials.remove(&peer_id) {
+                for reply in self.pending_dials.remove(&peer_id).into_iter().flatten() {
                     let _ = reply.send(Ok(()));
                 }
                 // The first peer we meet: walk the DHT towards ourselves to fill the routing table.
@@ -316,7 +339,11 @@ impl Task {
                 }
             }
             // A server that went away no longer serves, whatever its last announcement said.
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                self.connections.remove(&connection_id);
+                if num_established > 0 {
+                    return;
+                }
                 self.rtts.remove(&peer_id);
                 if self.announcements.remove(&peer_id.to_bytes()).is_some() {
                     tracing::info!(peer = %peer_id, "dropped the announcement of a disconnected server");
@@ -326,11 +353,15 @@ impl Task {
                 self.rtts.insert(peer, rtt);
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                if let Some(reply) = self.pending_dials.remove(&peer) {
+                for reply in self.pending_dials.remove(&peer).into_iter().flatten() {
                     let _ = reply.send(Err(NetworkError::Failed(error.to_string())));
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                connection_id,
+                peer_id,
+                info,
+            })) => {
                 // A node of another Nakshatra swarm, reached over QUIC (no noise prologue to stop
                 // it). Other libp2p peers name their own versions and may still speak our
                 // protocols (the public swarm's are plain), so only ours are compared.
@@ -339,17 +370,25 @@ impl Task {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                let reached = self.connections.get(&connection_id).cloned();
+                let usable: Vec<Multiaddr> = (info.listen_addrs.into_iter())
+                    .filter(|a| scope::usable(a, reached.as_ref().map(|(r, _)| r)))
+                    .collect();
+                let direct = usable.iter().find(|a| !is_circuit(a)).cloned();
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
-                    if let Some(addr) = info.listen_addrs.iter().find(|a| !is_circuit(a)) {
-                        self.relays.insert(peer_id, addr.clone());
+                    // Where we dialled it, it listens; else one of its addresses we can reach.
+                    let at = match reached {
+                        Some((addr, true)) if !is_circuit(&addr) => Some(addr),
+                        _ => direct.clone(),
+                    };
+                    if let Some(addr) = at {
+                        self.relays.insert(peer_id, addr);
                     }
                 }
-                if let Some(addr) = info.listen_addrs.iter().find(|a| !is_circuit(a)) {
-                    if !self.met.knows(&peer_id) {
-                        self.met.remember(peer_id, addr.clone());
-                    }
+                if let Some(addr) = direct.filter(|_| !self.met.knows(&peer_id)) {
+                    self.met.remember(peer_id, addr);
                 }
-                for addr in info.listen_addrs {
+                for addr in usable {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
@@ -370,8 +409,8 @@ impl Task {
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
                 tracing::info!(?event, "relay client");
-                if matches!(event, relay::client::Event::ReservationReqAccepted { .. }) {
-                    self.relayed = true;
+                if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = event {
+                    self.relayed.insert(relay_peer_id);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
@@ -497,13 +536,33 @@ impl Task {
             tracing::warn!("behind a NAT and no relay known: peers cannot dial us");
             return;
         };
-        let circuit = addr.clone().with(Protocol::P2p(*peer)).with(Protocol::P2pCircuit);
+        let circuit = addr.clone().with_p2p(*peer).unwrap_or_else(|a| a).with(Protocol::P2pCircuit);
         match self.swarm.listen_on(circuit.clone()) {
             Ok(_) => {
                 tracing::info!(%circuit, "listening through a relay");
                 self.reserved.insert(*peer);
             }
             Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through a relay"),
+        }
+    }
+
+    /// A relay reservation ended (the relay went away or refused to renew it): reachable
+    /// through it no more. Behind a NAT, another relay is asked; this one again only once
+    /// identify shows it relays (after a new connection).
+    fn lost_relay(&mut self, circuit: &Multiaddr) {
+        let relay = circuit.iter().take_while(|p| *p != Protocol::P2pCircuit).fold(None, |last, p| match p {
+            Protocol::P2p(peer) => Some(peer),
+            _ => last,
+        });
+        tracing::info!(%circuit, "no longer listening through a relay");
+        self.swarm.remove_external_address(circuit);
+        if let Some(relay) = relay {
+            self.reserved.remove(&relay);
+            self.relays.remove(&relay);
+            self.relayed.remove(&relay);
+        }
+        if self.nat == autonat::NatStatus::Private {
+            self.reserve_relay();
         }
     }
 

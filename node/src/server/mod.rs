@@ -231,11 +231,14 @@ async fn load_span(
 
 /// Provides every blob of the model the store holds.
 async fn provide_blobs(store: &Store, net: &NetworkHandle, manifest: &Manifest) -> Result<(), ServeError> {
-    for blob in &manifest.blobs {
-        if store.has(&blob.hash) {
-            net.provide(keys::blob_key(&blob.hash.0)).await?;
-        }
-    }
+    let held = manifest.blobs.iter().filter(|b| store.has(&b.hash));
+    provide_all(net, held.map(|b| keys::blob_key(&b.hash.0))).await
+}
+
+/// Provides every key at once: each query waits on the slowest peer it asks (a dead
+/// address costs a connect timeout), so one after another they would add up.
+async fn provide_all(net: &NetworkHandle, keys: impl Iterator<Item = Vec<u8>>) -> Result<(), ServeError> {
+    futures::future::try_join_all(keys.map(|key| net.provide(key))).await?;
     Ok(())
 }
 
@@ -246,9 +249,7 @@ async fn provide_blocks(
     old: &Range<u32>,
     new: &Range<u32>,
 ) -> Result<(), ServeError> {
-    for layer in new.clone().filter(|l| !old.contains(l)) {
-        net.provide(keys::block_key(&model.0, layer)).await?;
-    }
+    provide_all(net, new.clone().filter(|l| !old.contains(l)).map(|l| keys::block_key(&model.0, l))).await?;
     for layer in old.clone().filter(|l| !new.contains(l)) {
         net.stop_providing(keys::block_key(&model.0, layer)).await?;
     }

@@ -134,13 +134,11 @@ impl Node {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         };
-        let mut child = cmd
-            .env("NAK_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("nak-node starts");
+        if !cmd.get_envs().any(|(k, _)| k == "NAK_LOG") {
+            cmd.env("NAK_LOG", "warn");
+        }
+        let mut child =
+            cmd.env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(stderr).spawn().expect("nak-node starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -292,4 +290,94 @@ pub fn run_node_env(
     }
     args.extend(extra);
     Node::start_with_env(&args, Some(&data.with_extension("log")), env)
+}
+
+/// Network namespaces a test makes (with veth links, bridges and routes between them),
+/// removed when dropped. Root only: [`Namespaces::new`] says None elsewhere.
+pub struct Namespaces {
+    tag: String,
+    names: Vec<String>,
+}
+
+/// Namespaces made by this process so far, so that tests running at once differ.
+static NAMESPACE_SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Namespaces {
+    /// An empty set, or None where namespaces cannot be made (not root, no iproute2).
+    pub fn new() -> Option<Namespaces> {
+        let n = NAMESPACE_SETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut set = Namespaces { tag: format!("{}-{n}", std::process::id()), names: Vec::new() };
+        set.add("probe")?;
+        Some(set)
+    }
+
+    /// Makes namespace `name` (loopback up) and returns its full name; None if it cannot.
+    pub fn add(&mut self, name: &str) -> Option<String> {
+        let full = format!("nak-{name}-{}", self.tag);
+        if !run_ip(&format!("netns add {full}")) {
+            return None;
+        }
+        self.names.push(full.clone());
+        assert!(run_ip(&format!("-n {full} link set lo up")), "cannot bring up loopback in {full}");
+        Some(full)
+    }
+
+    /// Makes namespace `name`, which must succeed once the set exists.
+    pub fn make(&mut self, name: &str) -> String {
+        self.add(name).unwrap_or_else(|| panic!("cannot make namespace {name}"))
+    }
+
+    /// A namespace holding one bridge, `br0`: a switch to [`Namespaces::plug`] hosts into.
+    pub fn switch(&mut self, name: &str) -> String {
+        let ns = self.make(name);
+        assert!(run_ip(&format!("-n {ns} link add br0 type bridge")) && run_ip(&format!("-n {ns} link set br0 up")));
+        ns
+    }
+
+    /// Plugs `host`'s interface `dev` (with address `cidr`) into `switch`'s bridge.
+    pub fn plug(&self, host: &str, dev: &str, cidr: &str, switch: &str) {
+        let port = format!("v{}", self.names.iter().position(|n| n == host).expect("a namespace of this set"));
+        let ok = run_ip(&format!("-n {host} link add {dev} type veth peer name {port} netns {switch}"))
+            && run_ip(&format!("-n {switch} link set {port} master br0"))
+            && run_ip(&format!("-n {switch} link set {port} up"))
+            && run_ip(&format!("-n {host} addr add {cidr} dev {dev}"))
+            && run_ip(&format!("-n {host} link set {dev} up"));
+        assert!(ok, "cannot plug {host} into {switch}");
+    }
+
+    /// Links `a`'s interface `a_dev` (address `a_cidr`) to `b`'s `b_dev` (`b_cidr`) by a veth pair.
+    pub fn link(&self, (a, a_dev, a_cidr): (&str, &str, &str), (b, b_dev, b_cidr): (&str, &str, &str)) {
+        let ok = run_ip(&format!("-n {a} link add {a_dev} type veth peer name {b_dev} netns {b}"))
+            && run_ip(&format!("-n {a} addr add {a_cidr} dev {a_dev}"))
+            && run_ip(&format!("-n {b} addr add {b_cidr} dev {b_dev}"))
+            && run_ip(&format!("-n {a} link set {a_dev} up"))
+            && run_ip(&format!("-n {b} link set {b_dev} up"));
+        assert!(ok, "cannot link {a} and {b}");
+    }
+
+    /// Runs `program ARGS` inside `ns`, which must succeed.
+    pub fn exec(&self, ns: &str, program: &str, args: &str) {
+        let out = Command::new("ip").args(["netns", "exec", ns, program]).args(args.split_whitespace()).output();
+        let out = out.unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `nak-node ARGS` in `ns` with `env` (mDNS on unless `env` says otherwise), logging to `log`.
+    pub fn node(&self, ns: &str, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Node {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_nak-node")]).args(args);
+        Node::spawn(cmd.env("NAKSHATRA_NO_MDNS", "false").envs(env.iter().copied()), Some(log))
+    }
+}
+
+fn run_ip(args: &str) -> bool {
+    Command::new("ip").args(args.split_whitespace()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
 }
