@@ -18,8 +18,9 @@ use nak_shard_store::import::span_blobs;
 use nak_shard_store::{cached_span, BlobRole, Manifest, Store};
 
 use super::AuditError;
-use crate::engine::{EngineConfig, EngineError, SessionConfig, SpanEngine, StepInput, StepOutput, StepRequest};
+use crate::engine::{EngineConfig, EngineError, SessionConfig, SpanEngine, StepInput, StepRequest};
 use crate::fetch::fetch_blobs;
+use crate::inference::output_hash;
 use crate::net::NetworkHandle;
 
 /// The output hashes of `receipts`' steps replayed from `inputs` on `engine`, up to and
@@ -32,7 +33,7 @@ pub fn replay(
     let Some(first) = receipts.first() else { return Ok(vec![]) };
     let cfg = SessionConfig {
         layers: Some(first.first_layer..first.end_layer),
-        hash_logits: true,
+        raw_logits: true,
         ..SessionConfig::default()
     };
     let session = engine.open_session(cfg)?;
@@ -75,11 +76,7 @@ fn replay_session(
         // A hop that only filled its cache signed the hash of nothing; one that drew a token, its logits.
         let sample = r.output_hash != empty;
         let out = engine.step_request(StepRequest { session, input, row_tokens: vec![], sample })?;
-        let hash = match out {
-            StepOutput::Hidden(a) => rows_hash(&a.data),
-            StepOutput::Token { logits_hash: Some(h), .. } => h,
-            StepOutput::Token { logits_hash: None, .. } | StepOutput::Cached => empty,
-        };
+        let hash = output_hash(&out);
         hashes.push(hash);
         if hash != r.output_hash {
             break;

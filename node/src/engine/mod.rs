@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
-use nak_protocol::receipt::f32_rows_hash;
 use nak_protocol::{Activation, ActivationDtype, ActivationError};
 use nak_shard_store::span;
 
@@ -130,8 +129,8 @@ pub struct SessionConfig {
     /// Return the logits a token was sampled from (a copy of the vocabulary's worth per
     /// step); otherwise [`StepOutput::Token`] carries none.
     pub return_logits: bool,
-    /// Hash the raw logits of every sampled row ([`StepOutput::Token::logits_hash`]).
-    pub hash_logits: bool,
+    /// Return a copy of the raw logits of every sampled row ([`StepOutput::Token::raw_logits`]).
+    pub raw_logits: bool,
 }
 
 /// Input of one step.
@@ -155,9 +154,10 @@ pub enum StepOutput {
         /// Logits of the last input row, after the session's repetition penalties (empty
         /// unless the session asked for them).
         logits: Vec<f32>,
-        /// blake3 of the raw logits (f32, little-endian) before any penalty, when the
-        /// session asked for it ([`SessionConfig::hash_logits`]): what a receipt signs.
-        logits_hash: Option<[u8; 32]>,
+        /// The raw logits before any penalty, when the session asked for them
+        /// ([`SessionConfig::raw_logits`]): what a receipt signs the hash of. A copy
+        /// rather than the hash, so that the hashing waits until the token has gone on.
+        raw_logits: Option<Vec<f32>>,
     },
     /// The rows are in the cache; no token was asked for (see [`StepRequest::sample`]).
     Cached,
@@ -195,7 +195,7 @@ struct Session {
     sampling: SamplingParams,
     sampler: Sampler,
     return_logits: bool,
-    hash_logits: bool,
+    raw_logits: bool,
     /// Token ids of the cached positions, as far as known (for penalties; sessions that sample).
     history: Vec<i32>,
     dtype: ActivationDtype,
@@ -253,8 +253,8 @@ struct Prepared {
     corrupt: bool,
 }
 
-/// A sampled row: the token, the logits returned (if asked for), the raw logits' hash (if asked for).
-type Sampled = (i32, Vec<f32>, Option<[u8; 32]>);
+/// A sampled row: the token, the logits returned (if asked for), the raw logits (if asked for).
+type Sampled = (i32, Vec<f32>, Option<Vec<f32>>);
 
 /// Steps that run the same layers with the same kind of input: one decode (or a few).
 struct Group {
@@ -381,7 +381,7 @@ impl SpanEngine {
             sampling: cfg.sampling,
             sampler: Sampler::new(&cfg.sampling),
             return_logits: cfg.return_logits,
-            hash_logits: cfg.hash_logits,
+            raw_logits: cfg.raw_logits,
             history: Vec::new(),
             dtype: cfg.dtype,
         };
@@ -588,10 +588,10 @@ impl SpanEngine {
                                 if members[m].corrupt {
                                     self.cfg.fault.corrupt(l);
                                 }
-                                let raw_hash = s.hash_logits.then(|| f32_rows_hash(l));
+                                let raw = s.raw_logits.then(|| l.to_vec());
                                 let token = s.sampler.sample(l);
                                 let logits = if s.return_logits { l.to_vec() } else { Vec::new() };
-                                sampled[m] = Some((token, logits, raw_hash));
+                                sampled[m] = Some((token, logits, raw));
                             }
                             Err(e) => failed = Some(e),
                         }
@@ -628,7 +628,7 @@ impl SpanEngine {
                 Ok(StepOutput::Cached)
             } else {
                 match sampled[m].take() {
-                    Some((token, logits, logits_hash)) => Ok(StepOutput::Token { token, logits, logits_hash }),
+                    Some((token, logits, raw_logits)) => Ok(StepOutput::Token { token, logits, raw_logits }),
                     None => Err(EngineError::NoOutput("logits")),
                 }
             };

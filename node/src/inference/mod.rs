@@ -29,6 +29,7 @@
 mod log;
 mod push;
 mod receipts;
+pub(crate) use receipts::output_hash;
 mod retention;
 mod session;
 
@@ -541,7 +542,7 @@ async fn open_session(
         sampling,
         dtype,
         return_logits: open.top_logits > 0,
-        hash_logits: open.receipts,
+        raw_logits: open.receipts,
     };
     let engine = match worker.open_session(cfg).await {
         Ok(engine) => engine,

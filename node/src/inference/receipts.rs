@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::SigningKey;
 use nak_protocol::pb;
-use nak_protocol::receipt::{rows_hash, sign_batch, tokens_hash, Receipt};
+use nak_protocol::receipt::{f32_rows_hash, rows_hash, sign_batch, tokens_hash, Receipt};
 
 use super::retention::{AuditRetention, SessionKey};
 use crate::engine::{StepInput, StepOutput};
@@ -168,10 +168,10 @@ pub(super) fn input_rows(input: &StepInput) -> pb::StepRows {
 /// blake3 of a step's output as computed: the hidden state's f32 bytes, or (the last
 /// hop) the raw logits the token was drawn from; for a step that only filled the cache,
 /// the hash of nothing.
-pub(super) fn output_hash(output: &StepOutput) -> [u8; 32] {
+pub(crate) fn output_hash(output: &StepOutput) -> [u8; 32] {
     match output {
         StepOutput::Hidden(a) => rows_hash(&a.data),
-        StepOutput::Token { logits_hash: Some(hash), .. } => *hash,
-        StepOutput::Token { logits_hash: None, .. } | StepOutput::Cached => rows_hash(&[]),
+        StepOutput::Token { raw_logits: Some(raw), .. } => f32_rows_hash(raw),
+        StepOutput::Token { raw_logits: None, .. } | StepOutput::Cached => rows_hash(&[]),
     }
 }

@@ -292,7 +292,10 @@ impl SessionTask {
         let first = self.position;
         self.position = end;
         let shape = StepShape { step: step.step, generation: self.generation, position: first, rows: end - first };
-        let out_hash = self.setup.receipts.as_ref().map(|_| output_hash(&out));
+        // The output's hash for the receipt: a hidden state's now (it is small), a token's
+        // (the whole vocabulary's logits) once the token has gone on.
+        let receipts = self.setup.receipts.is_some();
+        let mut out_hash = (receipts && !matches!(out, StepOutput::Token { .. })).then(|| output_hash(&out));
         match out {
             StepOutput::Hidden(a) => {
                 self.setup.log.record(self.generation, step.step, first, step.more, &a, &row_tokens);
@@ -309,7 +312,12 @@ impl SessionTask {
                 };
                 self.send_on(onward).await;
             }
-            StepOutput::Token { token, logits, .. } => self.emit(step.step, step.more, token, &logits).await,
+            StepOutput::Token { token, logits, raw_logits } => {
+                self.emit(step.step, step.more, token, &logits).await;
+                if receipts {
+                    out_hash = Some(output_hash(&StepOutput::Token { token, logits, raw_logits }));
+                }
+            }
             StepOutput::Cached => {}
         }
         if let (Some(signer), Some(rows), Some(output)) = (&mut self.setup.receipts, rows_in, out_hash) {
