@@ -25,6 +25,7 @@
 //! - the swarm's name sets every protocol id ([`namespace`]), and a private swarm's
 //!   key wraps TCP in pnet.
 
+mod answers;
 mod behaviour;
 mod codec;
 mod delay;

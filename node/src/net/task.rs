@@ -4,7 +4,9 @@
 //! that offer relaying (seen in identify) are remembered, and when AutoNAT concludes we
 //! are behind a NAT the node listens through one of them (a relay reservation), so
 //! others can dial us via `<relay>/p2p-circuit/p2p/<us>`; DCUtR then tries to replace
-//! such relayed connections with direct ones.
+//! such relayed connections with direct ones. A relay reservation's address becomes an
+//! external address (provider records carry it); the addresses peers report are kept
+//! only where this node can use them ([`super::scope`]).
 //!
 //! While the swarm is smaller than Kademlia's K, each newcomer is among the K closest
 //! peers of every key, so the loop publishes its provider records again (once the joins
@@ -23,11 +25,11 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
 use nak_protocol::{announce, keys, pb, proof};
-use nak_shard_store::transfer::{BlobProvider, ChunkNum, ChunkRanges, ProviderError, StoreProvider};
-use nak_shard_store::Hash;
+use nak_shard_store::transfer::StoreProvider;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
+use super::answers;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::peers::{MetPeers, SAVE_EVERY};
 use super::scope;
@@ -631,7 +633,7 @@ impl Task {
                     let provider = self.provider.clone();
                     let tx = self.served_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let response = serve(&provider, request);
+                        let response = answers::answer(&provider, request);
                         let _ = tx.blocking_send((channel, response));
                     });
                 }
@@ -653,67 +655,6 @@ impl Task {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
-}
-
-/// Answers one blob request from the local store.
-fn serve(provider: &StoreProvider, request: pb::BlobRequest) -> pb::BlobResponse {
-    use pb::blob_request::Kind;
-    use pb::blob_response::Result as R;
-    let result = match request.kind {
-        Some(Kind::Range(r)) => match <[u8; 32]>::try_from(r.hash.as_slice()) {
-            Ok(hash) => {
-                let mut ranges = ChunkRanges::empty();
-                for range in r.ranges.iter().take(1024) {
-                    if range.start < range.end {
-                        ranges |= ChunkRanges::from(ChunkNum(range.start)..ChunkNum(range.end));
-                    }
-                }
-                match provider.fetch(&Hash(hash), r.size, &ranges) {
-                    Ok(encoded) => R::Encoded(encoded),
-                    Err(ProviderError::NotFound) => R::NotFound(pb::NotFound {}),
-                    Err(ProviderError::Unavailable(e)) => R::Error(e),
-                }
-            }
-            Err(_) => R::Error("blob hash must be 32 bytes".into()),
-        },
-        Some(Kind::Manifest(id)) => match <[u8; 32]>::try_from(id.as_slice()) {
-            Ok(id) => match provider.store().manifest(&Hash(id)) {
-                Ok(m) => R::Manifest(m.canonical_bytes()),
-                Err(_) => R::NotFound(pb::NotFound {}),
-            },
-            Err(_) => R::Error("model id must be 32 bytes".into()),
-        },
-        Some(Kind::Proofs(id)) => match <[u8; 32]>::try_from(id.as_slice()) {
-            Ok(id) => R::Proofs(stored_proofs(&super::proofs_dir(provider.store().root(), &id)).encode_to_vec()),
-            Err(_) => R::Error("model id must be 32 bytes".into()),
-        },
-        // Answered by the network task itself, which holds the announcements.
-        Some(Kind::Announcement(_)) => R::NotFound(pb::NotFound {}),
-        None => R::Error("empty request".into()),
-    };
-    pb::BlobResponse { result: Some(result) }
-}
-
-/// Most bytes of proofs in one answer (under the blob codec's response limit).
-const PROOFS_ANSWER_BYTES: usize = 3 << 20;
-
-/// The fraud proofs stored in `dir` (each file one encoded proof), as many as fit in
-/// one answer.
-fn stored_proofs(dir: &std::path::Path) -> pb::FraudProofs {
-    let mut out = pb::FraudProofs::default();
-    let mut bytes = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for entry in entries.flatten() {
-        let Ok(data) = std::fs::read(entry.path()) else { continue };
-        if bytes + data.len() > PROOFS_ANSWER_BYTES {
-            break;
-        }
-        if let Ok(p) = pb::FraudProof::decode(data.as_slice()) {
-            bytes += data.len();
-            out.proofs.push(p);
-        }
-    }
-    out
 }
 
 /// Dials `peer` (at `addrs`, and wherever the swarm knows it) unless connected to it or
