@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use nak_node::audit::Auditor;
 use nak_node::chain::{GenerateOptions, LocalChain};
-use nak_node::client::{DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
+use nak_node::client::{
+    DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel, TextStream,
+};
 use nak_node::engine::SamplingParams;
 use nak_node::net::Network;
 use nak_protocol::ActivationDtype;
@@ -400,24 +402,11 @@ async fn generate_parallel(
     Ok(())
 }
 
-/// Prints token bytes as they come, holding back an incomplete UTF-8 sequence.
-struct Streamer {
-    pending: Vec<u8>,
-}
-
-impl Streamer {
-    fn push(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-        let valid = match std::str::from_utf8(&self.pending) {
-            Ok(s) => s.len(),
-            Err(e) if e.error_len().is_some() => self.pending.len(), // invalid, not incomplete: print as is
-            Err(e) => e.valid_up_to(),
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&self.pending[..valid]);
-        let _ = out.flush();
-        self.pending.drain(..valid);
-    }
+/// Writes text to the terminal at once.
+fn show(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 /// An interactive conversation. `/reset` starts over, `/quit` (or end of input) leaves,
@@ -463,17 +452,17 @@ async fn converse(args: RemoteArgs, system: Option<String>, max_tokens: usize) -
         let refs: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
         let prompt = model.vocab().apply_chat_template(&refs, true)?;
         let tokens = model.vocab().tokenize(&prompt, false)?;
-        let mut streamer = Streamer { pending: Vec::new() };
+        let mut text = TextStream::default();
         let mut out = session
             .generate(&model, &tokens, max_tokens, |t| {
-                streamer.push(&model.vocab().token_piece(t));
+                show(&text.push(&model.vocab().token_piece(t)));
                 !interrupted.load(Ordering::SeqCst)
             })
             .await?;
         if args.verify {
             audit_generation(&mut auditor, &mut session, &mut out).await;
         }
-        streamer.push(&[]);
+        show(&text.finish());
         println!("{}", if out.cancelled { " [stopped]" } else { "" });
         report_repairs(&out);
         if let Some(error) = &out.error {

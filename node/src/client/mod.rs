@@ -19,6 +19,7 @@ mod options;
 mod recovery;
 pub mod route;
 mod session;
+mod text;
 mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,7 @@ use nak_shard_store::{tokenizer_file, Manifest, ModelId, Store};
 pub use options::{DecodeMode, Failover, RemoteGeneration, ReplayPolicy, SessionOptions};
 pub use route::{best_route, best_route_between, disjoint_routes, RouteHop, ServerInfo};
 pub use session::RemoteSession;
+pub use text::TextStream;
 pub use verify::{ReceiptProblem, Verification};
 
 use crate::engine::{EngineError, Model};
