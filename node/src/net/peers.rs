@@ -25,7 +25,7 @@ pub const PEERS_FILE: &str = "peers";
 /// Peers remembered.
 pub const MAX_REMEMBERED: usize = 64;
 /// Least time between two rewrites of the peers file.
-pub const SAVE_EVERY: Duration = Duration::from_secs(10);
+pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The addresses in the user's `bootstrap` file of `data_dir` (none if there is no
 /// file); a line that is not a multiaddr with a `/p2p/` part is an error naming it.
