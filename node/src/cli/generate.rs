@@ -240,25 +240,35 @@ struct Joined {
     _scratch: tempfile::TempDir,
 }
 
-/// Joins the swarm on a throwaway identity, finds the model, and learns the fraud
-/// proofs the swarm holds (a proven liar is never routed through).
-async fn connect(args: &RemoteArgs) -> Result<Joined> {
-    let id =
-        ModelId::from_hex(&args.model.to_ascii_lowercase()).context("--model must be a model id (64 hex digits)")?;
+/// Joins the swarm on a throwaway identity and finds the model `model` (an id): its
+/// manifest and tokenizer, in a scratch store that lives as long as the returned dir.
+pub(super) async fn join_model(
+    join: &JoinArgs,
+    data_dir: Option<PathBuf>,
+    model: &str,
+) -> Result<(SwarmModel, tempfile::TempDir)> {
+    let id = ModelId::from_hex(&model.to_ascii_lowercase()).context("--model must be a model id (64 hex digits)")?;
     let scratch = tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
-    let dir = super::data_dir(args.data_dir.clone());
+    let dir = super::data_dir(data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // TCP and QUIC on all interfaces, as a server: hops and relays may need to reach the
     // client back, and hole punching from behind a NAT works best with both.
-    let network = args.join.network(Vec::new(), &dir, true)?;
+    let network = join.network(Vec::new(), &dir, true)?;
     let (net, _) = Network::spawn_in_store(&store, network.clone()).await?;
-    args.join.require_peer(&net, &network, &dir).await?;
-    let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net.clone(), &store, id))
+    join.require_peer(&net, &network, &dir).await?;
+    let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net, &store, id))
         .await
         .context("no answer from the swarm about the model within 60 s")??;
+    Ok((model, scratch))
+}
+
+/// Joins the swarm, finds the model, and learns the fraud proofs the swarm holds (a
+/// proven liar is never routed through).
+async fn connect(args: &RemoteArgs) -> Result<Joined> {
+    let (model, scratch) = join_model(&args.join, args.data_dir.clone(), &args.model).await?;
     let data = open_store(args.data_dir.clone())?;
-    let mut auditor = auditor(&net, &data, model.manifest(), args.audit_rate, args.threads).await?;
+    let mut auditor = auditor(model.net(), &data, model.manifest(), args.audit_rate, args.threads).await?;
     learn_proofs(&mut auditor, &model, ROUTE_WAIT).await?;
     Ok(Joined { model, auditor, _scratch: scratch })
 }

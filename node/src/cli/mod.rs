@@ -6,10 +6,12 @@
 //! - [`serve`]: `run`, a server in the swarm, and `relay`, a public node serving none.
 //! - [`generate`]: `generate` (locally or through the swarm) and `chat`.
 //! - [`status`]: `status`, the swarm's coverage of a model.
+//! - [`api`]: `api`, an OpenAI-compatible API over the swarm.
 //! - [`files`]: `import`, `models`, `store verify`, `slice`, `synth`, `info`.
 //! - [`benchmarks`]: the `bench*` commands.
 //! - [`audit`]: the auditor clients and servers run (proofs, bans, `--audit-rate`).
 
+pub mod api;
 pub mod audit;
 pub mod benchmarks;
 pub mod files;

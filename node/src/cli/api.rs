@@ -1,0 +1,36 @@
+//! `nak-node api`: a long-running client of the swarm that serves an OpenAI-compatible
+//! HTTP API for one model ([`nak_node::api`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+
+use super::generate::join_model;
+use super::{block_on, JoinArgs};
+
+/// Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) for a model of the swarm.
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// The model (its id, as `run` prints it).
+    #[arg(long)]
+    model: String,
+    /// Where the API listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+/// `nak-node api`.
+pub fn api(args: ApiArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    block_on(async move {
+        let (model, _scratch) = join_model(&args.join, data_dir, &args.model).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        println!("api http://{}", listener.local_addr()?);
+        nak_node::api::serve(Arc::new(model), listener).await.context("the API server stopped")
+    })
+}
