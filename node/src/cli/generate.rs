@@ -15,7 +15,7 @@ use nak_node::client::{
     DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel, TextStream,
 };
 use nak_node::engine::SamplingParams;
-use nak_node::net::Network;
+use nak_node::net::{Network, NetworkConfig};
 use nak_protocol::ActivationDtype;
 use nak_shard_store::{ModelId, Store};
 
@@ -254,7 +254,7 @@ pub(super) async fn join_model(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // TCP and QUIC on all interfaces, as a server: hops and relays may need to reach the
     // client back, and hole punching from behind a NAT works best with both.
-    let network = join.network(Vec::new(), &dir, true)?;
+    let network = NetworkConfig { dht_server: false, ..join.network(Vec::new(), &dir, true)? };
     let (net, _) = Network::spawn_in_store(&store, network.clone()).await?;
     join.require_peer(&net, &network, &dir).await?;
     let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net, &store, id))

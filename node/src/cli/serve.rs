@@ -2,6 +2,7 @@
 //! listen addresses, and runs a [`Server`] until Ctrl-C, printing what it does;
 //! `nak-node relay` runs a public node that serves no model, only the swarm itself.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,6 +62,9 @@ pub struct RunArgs {
     /// Seconds between those audit generations.
     #[arg(long, default_value_t = 60)]
     audit_interval: u64,
+    /// Also serve the OpenAI-compatible API for this model (as `nak-node api` does) on this address.
+    #[arg(long)]
+    api: Option<SocketAddr>,
 }
 
 /// `nak-node run`.
@@ -89,7 +93,7 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
     };
     let network =
         NetworkConfig { relay_server: args.relay_server, ..args.join.network(args.listen, store.root(), true)? };
-    block_on(serve(store, args.model, network, server, audits))
+    block_on(serve(store, args.model, network, server, audits, args.api))
 }
 
 /// A public node that serves no model: peers join through it (a stable `--bootstrap`
@@ -129,7 +133,14 @@ struct Audits {
     every: Duration,
 }
 
-async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerConfig, audits: Audits) -> Result<()> {
+async fn serve(
+    store: Store,
+    model: String,
+    network: NetworkConfig,
+    cfg: ServerConfig,
+    audits: Audits,
+    api: Option<SocketAddr>,
+) -> Result<()> {
     let (alone, mdns) = (network.bootstrap.is_empty(), network.mdns);
     let (net, key) = Network::spawn_in_store(&store, network).await?;
     for addr in net.wait_for_listen_addrs(Duration::from_secs(5)).await? {
@@ -187,6 +198,16 @@ async fn serve(store: Store, model: String, network: NetworkConfig, cfg: ServerC
     let server = Server::start(store.clone(), net.clone(), &key, model, cfg, Arc::new(LlamaLoader), events).await?;
     let auditor = auditor(&net, &store, server.manifest(), audits.rate, threads).await?;
     let swarm = SwarmModel::connect(net.clone(), &store, server.model_id()).await?;
+    if let Some(addr) = api {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        println!("api http://{}", listener.local_addr()?);
+        let model = Arc::new(SwarmModel::connect(net.clone(), &store, server.model_id()).await?);
+        tokio::spawn(async move {
+            if let Err(e) = nak_node::api::serve(model, listener).await {
+                tracing::warn!(error = %e, "the API stopped");
+            }
+        });
+    }
     // Beside the server, not spawned: the watch runs as long as the server does.
     let watching = watch(auditor, swarm, server.layers(), audits.rate, audits.every);
     let serving = server.run(async {

@@ -10,7 +10,7 @@ use libp2p::PeerId;
 use nak_node::audit::{Ban, ProofBook};
 use nak_node::client::discover_servers;
 use nak_node::fetch::fetch_manifest;
-use nak_node::net::{reachability_name, Network};
+use nak_node::net::{reachability_name, Network, NetworkConfig};
 use nak_protocol::{keys, pb};
 use nak_shard_store::{Hash, ModelId, Store};
 
@@ -74,7 +74,7 @@ async fn listen_and_report(
         ids.push(id);
     }
     let listen = vec!["/ip4/0.0.0.0/tcp/0".parse().context("literal multiaddr")?];
-    let network = join.network(listen, dir, false)?;
+    let network = NetworkConfig { dht_server: false, ..join.network(listen, dir, false)? };
     let (net, _) = Network::spawn_in_store(&store, network.clone()).await?;
     join.require_peer(&net, &network, dir).await?;
     for (peer, _) in &banned {

@@ -181,7 +181,9 @@ pub(super) fn build_swarm(
             .with_quic()),
         Some(transport) => finish!(builder.with_other_transport(|_| transport).map_err(|e| setup(&e))?),
     };
-    // Every node answers DHT queries: the swarm is made of servers.
-    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    // Servers answer DHT queries whatever AutoNAT says (the swarm is made of servers);
+    // clients only ask.
+    let mode = if cfg.dht_server { kad::Mode::Server } else { kad::Mode::Client };
+    swarm.behaviour_mut().kad.set_mode(Some(mode));
     Ok(swarm)
 }

@@ -91,6 +91,10 @@ pub struct NetworkConfig {
     /// Where to remember the peers met (bounded, rewritten from time to time and at
     /// shutdown), to rejoin through them after a restart. Default none.
     pub peers_file: Option<std::path::PathBuf>,
+    /// Answer DHT queries and hold records for others. Default on; a short-lived client
+    /// turns it off, or it would stay in others' routing tables after it leaves and
+    /// their queries would wait on it (a dead QUIC address costs a handshake timeout).
+    pub dht_server: bool,
 }
 
 impl Default for NetworkConfig {
@@ -111,6 +115,7 @@ impl Default for NetworkConfig {
             swarm_key: None,
             mdns: false,
             peers_file: None,
+            dht_server: true,
         }
     }
 }

@@ -90,6 +90,8 @@ pub(super) struct Task {
     /// Identify's protocol version of our swarm: a peer that reports another is of
     /// another swarm.
     identify_version: String,
+    /// Our swarm's DHT protocol: only peers that serve it enter the routing table.
+    kad_protocol: libp2p::StreamProtocol,
 }
 
 /// Why an announcement of a banned server is not used (it is not the forwarder's fault).
@@ -140,6 +142,7 @@ impl Task {
             met: cfg.peers_file.as_deref().map(MetPeers::load).unwrap_or_default(),
             peers_file: cfg.peers_file.clone(),
             identify_version: protocols.identify.clone(),
+            kad_protocol: protocols.kad.clone(),
         }
     }
 
@@ -390,8 +393,12 @@ impl Task {
                 if let Some(addr) = direct.filter(|_| !self.met.knows(&peer_id)) {
                     self.met.remember(peer_id, addr);
                 }
-                for addr in usable {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                // A client (a DHT client) stays out of the routing table: once it leaves, queries
+                // would still wait on its addresses.
+                if info.protocols.contains(&self.kad_protocol) {
+                    for addr in usable {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
