@@ -205,9 +205,16 @@ impl Task {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                // Answered when this dial (or the one already under way) ends.
-                match dial_unless_connected(&mut self.swarm, peer, addrs) {
-                    Ok(()) => self.pending_dials.entry(peer).or_default().push(reply),
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .extend_addresses_through_behaviour()
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    // Already being dialled: answered with that dial.
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.pending_dials.entry(peer).or_default().push(reply);
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(NetworkError::Failed(e.to_string())));
                     }
@@ -399,7 +406,7 @@ impl Task {
                 for (peer, addr) in found.into_iter().filter(|(p, _)| *p != me && !self.blocked.contains(p)) {
                     tracing::debug!(%peer, %addr, "found on the local network");
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                    let _ = dial_unless_connected(&mut self.swarm, peer, vec![addr]);
+                    dial_unless_connected(&mut self.swarm, peer, vec![addr]);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new })) => {
@@ -583,7 +590,7 @@ impl Task {
                         // are not kept once it is finished), so dial now: the fetch that follows
                         // asks by peer id alone.
                         for peer in &new {
-                            let _ = dial_unless_connected(&mut self.swarm, *peer, Vec::new());
+                            dial_unless_connected(&mut self.swarm, *peer, Vec::new());
                         }
                         found.extend(new);
                         // Enough to start fetching, unless the caller asked for everyone.
@@ -658,19 +665,11 @@ impl Task {
 }
 
 /// Dials `peer` (at `addrs`, and wherever the swarm knows it) unless connected to it or
-/// dialling it already (then Ok: that dial stands for this one).
-fn dial_unless_connected(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
-    let opts = DialOpts::peer_id(peer)
-        .addresses(addrs)
-        .extend_addresses_through_behaviour()
-        .condition(PeerCondition::DisconnectedAndNotDialing)
-        .build();
-    match swarm.dial(opts) {
-        Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot dial a peer");
-            Err(e)
-        }
+/// dialling it already.
+fn dial_unless_connected(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
+    let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+    if let Err(e) = swarm.dial(opts) {
+        tracing::debug!(%peer, error = %e, "cannot dial a peer");
     }
 }
 
