@@ -187,10 +187,7 @@ pub(super) async fn completions(
         let tokens = state.model.vocab().tokenize(prompt, true).map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok::<_, ApiError>((request.common, params, tokens))
     };
-    match run.await {
-        Ok((common, params, tokens)) => answer(&state, Kind::Text, &common, params, tokens).await,
-        Err(e) => e.into_response(),
-    }
+    answer(&state, Kind::Text, run.await).await
 }
 
 pub(super) async fn chat_completions(
@@ -212,10 +209,7 @@ pub(super) async fn chat_completions(
         let tokens = vocab.tokenize(&prompt, false).map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok::<_, ApiError>((request.common, params, tokens))
     };
-    match run.await {
-        Ok((common, params, tokens)) => answer(&state, Kind::Chat, &common, params, tokens).await,
-        Err(e) => e.into_response(),
-    }
+    answer(&state, Kind::Chat, run.await).await
 }
 
 /// Which endpoint answers.
@@ -225,8 +219,15 @@ enum Kind {
     Chat,
 }
 
-/// The generation as one JSON answer, or as a stream of chunks.
-async fn answer(state: &ApiState, kind: Kind, common: &Common, params: Params, tokens: Vec<i32>) -> Response {
+/// A checked request (its fields, sampling and prompt tokens), or why it is not one.
+type Checked = Result<(Common, Params, Vec<i32>), ApiError>;
+
+/// The generation as one JSON answer, or as a stream of chunks; or the request's error.
+async fn answer(state: &ApiState, kind: Kind, request: Checked) -> Response {
+    let (common, params, tokens) = match request {
+        Ok(checked) => checked,
+        Err(e) => return e.into_response(),
+    };
     let id = format!("{}-{:016x}", if matches!(kind, Kind::Chat) { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
     let shape = Shape { id, kind, model: common.model.clone(), created: now_s() };
     let mut rx = generate(state.model.clone(), tokens, params);

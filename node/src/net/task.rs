@@ -205,16 +205,9 @@ impl Task {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .extend_addresses_through_behaviour()
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
-                match self.swarm.dial(opts) {
-                    // Already being dialled: answered with that dial.
-                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
-                        self.pending_dials.entry(peer).or_default().push(reply);
-                    }
+                // Answered when this dial (or the one already under way) ends.
+                match dial_unless_connected(&mut self.swarm, peer, addrs) {
+                    Ok(()) => self.pending_dials.entry(peer).or_default().push(reply),
                     Err(e) => {
                         let _ = reply.send(Err(NetworkError::Failed(e.to_string())));
                     }
@@ -406,7 +399,7 @@ impl Task {
                 for (peer, addr) in found.into_iter().filter(|(p, _)| *p != me && !self.blocked.contains(p)) {
                     tracing::debug!(%peer, %addr, "found on the local network");
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                    dial_unless_connected(&mut self.swarm, peer, vec![addr]);
+                    let _ = dial_unless_connected(&mut self.swarm, peer, vec![addr]);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new })) => {
@@ -590,7 +583,7 @@ impl Task {
                         // are not kept once it is finished), so dial now: the fetch that follows
                         // asks by peer id alone.
                         for peer in &new {
-                            dial_unless_connected(&mut self.swarm, *peer, Vec::new());
+                            let _ = dial_unless_connected(&mut self.swarm, *peer, Vec::new());
                         }
                         found.extend(new);
                         // Enough to start fetching, unless the caller asked for everyone.
@@ -665,11 +658,19 @@ impl Task {
 }
 
 /// Dials `peer` (at `addrs`, and wherever the swarm knows it) unless connected to it or
-/// dialling it already.
-fn dial_unless_connected(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
-    let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
-    if let Err(e) = swarm.dial(opts) {
-        tracing::debug!(%peer, error = %e, "cannot dial a peer");
+/// dialling it already (then Ok: that dial stands for this one).
+fn dial_unless_connected(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
+    let opts = DialOpts::peer_id(peer)
+        .addresses(addrs)
+        .extend_addresses_through_behaviour()
+        .condition(PeerCondition::DisconnectedAndNotDialing)
+        .build();
+    match swarm.dial(opts) {
+        Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot dial a peer");
+            Err(e)
+        }
     }
 }
 
