@@ -72,7 +72,7 @@ pub async fn audit_generation(auditor: &mut Auditor, session: &mut RemoteSession
 /// A server's share of verification: checks proofs from gossip as they come and asks
 /// the swarm's servers for theirs from time to time; with `rate` > 0, also runs a short
 /// verified generation through other servers every `every` and audits them.
-pub async fn watch(auditor: Auditor, model: SwarmModel, me: Range<u32>, rate: f64, every: Duration) {
+pub async fn watch(auditor: Auditor, model: Arc<SwarmModel>, me: Range<u32>, rate: f64, every: Duration) {
     let auditor = Arc::new(Mutex::new(auditor));
     let mut gossip = tokio::time::interval(Duration::from_millis(500));
     let mut sync = tokio::time::interval(Duration::from_secs(30));

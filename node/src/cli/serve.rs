@@ -197,11 +197,11 @@ async fn serve(
     let threads = cfg.engine.threads;
     let server = Server::start(store.clone(), net.clone(), &key, model, cfg, Arc::new(LlamaLoader), events).await?;
     let auditor = auditor(&net, &store, server.manifest(), audits.rate, threads).await?;
-    let swarm = SwarmModel::connect(net.clone(), &store, server.model_id()).await?;
+    let swarm = Arc::new(SwarmModel::connect(net.clone(), &store, server.model_id()).await?);
     if let Some(addr) = api {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         println!("api http://{}", listener.local_addr()?);
-        let model = Arc::new(SwarmModel::connect(net.clone(), &store, server.model_id()).await?);
+        let model = swarm.clone();
         tokio::spawn(async move {
             if let Err(e) = nak_node::api::serve(model, listener).await {
                 tracing::warn!(error = %e, "the API stopped");

@@ -383,12 +383,12 @@ impl Task {
                         self.relays.insert(peer_id, addr);
                     }
                 }
-                if let Some(addr) = direct.filter(|_| !self.met.knows(&peer_id)) {
-                    self.met.remember(peer_id, addr);
-                }
-                // A client (a DHT client) stays out of the routing table: once it leaves, queries
-                // would still wait on its addresses.
+                // A client (a DHT client) stays out of the routing table and the peers file:
+                // once it leaves, queries and restarts would still wait on its addresses.
                 if info.protocols.contains(&self.kad_protocol) {
+                    if let Some(addr) = direct.filter(|_| !self.met.knows(&peer_id)) {
+                        self.met.remember(peer_id, addr);
+                    }
                     for addr in usable {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
