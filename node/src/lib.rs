@@ -21,7 +21,9 @@
 //! - [`server`]: a swarm server: gets a span, serves it, announces it, moves it.
 //! - [`client`]: routing, sessions through a chain of servers, ring and client-sampled
 //!   decoding, and failover.
-//! - [`api`]: an OpenAI-compatible HTTP API on a client's sessions.
+//! - [`api`]: an OpenAI-compatible HTTP API on a client's sessions, with the swarm
+//!   monitor page.
+//! - [`metrics`]: the Prometheus metrics every part counts into.
 //!
 //! `client` and `server` do not know each other; both build on `net`, `fetch` and the
 //! protocol. The `nak-node` binary (`src/main.rs`, `src/cli/`, `src/bench/`) is a thin
@@ -34,6 +36,7 @@ pub mod client;
 pub mod engine;
 pub mod fetch;
 pub mod inference;
+pub mod metrics;
 pub mod net;
 pub mod placement;
 pub mod reference;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cli;
 
-use cli::{api, benchmarks, files, generate, serve, status};
+use cli::{api, benchmarks, demo, files, generate, serve, status};
 
 #[derive(Parser)]
 #[command(name = "nak-node", version, about = "Run a span of a large language model in the Nakshatra swarm")]
@@ -26,6 +26,7 @@ struct Cli {
 /// models and files, then benchmarks. Each one's description is its arguments' doc.
 #[derive(Subcommand)]
 enum Command {
+    Demo(demo::DemoArgs),
     Run(serve::RunArgs),
     Relay(serve::RelayArgs),
     Chat(generate::ChatArgs),
@@ -54,6 +55,7 @@ fn main() -> Result<()> {
         .init();
     let Cli { data_dir, command } = Cli::parse();
     match command {
+        Command::Demo(args) => demo::demo(args),
         Command::Run(args) => serve::run(args, data_dir),
         Command::Relay(args) => serve::relay(args, data_dir),
         Command::Chat(args) => generate::chat(args, data_dir),

@@ -12,7 +12,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Node;
@@ -20,10 +19,8 @@ use nak_shard_store::{import_gguf, Store, SynthConfig};
 
 /// Per-block server peer ids, as `status --json` reports them.
 fn coverage(bootstrap: &str, model: &str) -> Vec<Vec<String>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .env("NAKSHATRA_NO_MDNS", "1")
+    let out = common::nak_command()
         .args(["status", "--bootstrap", bootstrap, "--model", model, "--wait", "3", "--json"])
-        .env("NAK_LOG", "warn")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

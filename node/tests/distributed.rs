@@ -156,8 +156,10 @@ fn chat_in_tmux(swarm: &Swarm) {
     let name = format!("nak-chat-{}", std::process::id());
     let bin = env!("CARGO_BIN_EXE_nak-node");
     let cmd = format!(
-        "NAK_LOG=error NAKSHATRA_NO_MDNS=1 {bin} chat --bootstrap {} --model {} --max-tokens 300",
-        swarm.addr, swarm.id
+        "NAK_LOG=error NAKSHATRA_NO_MDNS=1 NAKSHATRA_DATA_DIR={} {bin} chat --bootstrap {} --model {} --max-tokens 300",
+        common::test_data_dir().display(),
+        swarm.addr,
+        swarm.id
     );
     let ok = Command::new("tmux")
         .args(["new-session", "-d", "-x", "200", "-y", "50", "-s", &name, &cmd])

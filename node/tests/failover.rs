@@ -74,8 +74,7 @@ impl Cluster {
 
 /// The whole model's greedy tokens, in one process.
 fn reference(model: &std::path::Path) -> Vec<i64> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .env("NAKSHATRA_NO_MDNS", "1")
+    let out = common::nak_command()
         .args(["generate", "--model", model.to_str().unwrap(), "--prompt", PROMPT, "--max-tokens"])
         .arg(TOKENS.to_string())
         .args(["--json", "--threads", "1"])

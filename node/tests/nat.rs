@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{smollm_path, Namespaces, Node};
@@ -130,9 +129,8 @@ fn nat_traversal(transport: &str) {
     assert_eq!(route, peers, "{out}");
 
     // The same tokens as the whole model in one process, outside the namespaces.
-    let local = Command::new(env!("CARGO_BIN_EXE_nak-node"))
+    let local = common::nak_command()
         .args(["generate", "--model", smol.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "8", "--json"])
-        .env("NAK_LOG", "warn")
         .output()
         .unwrap();
     assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));

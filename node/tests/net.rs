@@ -421,3 +421,49 @@ async fn inference_streams_carry_frames_both_ways_and_refuse_oversized_ones() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Addresses where nothing answers: QUIC on closed loopback UDP ports, each with a peer
+/// id of its own (as a peers file holds after its peers left).
+fn dead_quic_peers(n: usize) -> Vec<libp2p::Multiaddr> {
+    (0..n)
+        .map(|_| {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let peer = libp2p::PeerId::random();
+            format!("/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{peer}").parse().unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_peers_that_are_gone_do_not_hold_up_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = start(&dir.path().join("a"), vec![]).await;
+    let a_addr = first_addr(&a).await.with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
+    let key = b"a key someone provides".to_vec();
+    a.provide(key.clone()).await.unwrap();
+
+    // A client that knows the provider from --bootstrap and 32 departed peers from its peers file.
+    let client = async |name: &str, bootstrap: Vec<libp2p::Multiaddr>, remembered: Vec<libp2p::Multiaddr>| {
+        let d = dir.path().join(name);
+        let cfg = NetworkConfig { bootstrap, remembered, dht_server: false, ..loopback() };
+        let store = Store::open(&d).unwrap();
+        Network::spawn(identity::load_or_create(&d).unwrap(), store, cfg).await.unwrap().0
+    };
+    let c = client("c", vec![a_addr.clone()], dead_quic_peers(32)).await;
+    assert!(c.wait_for_peer(Duration::from_secs(5)).await.unwrap());
+    let t0 = Instant::now();
+    let found = c.providers(key.clone()).await.unwrap();
+    assert_eq!(found, vec![a.peer_id()]);
+    // A dead QUIC address costs a 5 s handshake timeout when a query waits on it.
+    assert!(t0.elapsed() < Duration::from_secs(4), "the lookup waited {:?} on gone peers", t0.elapsed());
+
+    // A remembered peer that is still there is all a client needs.
+    let mut remembered = dead_quic_peers(8);
+    remembered.push(a_addr);
+    let d = client("d", vec![], remembered).await;
+    let found = eventually("providers through a remembered peer", async || {
+        d.providers(key.clone()).await.ok().filter(|p| !p.is_empty())
+    })
+    .await;
+    assert_eq!(found, vec![a.peer_id()]);
+}

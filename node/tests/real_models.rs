@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{log_tails, nak_json as nak, prompt_config, test_model, Swarm, GEMMA3, PROMPTS, QWEN2};
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::engine::Model;
@@ -85,8 +83,7 @@ fn swarm_matches_the_whole_model(file: &str, spans: [&str; 3]) {
         }
     }
     // A chat turn through the swarm, with the model's own template.
-    let mut chat = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .env("NAKSHATRA_NO_MDNS", "1")
+    let mut chat = common::nak_command()
         .args(["chat", "--bootstrap", addr, "--model", id, "--max-tokens", "12"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

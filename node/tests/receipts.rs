@@ -8,17 +8,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{log_tails, nak_json, smollm_path, Swarm, PROMPTS};
 
 fn nak(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .env("NAKSHATRA_NO_MDNS", "1")
-        .args(args)
-        .env("NAK_LOG", "warn")
-        .output()
-        .unwrap()
+    common::nak_command().args(args).output().unwrap()
 }
 
 #[test]

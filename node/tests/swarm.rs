@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -28,11 +27,9 @@ fn a_second_node_fetches_its_span_from_the_first_and_the_swarm_covers_every_bloc
     let fetched = b_blobs.filter(|f| !f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".obao")).count();
     assert_eq!(fetched, 15 + 3);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .env("NAKSHATRA_NO_MDNS", "1")
+    let out = common::nak_command()
         // No --model: status finds the model from the topics its peers subscribe to.
         .args(["status", "--bootstrap", &a_addr, "--wait", "4", "--json"])
-        .env("NAK_LOG", "warn")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -8,14 +8,18 @@
 //! channel into server-sent events (llama-server's chunk shapes) or one JSON answer. A
 //! client that goes away drops the channel; the generation sees it at its next token,
 //! stops, and closes the session on every hop. `/v1/models` lists the model with the
-//! servers of each block; `/health` answers 200 only while every layer has a server.
+//! servers of each block; `/health` answers 200 only while every layer has a server;
+//! `/metrics` is the node's Prometheus metrics; `/` is the swarm monitor ([`monitor`]).
 
+mod monitor;
 mod openai;
+
+pub use monitor::snapshot;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::client::{ClientError, RemoteSession, SessionOptions, SwarmModel, TextStream};
 use crate::engine::SamplingParams;
+use crate::metrics;
 use openai::{ApiError, Params};
 
 /// How long a request waits for a full route before it fails.
@@ -32,10 +37,16 @@ const ROUTE_WAIT: Duration = Duration::from_secs(15);
 /// Tokens a request generates when it names no `max_tokens`.
 const DEFAULT_MAX_TOKENS: usize = 256;
 
-/// What every handler shares: the model, as this client sees the swarm.
+/// Generations that may run at once; a request beyond them is answered 429 at once
+/// rather than queued (each holds a session slot on every hop of its route).
+pub const MAX_GENERATIONS: usize = 64;
+
+/// What every handler shares: the model, as this client sees the swarm, and the
+/// permits of generations running.
 #[derive(Clone)]
 pub struct ApiState {
     model: Arc<SwarmModel>,
+    generations: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves the API for `model` on `listener` until the process ends.
@@ -43,14 +54,28 @@ pub async fn serve(model: Arc<SwarmModel>, listener: tokio::net::TcpListener) ->
     axum::serve(listener, router(model)).await
 }
 
-/// The API's routes.
+/// The API's routes, the monitor's and `/metrics`; every answer is counted in
+/// `nak_requests_total`.
 pub fn router(model: Arc<SwarmModel>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
-        .with_state(ApiState { model })
+        .merge(monitor::router())
+        .merge(metrics::router())
+        .layer(axum::middleware::from_fn(count_request))
+        .with_state(ApiState { model, generations: Arc::new(tokio::sync::Semaphore::new(MAX_GENERATIONS)) })
+}
+
+/// Counts an answer by its route (not its path: a label per path would grow without end)
+/// and status.
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("other", |p| p.as_str()).to_string();
+    let response = next.run(request).await;
+    let labels = vec![("endpoint", route), ("status", response.status().as_u16().to_string())];
+    metrics::global().requests.get_or_create(&labels).inc();
+    response
 }
 
 /// How long a health check or model list may spend asking the swarm about layers that
@@ -101,12 +126,32 @@ async fn models(State(state): State<ApiState>) -> Response {
 
 /// What a generation sends its handler.
 enum Out {
-    /// Text to show.
-    Text(String),
+    /// Text to show, with the log-probabilities of the tokens it came from (when asked).
+    Text(String, Vec<TokenLogprob>),
     /// The end.
     Done(Finished),
     /// It could not run, or broke off.
     Failed(ApiError),
+}
+
+/// One generated token's log-probability and its most likely alternatives.
+struct TokenLogprob {
+    token: Piece,
+    logprob: f32,
+    top: Vec<(Piece, f32)>,
+}
+
+/// A token's text: its bytes, and those read as UTF-8 (a token may hold part of a character).
+struct Piece {
+    text: String,
+    bytes: Vec<u8>,
+}
+
+impl Piece {
+    fn of(model: &SwarmModel, token: i32) -> Self {
+        let bytes = model.vocab().token_piece(token);
+        Self { text: String::from_utf8_lossy(&bytes).into_owned(), bytes }
+    }
 }
 
 /// How a generation ended.
@@ -118,13 +163,35 @@ struct Finished {
     timings: Value,
 }
 
-/// Starts generating after `tokens` on a task of its own; what comes out arrives on the
-/// returned channel (which holds a whole generation, so the generation never waits on
-/// a slow reader; dropping it stops the generation).
-fn generate(model: Arc<SwarmModel>, tokens: Vec<i32>, params: Params) -> mpsc::Receiver<Out> {
+/// Counts a generation in `generations_active` while it lives.
+struct Active;
+
+impl Active {
+    fn start() -> Self {
+        metrics::global().generations_active.inc();
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics::global().generations_active.dec();
+    }
+}
+
+/// Starts generating after `tokens` on a task of its own, unless [`MAX_GENERATIONS`] run
+/// already; what comes out arrives on the returned channel (which holds a whole
+/// generation, so the generation never waits on a slow reader; dropping it stops the
+/// generation).
+fn generate(state: &ApiState, tokens: Vec<i32>, params: Params) -> Result<mpsc::Receiver<Out>, ApiError> {
+    let permit = state.generations.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many(format!("{MAX_GENERATIONS} generations are running here; try again shortly"))
+    })?;
+    let model = state.model.clone();
     let (tx, rx) = mpsc::channel(params.max_tokens + 2);
     tokio::spawn(async move {
-        let opts = SessionOptions { sampling: params.sampling, ..SessionOptions::default() };
+        let _active = (Active::start(), permit);
+        let opts = SessionOptions { sampling: params.sampling, logprobs: params.logprobs, ..SessionOptions::default() };
         let mut session = match RemoteSession::start(&model, opts, ROUTE_WAIT).await {
             Ok(s) => s,
             Err(e) => {
@@ -133,10 +200,16 @@ fn generate(model: Arc<SwarmModel>, tokens: Vec<i32>, params: Params) -> mpsc::R
             }
         };
         let mut text = TextStream::new(params.stop);
+        let mut logprobs = Vec::new();
         let result = session
-            .generate(&model, &tokens, params.max_tokens, |token| {
-                let piece = text.push(&model.vocab().token_piece(token));
-                let sent = piece.is_empty() || tx.try_send(Out::Text(piece)).is_ok();
+            .generate(&model, &tokens, params.max_tokens, |t| {
+                let token = Piece::of(&model, t.token);
+                let piece = text.push(&token.bytes);
+                if let Some(logprob) = t.logprob {
+                    let top = t.top.iter().map(|&(alt, lp)| (Piece::of(&model, alt), lp)).collect();
+                    logprobs.push(TokenLogprob { token, logprob, top });
+                }
+                let sent = piece.is_empty() || tx.try_send(Out::Text(piece, std::mem::take(&mut logprobs))).is_ok();
                 sent && !text.stopped() && !tx.is_closed()
             })
             .await;
@@ -154,13 +227,15 @@ fn generate(model: Arc<SwarmModel>, tokens: Vec<i32>, params: Params) -> mpsc::R
             }
         };
         let rest = text.finish();
-        if !rest.is_empty() {
-            let _ = tx.send(Out::Text(rest)).await;
+        if !rest.is_empty() || !logprobs.is_empty() {
+            let _ = tx.send(Out::Text(rest, logprobs)).await;
         }
         let generated = out.generation.tokens.len();
-        let ended = text.stopped() || (generated < params.max_tokens && !out.cancelled);
-        let route: Vec<Value> =
-            out.route.iter().map(|h| json!({"peer": h.peer.to_string(), "start": h.start, "end": h.end})).collect();
+        let route: Vec<Value> = out
+            .route
+            .iter()
+            .map(|h| json!({"peer": h.peer.to_string(), "start": h.start, "end": h.end, "expected_ms": h.expected_s * 1e3}))
+            .collect();
         let timings = json!({
             "prompt_n": out.generation.prompt_tokens,
             "prompt_ms": out.generation.prefill_ms,
@@ -170,14 +245,14 @@ fn generate(model: Arc<SwarmModel>, tokens: Vec<i32>, params: Params) -> mpsc::R
             "failovers": out.failovers.len(),
         });
         let finished = Finished {
-            reason: if ended { "stop" } else { "length" },
+            reason: if text.stopped() || out.ended { "stop" } else { "length" },
             prompt_tokens: tokens.len(),
             completion_tokens: generated,
             timings,
         };
         let _ = tx.send(Out::Done(finished)).await;
     });
-    rx
+    Ok(rx)
 }
 
 /// Seconds since the epoch, for `created`.

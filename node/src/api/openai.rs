@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{generate, now_s, sampling, ApiState, Finished, Out, DEFAULT_MAX_TOKENS};
+use super::{generate, now_s, sampling, ApiState, Finished, Out, TokenLogprob, DEFAULT_MAX_TOKENS};
 use crate::engine::SamplingParams;
 
 /// An error as OpenAI's clients expect it.
@@ -35,6 +35,10 @@ impl ApiError {
 
     pub(super) fn unavailable(message: impl Into<String>) -> Self {
         Self { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable_error", message: message.into() }
+    }
+
+    pub(super) fn too_many(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::TOO_MANY_REQUESTS, kind: "rate_limit_error", message: message.into() }
     }
 
     fn not_found(message: impl Into<String>) -> Self {
@@ -84,6 +88,10 @@ struct Common {
     stream: bool,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
+    /// Chat: `true` asks for log-probabilities; completions: how many alternatives.
+    logprobs: Option<Value>,
+    /// Chat: how many alternatives with each token's log-probability.
+    top_logprobs: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,13 +119,18 @@ pub(super) struct Params {
     pub(super) max_tokens: usize,
     pub(super) sampling: SamplingParams,
     pub(super) stop: Vec<String>,
+    /// Log-probabilities with this many alternatives per token, or none.
+    pub(super) logprobs: Option<u32>,
 }
+
+/// Most alternatives a request may ask for with each token (OpenAI's limit).
+const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// Most stop strings a request may give (OpenAI's limit).
 const MAX_STOPS: usize = 4;
 
 impl Common {
-    fn params(&self) -> Result<Params, ApiError> {
+    fn params(&self, kind: Kind) -> Result<Params, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("only n = 1 is supported"));
         }
@@ -136,7 +149,29 @@ impl Common {
         let penalties = (self.presence_penalty, self.frequency_penalty);
         let sampling = sampling(self.temperature, self.top_p, self.seed, penalties);
         sampling.validate().map_err(ApiError::invalid)?;
-        Ok(Params { max_tokens: max, sampling, stop })
+        Ok(Params { max_tokens: max, sampling, stop, logprobs: self.logprobs(kind)? })
+    }
+
+    /// What `logprobs` and `top_logprobs` ask for, in each endpoint's own terms.
+    fn logprobs(&self, kind: Kind) -> Result<Option<u32>, ApiError> {
+        let n = match (kind, &self.logprobs) {
+            (_, None | Some(Value::Null)) | (Kind::Chat, Some(Value::Bool(false))) => {
+                if self.top_logprobs.is_some() {
+                    return Err(ApiError::invalid("top_logprobs needs logprobs set to true"));
+                }
+                return Ok(None);
+            }
+            (Kind::Chat, Some(Value::Bool(true))) => self.top_logprobs.unwrap_or(0),
+            (Kind::Text, Some(n)) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| ApiError::invalid("logprobs must be a count of alternatives"))?,
+            (Kind::Chat, Some(_)) => return Err(ApiError::invalid("logprobs must be true or false")),
+        };
+        if n > MAX_TOP_LOGPROBS {
+            return Err(ApiError::invalid(format!("at most {MAX_TOP_LOGPROBS} alternatives per token")));
+        }
+        Ok(Some(n))
     }
 
     fn include_usage(&self) -> bool {
@@ -182,7 +217,7 @@ pub(super) async fn completions(
     let run = async {
         let request = body(request)?;
         check_model(&state, &request.common.model)?;
-        let params = request.common.params()?;
+        let params = request.common.params(Kind::Text)?;
         let prompt = request.prompt.as_str().ok_or_else(|| ApiError::invalid("prompt must be a string"))?;
         let tokens = state.model.vocab().tokenize(prompt, true).map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok::<_, ApiError>((request.common, params, tokens))
@@ -197,7 +232,7 @@ pub(super) async fn chat_completions(
     let run = async {
         let request = body(request)?;
         check_model(&state, &request.common.model)?;
-        let params = request.common.params()?;
+        let params = request.common.params(Kind::Chat)?;
         if request.messages.is_empty() {
             return Err(ApiError::invalid("messages must not be empty"));
         }
@@ -229,8 +264,12 @@ async fn answer(state: &ApiState, kind: Kind, request: Checked) -> Response {
         Err(e) => return e.into_response(),
     };
     let id = format!("{}-{:016x}", if matches!(kind, Kind::Chat) { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
-    let shape = Shape { id, kind, model: common.model.clone(), created: now_s() };
-    let mut rx = generate(state.model.clone(), tokens, params);
+    let logprobs = params.logprobs.is_some();
+    let shape = Shape { id, kind, model: common.model.clone(), created: now_s(), logprobs };
+    let mut rx = match generate(state, tokens, params) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
     if common.stream {
         // The first thing out decides the status: an error before any text is an error answer.
         let first = rx.recv().await;
@@ -240,12 +279,15 @@ async fn answer(state: &ApiState, kind: Kind, request: Checked) -> Response {
         let events = shape.stream(first, rx, common.include_usage());
         return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     }
-    let mut text = String::new();
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     while let Some(out) = rx.recv().await {
         match out {
-            Out::Text(t) => text.push_str(&t),
+            Out::Text(t, lp) => {
+                text.push_str(&t);
+                logprobs.extend(lp);
+            }
             Out::Failed(e) => return e.into_response(),
-            Out::Done(done) => return Json(shape.whole(&text, &done)).into_response(),
+            Out::Done(done) => return Json(shape.whole(&text, &logprobs, &done)).into_response(),
         }
     }
     ApiError::unavailable("the generation ended without an answer").into_response()
@@ -257,14 +299,17 @@ struct Shape {
     kind: Kind,
     model: String,
     created: u64,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl Shape {
-    fn whole(&self, text: &str, done: &Finished) -> Value {
+    fn whole(&self, text: &str, logprobs: &[TokenLogprob], done: &Finished) -> Value {
+        let logprobs = self.logprobs_json(logprobs, 0);
         let choice = match self.kind {
             Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": done.reason, "logprobs": null}),
-            Kind::Text => json!({"index": 0, "text": text, "finish_reason": done.reason, "logprobs": null}),
+                                 "finish_reason": done.reason, "logprobs": logprobs}),
+            Kind::Text => json!({"index": 0, "text": text, "finish_reason": done.reason, "logprobs": logprobs}),
         };
         let object = match self.kind {
             Kind::Chat => "chat.completion",
@@ -282,15 +327,62 @@ impl Shape {
         json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices})
     }
 
-    fn delta(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+    fn delta(&self, text: Option<&str>, logprobs: Value, finish: Option<&str>) -> Value {
         let choice = match self.kind {
             Kind::Chat => {
                 let delta = text.map_or(json!({}), |t| json!({"content": t}));
-                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
             }
-            Kind::Text => json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null}),
+            Kind::Text => {
+                json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs})
+            }
         };
         self.chunk(json!([choice]))
+    }
+
+    /// Log-probabilities in the endpoint's shape (null when the request asked for none):
+    /// chat's `{"content": [{token, logprob, bytes, top_logprobs}]}`, or the parallel
+    /// lists of completions, whose text offsets start at `offset`.
+    fn logprobs_json(&self, logprobs: &[TokenLogprob], offset: usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        match self.kind {
+            Kind::Chat => {
+                let entry =
+                    |text: &str, bytes: &[u8], logprob: f32| json!({"token": text, "logprob": logprob, "bytes": bytes});
+                let content: Vec<Value> = logprobs
+                    .iter()
+                    .map(|t| {
+                        let mut e = entry(&t.token.text, &t.token.bytes, t.logprob);
+                        let top: Vec<Value> = t.top.iter().map(|(p, lp)| entry(&p.text, &p.bytes, *lp)).collect();
+                        e["top_logprobs"] = top.into();
+                        e
+                    })
+                    .collect();
+                json!({"content": content})
+            }
+            Kind::Text => {
+                let offsets: Vec<usize> = logprobs
+                    .iter()
+                    .scan(offset, |at, t| {
+                        let here = *at;
+                        *at += t.token.text.len();
+                        Some(here)
+                    })
+                    .collect();
+                let top: Vec<serde_json::Map<String, Value>> = logprobs
+                    .iter()
+                    .map(|t| t.top.iter().map(|(p, lp)| (p.text.clone(), json!(lp))).collect())
+                    .collect();
+                json!({
+                    "tokens": logprobs.iter().map(|t| t.token.text.as_str()).collect::<Vec<_>>(),
+                    "token_logprobs": logprobs.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
     }
 
     /// The chunks of a streamed answer, `first` being what the generation sent first.
@@ -308,11 +400,17 @@ impl Shape {
         let head = futures::stream::iter(opening.map(|c| Event::default().data(c.to_string())));
         let outs = futures::stream::iter(first)
             .chain(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|out| (out, rx)) }));
+        let mut offset = 0;
         let body = outs.flat_map(move |out| {
             let events: Vec<Event> = match out {
-                Out::Text(t) => vec![Event::default().data(self.delta(Some(&t), None).to_string())],
+                Out::Text(t, lp) => {
+                    let logprobs = self.logprobs_json(&lp, offset);
+                    offset += lp.iter().map(|t| t.token.text.len()).sum::<usize>();
+                    vec![Event::default().data(self.delta(Some(&t), logprobs, None).to_string())]
+                }
                 Out::Done(done) => {
-                    let mut events = vec![Event::default().data(self.delta(None, Some(done.reason)).to_string())];
+                    let mut events =
+                        vec![Event::default().data(self.delta(None, Value::Null, Some(done.reason)).to_string())];
                     if include_usage {
                         let mut chunk = self.chunk(json!([]));
                         chunk["usage"] = usage(&done);

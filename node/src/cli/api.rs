@@ -10,12 +10,12 @@ use anyhow::{Context as _, Result};
 use super::generate::join_model;
 use super::{block_on, JoinArgs};
 
-/// Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) for a model of the swarm.
+/// Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics) and the swarm monitor (/) for a model of the swarm.
 #[derive(clap::Args)]
 pub struct ApiArgs {
-    /// The model (its id, as `run` prints it).
+    /// The model (its id, as `run` prints it); default: the one model the swarm serves.
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Where the API listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -26,7 +26,7 @@ pub struct ApiArgs {
 /// `nak-node api`.
 pub fn api(args: ApiArgs, data_dir: Option<PathBuf>) -> Result<()> {
     block_on(async move {
-        let (model, _scratch) = join_model(&args.join, data_dir, &args.model).await?;
+        let (model, _scratch) = join_model(&args.join, data_dir, args.model.as_deref()).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

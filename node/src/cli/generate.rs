@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use nak_node::audit::Auditor;
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::client::{
     DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel, TextStream,
 };
 use nak_node::engine::SamplingParams;
-use nak_node::net::{Network, NetworkConfig};
-use nak_protocol::ActivationDtype;
+use nak_node::net::{Network, NetworkConfig, NetworkHandle};
+use nak_protocol::{keys, ActivationDtype};
 use nak_shard_store::{ModelId, Store};
 
 use super::audit::{audit_generation, audit_rate, auditor, learn_proofs};
@@ -240,14 +240,17 @@ struct Joined {
     _scratch: tempfile::TempDir,
 }
 
-/// Joins the swarm on a throwaway identity and finds the model `model` (an id): its
-/// manifest and tokenizer, in a scratch store that lives as long as the returned dir.
+/// Joins the swarm on a throwaway identity and finds the model `model` (an id; None: the
+/// one model the peers announce): its manifest and tokenizer, in a scratch store that
+/// lives as long as the returned dir.
 pub(super) async fn join_model(
     join: &JoinArgs,
     data_dir: Option<PathBuf>,
-    model: &str,
+    model: Option<&str>,
 ) -> Result<(SwarmModel, tempfile::TempDir)> {
-    let id = ModelId::from_hex(&model.to_ascii_lowercase()).context("--model must be a model id (64 hex digits)")?;
+    let id = model
+        .map(|m| ModelId::from_hex(&m.to_ascii_lowercase()).context("--model must be a model id (64 hex digits)"))
+        .transpose()?;
     let scratch = tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
     let dir = super::data_dir(data_dir);
@@ -257,16 +260,48 @@ pub(super) async fn join_model(
     let network = NetworkConfig { dht_server: false, ..join.network(Vec::new(), &dir, true)? };
     let (net, _) = Network::spawn_in_store(&store, network.clone()).await?;
     join.require_peer(&net, &network, &dir).await?;
+    let id = match id {
+        Some(id) => id,
+        None => only_model(&net).await?,
+    };
     let model = tokio::time::timeout(Duration::from_secs(60), SwarmModel::connect(net, &store, id))
         .await
         .context("no answer from the swarm about the model within 60 s")??;
     Ok((model, scratch))
 }
 
+/// The one model the peers announce (the topics they subscribe to), asked for when no
+/// `--model` was given; with none or several within [`MODEL_WAIT`], an error that lists them.
+async fn only_model(net: &NetworkHandle) -> Result<ModelId> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut ids: Vec<ModelId> = net
+            .peer_topics()
+            .await?
+            .iter()
+            .filter_map(|t| keys::model_of_topic(t).map(nak_shard_store::Hash))
+            .collect();
+        ids.sort_by_key(|id| id.0);
+        ids.dedup();
+        match ids.as_slice() {
+            [id] => return Ok(*id),
+            [] if t0.elapsed() < MODEL_WAIT => tokio::time::sleep(Duration::from_millis(100)).await,
+            [] => bail!("the peers announce no model within {} s; name one with --model", MODEL_WAIT.as_secs()),
+            several => {
+                let list: Vec<String> = several.iter().map(|id| id.to_hex()).collect();
+                bail!("the swarm serves {} models; choose one with --model: {}", list.len(), list.join(", "))
+            }
+        }
+    }
+}
+
+/// How long a command without `--model` looks for the swarm's model.
+const MODEL_WAIT: Duration = Duration::from_secs(10);
+
 /// Joins the swarm, finds the model, and learns the fraud proofs the swarm holds (a
 /// proven liar is never routed through).
 async fn connect(args: &RemoteArgs) -> Result<Joined> {
-    let (model, scratch) = join_model(&args.join, args.data_dir.clone(), &args.model).await?;
+    let (model, scratch) = join_model(&args.join, args.data_dir.clone(), Some(&args.model)).await?;
     let data = open_store(args.data_dir.clone())?;
     let mut auditor = auditor(model.net(), &data, model.manifest(), args.audit_rate, args.threads).await?;
     learn_proofs(&mut auditor, &model, ROUTE_WAIT).await?;
@@ -465,7 +500,7 @@ async fn converse(args: RemoteArgs, system: Option<String>, max_tokens: usize) -
         let mut text = TextStream::default();
         let mut out = session
             .generate(&model, &tokens, max_tokens, |t| {
-                show(&text.push(&model.vocab().token_piece(t)));
+                show(&text.push(&model.vocab().token_piece(t.token)));
                 !interrupted.load(Ordering::SeqCst)
             })
             .await?;

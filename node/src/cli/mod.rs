@@ -3,6 +3,7 @@
 //! everything the commands do is the library's (`nak_node`), or a benchmark harness's
 //! ([`crate::bench`]).
 //!
+//! - [`demo`]: `demo`, a local swarm with the API and the monitor in one command.
 //! - [`serve`]: `run`, a server in the swarm, and `relay`, a public node serving none.
 //! - [`generate`]: `generate` (locally or through the swarm) and `chat`.
 //! - [`status`]: `status`, the swarm's coverage of a model.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod audit;
 pub mod benchmarks;
+pub mod demo;
 pub mod files;
 pub mod generate;
 pub mod serve;
@@ -66,11 +68,13 @@ impl JoinArgs {
             }
         }
         peers.extend(bootstrap_file_peers(data_dir)?);
-        peers.extend(read_peers_file(&data_dir.join(PEERS_FILE)));
         let mut seen = std::collections::HashSet::new();
         peers.retain(|a| seen.insert(a.clone()));
+        let mut remembered = read_peers_file(&data_dir.join(PEERS_FILE));
+        remembered.retain(|a| seen.insert(a.clone()));
         let swarm_key = self.swarm_key.as_deref().map(read_swarm_key).transpose()?;
         Ok(NetworkConfig {
+            remembered,
             swarm: self.swarm.clone(),
             swarm_key,
             mdns: !self.no_mdns,
@@ -91,11 +95,12 @@ impl JoinArgs {
              set {BOOTSTRAP_ENV}=<addr>[,<addr>…], or list addresses in {}",
             data_dir.join(BOOTSTRAP_FILE).display()
         );
-        if cfg.bootstrap.is_empty() && !cfg.mdns {
+        let known = cfg.bootstrap.len() + cfg.remembered.len();
+        if known == 0 && !cfg.mdns {
             bail!("no peers to join: {how}");
         }
         if !net.wait_for_peer(FIRST_PEER_WAIT).await? {
-            let tried = match (cfg.bootstrap.len(), cfg.mdns) {
+            let tried = match (known, cfg.mdns) {
                 (0, _) => "mDNS found no node on the local network".to_string(),
                 (n, true) => format!("none of {n} known peer address(es) answered and mDNS found no node"),
                 (n, false) => format!("none of {n} known peer address(es) answered"),

@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// Also serve the OpenAI-compatible API for this model (as `nak-node api` does) on this address.
     #[arg(long)]
     api: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`: tokens, sessions, this hop's step
+    /// latency, fetched bytes, DHT and libp2p figures) on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 /// `nak-node run`.
@@ -93,7 +97,7 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
     };
     let network =
         NetworkConfig { relay_server: args.relay_server, ..args.join.network(args.listen, store.root(), true)? };
-    block_on(serve(store, args.model, network, server, audits, args.api))
+    block_on(serve(store, args.model, network, server, audits, args.api, args.metrics))
 }
 
 /// A public node that serves no model: peers join through it (a stable `--bootstrap`
@@ -140,11 +144,21 @@ async fn serve(
     cfg: ServerConfig,
     audits: Audits,
     api: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 ) -> Result<()> {
-    let (alone, mdns) = (network.bootstrap.is_empty(), network.mdns);
+    let (alone, mdns) = (network.bootstrap.is_empty() && network.remembered.is_empty(), network.mdns);
     let (net, key) = Network::spawn_in_store(&store, network).await?;
     for addr in net.wait_for_listen_addrs(Duration::from_secs(5)).await? {
         println!("listening {addr}");
+    }
+    if let Some(addr) = metrics {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        println!("metrics http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(e) = nak_node::metrics::serve(listener).await {
+                tracing::warn!(error = %e, "the metrics endpoint stopped");
+            }
+        });
     }
     // From the start: AutoNAT decides while the span is still being fetched and loaded.
     tokio::spawn(print_reachability(net.clone()));

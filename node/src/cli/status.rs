@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use libp2p::PeerId;
 use nak_node::audit::{Ban, ProofBook};
-use nak_node::client::discover_servers;
+use nak_node::client::{discover_servers, model_status};
 use nak_node::fetch::fetch_manifest;
-use nak_node::net::{reachability_name, Network, NetworkConfig};
+use nak_node::net::{Network, NetworkConfig};
 use nak_protocol::{keys, pb};
 use nak_shard_store::{Hash, ModelId, Store};
 
@@ -120,12 +120,13 @@ async fn listen_and_report(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all = net.announcements().await?;
+    let rtts = net.rtts().await?;
     let mut models = Vec::new();
     for id in ids {
         let anns: Vec<&pb::ServerAnnouncement> = all.iter().filter(|a| a.model_id == id.0).collect();
         let n_layer =
             layers.get(&id).copied().flatten().unwrap_or_else(|| anns.iter().map(|a| a.end_layer).max().unwrap_or(0));
-        models.push(model_status(id, n_layer, &anns));
+        models.push(model_status(id, n_layer, &anns, &rtts));
     }
     let banned: Vec<serde_json::Value> = banned
         .iter()
@@ -172,31 +173,4 @@ async fn listen_and_report(
     }
     net.shutdown().await?;
     Ok(())
-}
-
-/// One model's coverage as JSON: `{model_id, servers, server_list: [{peer, layers,
-/// throughput, state, reachability, version}], blocks: [{index, servers: [{peer,
-/// throughput, state, reachability, version}]}]}`.
-fn model_status(id: ModelId, n_layer: u32, anns: &[&pb::ServerAnnouncement]) -> serde_json::Value {
-    let server = |a: &pb::ServerAnnouncement| {
-        let peer = PeerId::from_bytes(&a.peer_id).map(|p| p.to_string()).unwrap_or_default();
-        let state = if a.state() == pb::ServerState::Joining { "joining" } else { "online" };
-        serde_json::json!({
-            "peer": peer,
-            "layers": [a.first_layer, a.end_layer],
-            "throughput": a.block_throughput,
-            "state": state,
-            "reachability": reachability_name(a.reachability()),
-            "version": a.version,
-        })
-    };
-    let blocks: Vec<serde_json::Value> = (0..n_layer)
-        .map(|i| {
-            let servers: Vec<serde_json::Value> =
-                anns.iter().filter(|a| (a.first_layer..a.end_layer).contains(&i)).map(|a| server(a)).collect();
-            serde_json::json!({ "index": i, "servers": servers })
-        })
-        .collect();
-    let list: Vec<serde_json::Value> = anns.iter().map(|a| server(a)).collect();
-    serde_json::json!({ "model_id": id.to_hex(), "servers": anns.len(), "server_list": list, "blocks": blocks })
 }

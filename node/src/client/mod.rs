@@ -13,6 +13,7 @@
 //! routes its layers through other servers and has the hop before it replay its outputs
 //! to them, and the generation goes on.
 
+mod coverage;
 mod hop;
 mod links;
 mod options;
@@ -31,7 +32,8 @@ use libp2p::{Multiaddr, PeerId};
 use nak_protocol::{keys, pb};
 use nak_shard_store::{tokenizer_file, Manifest, ModelId, Store};
 
-pub use options::{DecodeMode, Failover, RemoteGeneration, ReplayPolicy, SessionOptions};
+pub use coverage::model_status;
+pub use options::{DecodeMode, Failover, RemoteGeneration, ReplayPolicy, SampledToken, SessionOptions};
 pub use route::{best_route, best_route_between, disjoint_routes, RouteHop, ServerInfo};
 pub use session::RemoteSession;
 pub use text::TextStream;

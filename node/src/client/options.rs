@@ -81,6 +81,9 @@ pub struct SessionOptions {
     /// Ask every hop for signed receipts and check them live (needs f32 hidden
     /// states). Default off.
     pub verify: bool,
+    /// With each token, its log-probability and this many most likely alternatives
+    /// ([`SampledToken`]). Default none.
+    pub logprobs: Option<u32>,
 }
 
 impl Default for SessionOptions {
@@ -93,7 +96,31 @@ impl Default for SessionOptions {
             timeout: Duration::from_secs(60),
             replay: ReplayPolicy::Fast,
             verify: false,
+            logprobs: None,
         }
+    }
+}
+
+/// A token as it arrives from the route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    /// The token.
+    pub token: i32,
+    /// Its log-probability under the model's logits, when the session asks for them.
+    pub logprob: Option<f32>,
+    /// The most likely tokens at its position with their log-probabilities, most likely
+    /// first (as many as the session asks for).
+    pub top: Vec<(i32, f32)>,
+}
+
+impl SampledToken {
+    /// `token` as the last hop's result `r` brings it, with what `logprobs` asks for.
+    pub(super) fn new(r: &pb::StepResult, token: i32, logprobs: Option<u32>, ring: bool) -> Self {
+        let Some(n) = logprobs else { return Self { token, logprob: None, top: vec![] } };
+        // In client mode the client chose among the top logits; in ring mode the last hop chose.
+        let logprob = if ring { Some(r.logprob) } else { r.top.iter().find(|t| t.token == token).map(|t| t.logprob) };
+        let top = r.top.iter().take(n as usize).map(|t| (t.token, t.logprob)).collect();
+        Self { token, logprob, top }
     }
 }
 
@@ -109,6 +136,8 @@ pub struct RemoteGeneration {
     pub mode: DecodeMode,
     /// The caller stopped it before an end token or `max_tokens`.
     pub cancelled: bool,
+    /// It ended on an end token (not at `max_tokens`, the context's end or the caller's word).
+    pub ended: bool,
     /// Repairs of the route during this generation.
     pub failovers: Vec<Failover>,
     /// Why the generation ended early, keeping the tokens so far (no backup for a

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use super::hop::{hop_error, push_target, refused, Hop, Shape};
 use super::links::Links;
-use super::options::{DecodeMode, Failover, RemoteGeneration, SessionOptions};
+use super::options::{DecodeMode, Failover, RemoteGeneration, SampledToken, SessionOptions};
 use super::verify::{ReceiptCheck, Verification};
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::audit::{AuditReport, AuditTarget};
@@ -201,7 +201,11 @@ impl RemoteSession {
                 dtype: self.opts.dtype as u32,
                 push_to: next.map(|j| push_target(planned[j].0, planned[j].1)),
                 accept_from: prev.map(|j| planned[j].0.peer.to_bytes()).unwrap_or_default(),
-                top_logits: if last && !ring { self.opts.top_logits.max(1) } else { 0 },
+                top_logits: match (last, ring, self.opts.logprobs) {
+                    (false, _, _) => 0,
+                    (true, true, logprobs) => logprobs.map_or(0, |n| n.max(1)),
+                    (true, false, logprobs) => self.opts.top_logits.max(logprobs.unwrap_or(0)).max(1),
+                },
                 stop_tokens: if last && ring { self.end_tokens.clone() } else { vec![] },
                 emit_from: if last { emit_from } else { 0 },
                 receipts: self.opts.verify,
@@ -308,7 +312,7 @@ impl RemoteSession {
         model: &SwarmModel,
         tokens: &[i32],
         max_tokens: usize,
-        mut on_token: impl FnMut(i32) -> bool,
+        mut on_token: impl FnMut(&SampledToken) -> bool,
     ) -> Result<RemoteGeneration, ClientError> {
         if tokens.is_empty() {
             return Err(ClientError::Input("nothing to generate from: no tokens".into()));
@@ -338,7 +342,7 @@ impl RemoteSession {
         let mut failovers: Vec<Failover> = Vec::new();
         // Repairs waiting for their first token, to time them.
         let mut repaired: Vec<usize> = Vec::new();
-        let (mut prefill, mut cancelled, mut error) = (Duration::ZERO, false, None);
+        let (mut prefill, mut cancelled, mut ended, mut error) = (Duration::ZERO, false, false, None);
         let mut deadline = Instant::now() + self.stall_timeout(fresh.len());
         let mut progress = Instant::now();
         let t1 = loop {
@@ -370,11 +374,12 @@ impl RemoteSession {
                 failovers[f].recovery_ms = Some(failovers[f].detected.elapsed().as_secs_f64() * 1e3);
             }
             let end = self.end_tokens.contains(&token);
+            ended |= end;
             if !end {
                 out.push(token);
             }
             let more = !end && out.len() < max_tokens && !r.last;
-            if !end && !on_token(token) {
+            if !end && !on_token(&SampledToken::new(&r, token, self.opts.logprobs, self.ring())) {
                 cancelled = more;
                 break now;
             }
@@ -412,6 +417,10 @@ impl RemoteSession {
             spans: self.hops.len(),
             tokens: out,
         };
+        let m = crate::metrics::global();
+        m.prompt_tokens.inc_by(generation.prompt_tokens as u64);
+        m.tokens_generated.inc_by(generation.tokens.len() as u64);
+        m.failovers.inc_by(failovers.len() as u64);
         self.drain_receipts().await;
         let verification = self.receipts.as_ref().map(ReceiptCheck::report);
         Ok(RemoteGeneration {
@@ -419,6 +428,7 @@ impl RemoteSession {
             route: self.route(),
             mode: self.opts.mode,
             cancelled,
+            ended,
             failovers,
             error,
             verification,

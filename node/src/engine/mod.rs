@@ -29,7 +29,7 @@ pub use compute::{Compute, ComputeLoader, LlamaLoader};
 pub use fault::{Fault, FaultMode, FAULT_MODE_ENV, FAULT_RATE_ENV};
 pub use ffi::{init_backend, LoadedSpan, Model};
 use ffi::{Batch, Context, ContextParams};
-pub use sampling::{top_logprobs, Sampler, SamplingParams};
+pub use sampling::{token_logprob, top_logprobs, Sampler, SamplingParams};
 pub use worker::{EngineWorker, WorkerStats};
 
 /// Errors of the span engine.

@@ -240,6 +240,17 @@ impl Sampler {
     }
 }
 
+/// `token`'s log-probability over the whole vocabulary (NaN for a token out of range).
+pub fn token_logprob(logits: &[f32], token: i32) -> f32 {
+    usize::try_from(token).ok().and_then(|t| logits.get(t)).map_or(f32::NAN, |l| l - log_sum_exp(logits))
+}
+
+/// ln Σ exp(logits), computed without overflow.
+fn log_sum_exp(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln()
+}
+
 fn candidates(pairs: impl IntoIterator<Item = (i32, f32)>) -> LlamaTokenDataArray {
     LlamaTokenDataArray::from_iter(pairs.into_iter().map(|(t, l)| LlamaTokenData::new(LlamaToken(t), l, 0.0)), false)
 }
@@ -247,8 +258,7 @@ fn candidates(pairs: impl IntoIterator<Item = (i32, f32)>) -> LlamaTokenDataArra
 /// The `k` largest logits, largest first (ties: lower token first), with their
 /// log-probabilities over the whole vocabulary.
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(i32, f32, f32)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let log_sum = log_sum_exp(logits);
     let mut order: Vec<usize> = (0..logits.len()).collect();
     let k = k.min(logits.len());
     let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));

@@ -145,6 +145,7 @@ impl Shared {
         let mut sessions = self.sessions();
         if sessions.get(&id).is_some_and(|e| e.control == control) {
             sessions.remove(&id);
+            crate::metrics::global().sessions_open.dec();
         }
     }
 }
@@ -563,6 +564,9 @@ async fn open_session(
         std::collections::hash_map::Entry::Occupied(_) => false,
         std::collections::hash_map::Entry::Vacant(v) => {
             v.insert(Entry { owner: peer, control, accept_from, inbox });
+            let m = crate::metrics::global();
+            m.sessions_open.inc();
+            m.sessions_opened.inc();
             true
         }
     };

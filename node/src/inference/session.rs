@@ -32,7 +32,7 @@ use super::log::{OutputLog, Shape};
 use super::push::Pusher;
 use super::receipts::{input_rows, output_hash, ReceiptSigner, StepShape};
 use super::{code_of, error};
-use crate::engine::{top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
+use crate::engine::{token_logprob, top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
 
 use pb::inference_frame::Kind;
 use pb::ErrorCode;
@@ -283,12 +283,11 @@ impl SessionTask {
             Ok(out) => out,
             Err(e) => return self.fail(code_of(&e), e.to_string()).await,
         };
-        tracing::trace!(
-            session = self.id,
-            step = step.step,
-            compute_us = started.elapsed().as_micros() as u64,
-            "step ran"
-        );
+        let compute = started.elapsed();
+        tracing::trace!(session = self.id, step = step.step, compute_us = compute.as_micros() as u64, "step ran");
+        let m = crate::metrics::global();
+        m.step_seconds.observe(compute.as_secs_f64());
+        m.step_rows.inc_by(u64::from(end.saturating_sub(self.position)));
         let first = self.position;
         self.position = end;
         let shape = StepShape { step: step.step, generation: self.generation, position: first, rows: end - first };
@@ -337,12 +336,15 @@ impl SessionTask {
         let stop = self.setup.stop_tokens.contains(&token)
             || (self.stop_at > 0 && position >= self.stop_at)
             || position + 1 >= self.setup.max_context;
-        let top = match self.setup.top_logits {
-            0 => vec![],
-            k => top_logprobs(logits, k as usize)
-                .into_iter()
-                .map(|(token, logprob, logit)| pb::TokenLogprob { token, logprob, logit })
-                .collect(),
+        let (top, logprob) = match self.setup.top_logits {
+            0 => (vec![], 0.0),
+            k => (
+                top_logprobs(logits, k as usize)
+                    .into_iter()
+                    .map(|(token, logprob, logit)| pb::TokenLogprob { token, logprob, logit })
+                    .collect(),
+                token_logprob(logits, token),
+            ),
         };
         let result = pb::StepResult {
             session_id: self.id,
@@ -354,6 +356,7 @@ impl SessionTask {
             last: ring && stop,
             hidden: vec![],
             position,
+            logprob,
         };
         let frame = pb::InferenceFrame { kind: Some(Kind::Result(result)) };
         self.tell_client(frame.clone()).await;

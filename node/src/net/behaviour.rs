@@ -187,3 +187,19 @@ pub(super) fn build_swarm(
     swarm.behaviour_mut().kad.set_mode(Some(mode));
     Ok(swarm)
 }
+
+/// Counts `event` into libp2p's metrics.
+pub(super) fn record_metrics(event: &libp2p::swarm::SwarmEvent<BehaviourEvent>) {
+    use libp2p::metrics::Recorder;
+    let m = &crate::metrics::global().p2p;
+    m.record(event);
+    match event {
+        libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.record(e),
+        libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+        libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+        libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+        libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => m.record(e),
+        libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => m.record(e),
+        _ => {}
+    }
+}

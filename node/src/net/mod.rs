@@ -63,8 +63,12 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/nakshatra/kad/1.0
 pub struct NetworkConfig {
     /// Addresses to listen on. Default: TCP and QUIC on all interfaces, random ports.
     pub listen: Vec<Multiaddr>,
-    /// Peers to join through.
+    /// Peers to join through: dialed at start and put in the DHT routing table at once.
     pub bootstrap: Vec<Multiaddr>,
+    /// Peers met before (a cache, which may hold many that have gone): dialed at start,
+    /// but they enter the routing table only once they answer as DHT servers, so that
+    /// queries never wait on the dead ones. Default none.
+    pub remembered: Vec<Multiaddr>,
     /// How long provider records live. Default 10 minutes (a churning swarm).
     pub provider_ttl: Duration,
     /// How often they are republished. Default 3 minutes.
@@ -105,6 +109,7 @@ impl Default for NetworkConfig {
                 "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid literal multiaddr"),
             ],
             bootstrap: Vec::new(),
+            remembered: Vec::new(),
             provider_ttl: Duration::from_secs(600),
             provider_republish: Duration::from_secs(180),
             max_announcement_age: Duration::from_secs(120),
@@ -531,6 +536,12 @@ impl Network {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
             }
             swarm.dial(addr.clone()).map_err(|e| setup(&e))?;
+        }
+        for addr in cfg.remembered.iter().filter(|a| !cfg.bootstrap.contains(a)) {
+            // A stale entry that cannot even be dialed is no reason not to start.
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, "remembered peer not dialed: {e}");
+            }
         }
         let (tx, rx) = mpsc::channel(cfg.command_queue);
         let streams = swarm.behaviour().streams.new_control();

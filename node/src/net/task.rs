@@ -30,7 +30,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::answers;
-use super::behaviour::{Behaviour, BehaviourEvent};
+use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::peers::{MetPeers, SAVE_EVERY};
 use super::scope;
 use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats, SwarmProtocols};
@@ -298,6 +298,7 @@ impl Task {
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        behaviour::record_metrics(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
@@ -331,10 +332,7 @@ impl Task {
                 for reply in self.pending_dials.remove(&peer_id).into_iter().flatten() {
                     let _ = reply.send(Ok(()));
                 }
-                // The first peer we meet: walk the DHT towards ourselves to fill the routing table.
-                if !self.bootstrapped {
-                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
-                }
+                self.bootstrap_once();
             }
             // A server that went away no longer serves, whatever its last announcement said.
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
@@ -392,6 +390,7 @@ impl Task {
                     for addr in usable {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
+                    self.bootstrap_once();
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
@@ -545,6 +544,15 @@ impl Task {
                 self.reserved.insert(*peer);
             }
             Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through a relay"),
+        }
+    }
+
+    /// Once the routing table holds a first peer (a bootstrap peer when connected, a
+    /// remembered one once it answers as a DHT server): walk the DHT towards ourselves to
+    /// fill the table.
+    fn bootstrap_once(&mut self) {
+        if !self.bootstrapped {
+            self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
         }
     }
 

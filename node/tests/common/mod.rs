@@ -122,9 +122,7 @@ impl Node {
 
     /// The same, with `env` set for the process.
     pub fn start_with_env(args: &[&str], log: Option<&Path>, env: &[(&str, &str)]) -> Node {
-        // mDNS off: tests on one host would otherwise find each other's nodes.
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nak-node"));
-        Self::spawn(cmd.env("NAKSHATRA_NO_MDNS", "1").args(args).envs(env.iter().copied()), log)
+        Self::spawn(nak_command().args(args).envs(env.iter().copied()), log)
     }
 
     /// Starts `cmd` (a nak-node, perhaps through a wrapper) with warnings logged to `log`
@@ -207,14 +205,25 @@ pub fn log_tails(dir: &Path, lines: usize) -> String {
     out
 }
 
+/// A `nak-node` command for a test: mDNS off (tests on one host would otherwise find
+/// each other's nodes), warnings logged, and unless `--data-dir` says otherwise a data
+/// directory of this test process (the user's own would collect peers of earlier runs).
+pub fn nak_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nak-node"));
+    cmd.env("NAKSHATRA_NO_MDNS", "1").env("NAK_LOG", "warn").env("NAKSHATRA_DATA_DIR", test_data_dir());
+    cmd
+}
+
+/// This test process's own default data directory (see [`nak_command`]).
+pub fn test_data_dir() -> PathBuf {
+    let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("data-{}", std::process::id()));
+    std::fs::create_dir_all(&data).expect("test data dir");
+    data
+}
+
 /// `nak-node ARGS` (a command that prints one JSON object), which must succeed.
 pub fn nak_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_nak-node"))
-        .env("NAKSHATRA_NO_MDNS", "1")
-        .args(args)
-        .env("NAK_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = nak_command().args(args).output().unwrap();
     assert!(out.status.success(), "nak-node {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
@@ -233,7 +242,8 @@ pub struct Swarm {
     pub id: String,
     /// The first server's address (everyone's bootstrap).
     pub addr: String,
-    _nodes: Vec<Node>,
+    /// The servers, in the order of their spans.
+    pub nodes: Vec<Node>,
 }
 
 impl Swarm {
@@ -262,7 +272,7 @@ impl Swarm {
         for n in &nodes[1..] {
             n.line("serving ", Duration::from_secs(120));
         }
-        Swarm { dir, id, addr, _nodes: nodes }
+        Swarm { dir, id, addr, nodes }
     }
 }
 
@@ -380,4 +390,30 @@ impl Drop for Namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// One HTTP/1.1 request to `addr` (`host:port`) on a connection of its own: the status
+/// and the body (read until the server closes the connection).
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the HTTP server answers");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+/// The value of the metric sample named exactly `name` (labels included) in a
+/// `/metrics` text, if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
