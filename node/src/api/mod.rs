@@ -14,8 +14,6 @@
 mod monitor;
 mod openai;
 
-pub use monitor::snapshot;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -27,7 +27,7 @@ use super::ApiState;
 use crate::client::{model_status, SwarmModel};
 
 /// How often the page gets a new snapshot.
-pub const REFRESH: Duration = Duration::from_secs(2);
+const REFRESH: Duration = Duration::from_secs(2);
 
 /// Most models of other topics the monitor follows (a peer may subscribe to many).
 const MAX_MODELS: usize = 16;
@@ -70,7 +70,7 @@ async fn stream(State(state): State<ApiState>) -> Response {
 
 /// The swarm as this node sees it now: `{served, refresh_ms, peers, models: [..]}`, the
 /// served model first.
-pub async fn snapshot(model: &SwarmModel) -> Value {
+async fn snapshot(model: &SwarmModel) -> Value {
     // Asks the DHT and the servers again while layers lack a server.
     let _ = model.view(SNAPSHOT_WAIT).await;
     let net = model.net();

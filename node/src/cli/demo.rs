@@ -1,8 +1,8 @@
 //! `nak-node demo`: a small swarm on this machine in one command. It starts `--servers`
 //! `nak-node run` processes on loopback, each serving an equal share of the model's
 //! layers (the first imports the file, the others fetch their blobs from it), then joins
-//! them as a client and serves the OpenAI-compatible API, the swarm monitor and
-//! `/metrics` on `--listen`. Ctrl-C stops everything; the servers' data lives in a
+//! them as a client, generates a short sample through them, and serves the
+//! OpenAI-compatible API, the swarm monitor and `/metrics` on `--listen`. Ctrl-C (or SIGTERM) stops everything; the servers' data lives in a
 //! temporary directory removed at the end.
 
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use nak_node::client::{RemoteSession, SessionOptions, SwarmModel};
 use nak_shard_store::{GgufFile, SpanPosition};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -74,6 +75,24 @@ impl ServerProcess {
     }
 }
 
+/// Generates a few tokens through the swarm, to show it works before the API opens.
+async fn sample(model: &SwarmModel) -> Result<()> {
+    const PROMPT: &str = "The capital of France is";
+    let tokens = model.vocab().tokenize(PROMPT, true)?;
+    let mut session = RemoteSession::start(model, SessionOptions::default(), Duration::from_secs(30)).await?;
+    let out = session.generate(model, &tokens, 24, |_| true).await;
+    session.close().await;
+    let out = out?;
+    let hops = out.route.len();
+    println!("{PROMPT}{}", out.generation.text);
+    println!(
+        "  ({} tokens at {:.1} tok/s through {hops} servers)",
+        out.generation.tokens.len(),
+        out.generation.decode_tokens_per_s
+    );
+    Ok(())
+}
+
 /// `nak-node demo`.
 pub fn demo(args: DemoArgs) -> Result<()> {
     if !args.model.is_file() {
@@ -116,6 +135,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         };
         // A data directory of its own: the demo's client must not remember these peers.
         let (model, _scratch) = join_model(&join, Some(dir.path().join("client")), Some(&id)).await?;
+        sample(&model).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -127,9 +147,12 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             "       -d '{{\"model\": \"{id}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
         );
         println!("Ctrl-C stops the demo");
+        // SIGTERM as well as Ctrl-C: either way the servers are stopped on the way out.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             served = nak_node::api::serve(Arc::new(model), listener) => served.context("the API stopped")?,
             _ = tokio::signal::ctrl_c() => println!("stopping"),
+            _ = term.recv() => println!("stopping"),
         }
         drop(servers);
         Ok(())

@@ -332,7 +332,12 @@ impl Task {
                 for reply in self.pending_dials.remove(&peer_id).into_iter().flatten() {
                     let _ = reply.send(Ok(()));
                 }
-                self.bootstrap_once();
+                // The first peer we meet: walk the DHT towards ourselves to fill the routing table.
+                // (A remembered peer enters the table only after identify; kad bootstraps on its
+                // own then, a moment later, which leaves a relayed connection's hole punch alone.)
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
             }
             // A server that went away no longer serves, whatever its last announcement said.
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
@@ -390,7 +395,6 @@ impl Task {
                     for addr in usable {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
-                    self.bootstrap_once();
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
@@ -544,15 +548,6 @@ impl Task {
                 self.reserved.insert(*peer);
             }
             Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through a relay"),
-        }
-    }
-
-    /// Once the routing table holds a first peer (a bootstrap peer when connected, a
-    /// remembered one once it answers as a DHT server): walk the DHT towards ourselves to
-    /// fill the table.
-    fn bootstrap_once(&mut self) {
-        if !self.bootstrapped {
-            self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
         }
     }
 
