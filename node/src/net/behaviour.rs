@@ -45,7 +45,7 @@ pub(super) struct Behaviour {
     pub kad: kad::Behaviour<MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub blobs: request_response::Behaviour<BlobCodec>,
-    pub autonat: autonat::Behaviour,
+    pub autonat: Toggle<autonat::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
@@ -56,8 +56,21 @@ pub(super) struct Behaviour {
 /// An in-memory transport (addresses `/memory/<n>`) with noise and yamux, for many nodes
 /// in one process.
 pub fn memory_transport(keypair: &Keypair) -> Result<InjectedTransport, NetworkError> {
+    secured_transport(MemoryTransport::default(), keypair)
+}
+
+/// Noise and yamux over any transport of byte streams, as on TCP: for in-memory and
+/// simulated networks.
+pub fn secured_transport<T>(transport: T, keypair: &Keypair) -> Result<InjectedTransport, NetworkError>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
     let noise = noise::Config::new(keypair).map_err(|e| NetworkError::Setup(e.to_string()))?;
-    Ok(MemoryTransport::default()
+    Ok(transport
         .upgrade(Version::V1)
         .authenticate(noise)
         .multiplex(yamux::Config::default())
@@ -118,7 +131,7 @@ fn behaviour(
             [(protocols.blobs.clone(), ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
         ),
-        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        autonat: cfg.autonat.then(|| autonat::Behaviour::new(peer_id, autonat::Config::default())).into(),
         relay_client,
         relay_server: cfg.relay_server.then(|| relay::Behaviour::new(peer_id, relay_config())).into(),
         dcutr: dcutr::Behaviour::new(peer_id),
@@ -155,7 +168,8 @@ pub(super) fn build_swarm(
     transport: Option<InjectedTransport>,
 ) -> Result<Swarm<Behaviour>, NetworkError> {
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    let idle_for = cfg.idle_connection_timeout;
+    let idle = move |c: libp2p::swarm::Config| c.with_idle_connection_timeout(idle_for);
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     // The builder's phases are distinct types, so the two transport choices cannot share a
     // variable; the steps after the transport are the same for both.

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use task::Task;
 
-pub use behaviour::{memory_transport, private_tcp_transport, InjectedTransport};
+pub use behaviour::{memory_transport, private_tcp_transport, secured_transport, InjectedTransport};
 pub use codec::{BlobCodec, BLOB_PROTOCOL};
 pub use delay::delayed_tcp_transport;
 pub use namespace::{read_swarm_key, SwarmProtocols, PUBLIC_SWARM};
@@ -99,6 +99,14 @@ pub struct NetworkConfig {
     /// turns it off, or it would stay in others' routing tables after it leaves and
     /// their queries would wait on it (a dead QUIC address costs a handshake timeout).
     pub dht_server: bool,
+    /// How long a connection no protocol uses stays open. Default 120 s (the next DHT
+    /// query or fetch often goes to the same peers); every open connection holds about
+    /// 100 KiB of buffers.
+    pub idle_connection_timeout: Duration,
+    /// Ask peers to dial back to learn whether this node is reachable (AutoNAT), and
+    /// reserve a relay when it is not. Default on; off where reachability means nothing
+    /// (a simulated network).
+    pub autonat: bool,
 }
 
 impl Default for NetworkConfig {
@@ -121,6 +129,8 @@ impl Default for NetworkConfig {
             mdns: false,
             peers_file: None,
             dht_server: true,
+            idle_connection_timeout: Duration::from_secs(120),
+            autonat: true,
         }
     }
 }

@@ -1,0 +1,246 @@
+//! The `dht` scenario: how provider lookups behave as the swarm grows.
+//!
+//! Data flow: `nodes` real network tasks join one by one (Poisson arrivals over the
+//! join window), each through up to three nodes already in; the swarm settles; some
+//! nodes provide keys (as servers provide the blocks they hold), and the records are
+//! given time to arrive; then other nodes look
+//! the keys up, a few at a time, and each lookup's time and whether it found the
+//! provider are kept. Last, a quiet window measures what keeping the routing tables
+//! costs each node when nobody asks anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::StreamExt as _;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use nak_node::net::NetworkHandle;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+
+use crate::host::HostWatch;
+use crate::latency::LatencyMatrix;
+use crate::node;
+use crate::report::{quantile_ms, Report};
+use crate::transport::{LinkConfig, SimNet};
+
+/// Settings of a `dht` run.
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    /// Nodes in the swarm.
+    pub nodes: usize,
+    /// Seed of keys, regions, arrivals and the workload.
+    pub seed: u64,
+    /// Round trips are the region table's times this (1: real figures). Default 1.
+    pub rtt_scale: f64,
+    /// Mean time between two joins. Default 20 ms.
+    pub join_gap: Duration,
+    /// Time to settle after the last join. Default 10 s.
+    pub settle: Duration,
+    /// Keys provided, each by a different random node. Default nodes / 10, at least 10.
+    pub keys: usize,
+    /// Lookups made. Default 200.
+    pub lookups: usize,
+    /// Lookups running at once. Default 8.
+    pub concurrency: usize,
+    /// Longest a lookup may take before it counts as failed. Default 10 s.
+    pub lookup_timeout: Duration,
+    /// Quiet window over which upkeep is measured. Default 10 s.
+    pub quiet: Duration,
+    /// How long the nodes keep an unused connection. Default the node's (120 s).
+    pub idle_timeout: Duration,
+}
+
+impl DhtConfig {
+    /// The defaults for `nodes` nodes and `seed`.
+    pub fn new(nodes: usize, seed: u64) -> Self {
+        Self {
+            nodes,
+            seed,
+            rtt_scale: 1.0,
+            join_gap: Duration::from_millis(20),
+            settle: Duration::from_secs(10),
+            keys: (nodes / 10).max(10),
+            lookups: 200,
+            concurrency: 8,
+            lookup_timeout: Duration::from_secs(10),
+            quiet: Duration::from_secs(10),
+            idle_timeout: nak_node::net::NetworkConfig::default().idle_connection_timeout,
+        }
+    }
+}
+
+/// Time between the last provide and the first lookup.
+const RECORDS_ARRIVE: Duration = Duration::from_secs(2);
+
+/// How one lookup ended.
+#[derive(Debug)]
+enum Lookup {
+    /// The key's provider was among the answers, after this long.
+    Found(Duration),
+    /// No provider at all.
+    Empty,
+    /// Providers, but not the one that provided the key.
+    Others,
+    /// The network task refused (logged).
+    Failed,
+    /// No answer within the lookup timeout.
+    TimedOut,
+}
+
+/// A node's address with its peer id.
+fn dial_addr(seed: u64, n: usize) -> Multiaddr {
+    let peer = PeerId::from_public_key(&node::key(seed, n).public().into());
+    SimNet::addr(n).with(Protocol::P2p(peer))
+}
+
+/// Starts `nodes` nodes, each joining through up to three earlier ones.
+pub(crate) async fn join(
+    net: &Arc<SimNet>,
+    dir: &std::path::Path,
+    seed: u64,
+    nodes: usize,
+    gap: Duration,
+    idle: Duration,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<NetworkHandle>> {
+    let mut handles = Vec::with_capacity(nodes);
+    for n in 0..nodes {
+        let bootstrap: Vec<Multiaddr> = if n == 0 {
+            vec![]
+        } else {
+            let mut picks: Vec<usize> = (0..3).map(|_| rng.gen_range(0..n)).collect();
+            picks.sort();
+            picks.dedup();
+            picks.into_iter().map(|j| dial_addr(seed, j)).collect()
+        };
+        let cfg = nak_node::net::NetworkConfig { idle_connection_timeout: idle, ..node::config(n, bootstrap) };
+        handles.push(node::spawn(net, dir, seed, n, cfg).await?);
+        // Exponential gaps: Poisson arrivals.
+        let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+        tokio::time::sleep(gap.mul_f64(-u.ln())).await;
+    }
+    Ok(handles)
+}
+
+/// Runs the scenario.
+pub async fn run(cfg: &DhtConfig) -> Result<Report> {
+    let t0 = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let latency = LatencyMatrix::new(cfg.nodes, cfg.seed, cfg.rtt_scale);
+    let median_rtt = latency.median_rtt(10_000);
+    let net = SimNet::new(latency, LinkConfig::default(), cfg.seed);
+    let dir = node::run_dir()?;
+    let host = HostWatch::start();
+
+    let nodes = join(&net, dir.path(), cfg.seed, cfg.nodes, cfg.join_gap, cfg.idle_timeout, &mut rng).await?;
+    let join_s = t0.elapsed().as_secs_f64();
+    tracing::info!(nodes = nodes.len(), join_s, "joined");
+    tokio::time::sleep(cfg.settle).await;
+
+    // Keys and their providers.
+    let keys: Vec<(Vec<u8>, usize)> = (0..cfg.keys)
+        .map(|k| (format!("key {k} of seed {}", cfg.seed).into_bytes(), rng.gen_range(0..nodes.len())))
+        .collect();
+    let provides = futures::future::join_all(keys.iter().map(|(key, p)| {
+        let node = nodes[*p].clone();
+        let key = key.clone();
+        async move {
+            let t = Instant::now();
+            node.provide(key).await.map(|()| t.elapsed())
+        }
+    }))
+    .await;
+    let mut provide_times: Vec<Duration> = provides.into_iter().filter_map(Result::ok).collect();
+    tracing::info!(provided = provide_times.len(), "keys provided");
+    // A provide returns once its records are sent; let them arrive before asking.
+    tokio::time::sleep(RECORDS_ARRIVE).await;
+
+    // Lookups from other nodes.
+    let asks: Vec<(usize, usize)> = (0..cfg.lookups)
+        .map(|_| {
+            let k = rng.gen_range(0..keys.len());
+            let from = (keys[k].1 + rng.gen_range(1..nodes.len().max(2))) % nodes.len();
+            (from, k)
+        })
+        .collect();
+    let results: Vec<Lookup> = futures::stream::iter(asks)
+        .map(|(from, k)| {
+            let node = nodes[from].clone();
+            let (key, provider) = keys[k].clone();
+            let want = PeerId::from_public_key(&node::key(cfg.seed, provider).public().into());
+            let limit = cfg.lookup_timeout;
+            async move {
+                let t = Instant::now();
+                match tokio::time::timeout(limit, node.providers(key)).await {
+                    Ok(Ok(found)) if found.contains(&want) => Lookup::Found(t.elapsed()),
+                    Ok(Ok(found)) if found.is_empty() => Lookup::Empty,
+                    Ok(Ok(_)) => Lookup::Others,
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "a lookup was refused");
+                        Lookup::Failed
+                    }
+                    Err(_) => Lookup::TimedOut,
+                }
+            }
+        })
+        .buffer_unordered(cfg.concurrency)
+        .collect()
+        .await;
+    let mut times: Vec<Duration> =
+        results.iter().filter_map(|r| if let Lookup::Found(t) = r { Some(*t) } else { None }).collect();
+    let success = times.len() as f64 / results.len().max(1) as f64;
+    for r in results.iter().filter(|r| !matches!(r, Lookup::Found(_))) {
+        tracing::info!(?r, "a lookup failed");
+    }
+    let failed = |f: fn(&Lookup) -> bool| results.iter().filter(|r| f(r)).count();
+    let lookup_failures = serde_json::json!({
+        "empty": failed(|r| matches!(r, Lookup::Empty)),
+        "others_only": failed(|r| matches!(r, Lookup::Others)),
+        "error": failed(|r| matches!(r, Lookup::Failed)),
+        "timed_out": failed(|r| matches!(r, Lookup::TimedOut)),
+    });
+
+    // Upkeep while nobody asks anything.
+    let (b0, w0) = (
+        net.traffic.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        net.traffic.writes.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    tokio::time::sleep(cfg.quiet).await;
+    let (b1, w1) = (
+        net.traffic.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        net.traffic.writes.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let per_node_s = |d: u64| d as f64 / nodes.len() as f64 / cfg.quiet.as_secs_f64();
+
+    let host = host.finish().await;
+    let report = Report {
+        scenario: "dht".into(),
+        nodes: nodes.len(),
+        seed: cfg.seed,
+        median_rtt_ms: median_rtt.as_secs_f64() * 1e3,
+        join_s,
+        lookups: results.len(),
+        lookup_p50_ms: quantile_ms(&mut times, 0.5),
+        lookup_p95_ms: quantile_ms(&mut times, 0.95),
+        lookup_p99_ms: quantile_ms(&mut times, 0.99),
+        lookup_success: Some(success),
+        lookup_failures: Some(lookup_failures),
+        provide_p50_ms: quantile_ms(&mut provide_times, 0.5),
+        upkeep_bytes_per_node_s: Some(per_node_s(b1 - b0)),
+        upkeep_writes_per_node_s: Some(per_node_s(w1 - w0)),
+        connections: net.connections(),
+        open_connections_per_node: net.open_connections() as f64 * 2.0 / nodes.len() as f64,
+        memory_per_node_kib: host.rss_mib * 1024.0 / nodes.len() as f64,
+        host_kept_up: host.kept_up,
+        host: Some(host),
+        wall_s: t0.elapsed().as_secs_f64(),
+        ..Report::default()
+    };
+    for n in nodes {
+        let _ = n.shutdown().await;
+    }
+    Ok(report)
+}

@@ -1,0 +1,120 @@
+//! Whether the host kept up with the simulation. Nodes run on real timers (libp2p's
+//! own cannot be paused or sped up), so a simulation is only valid while the machine
+//! has headroom: a task that sleeps [`TICK`] again and again measures how late it
+//! wakes (timer lag), and the process's CPU time is read at both ends of the run.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often the lag probe wakes.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Largest 99th percentile of timer lag a valid run may show.
+pub const MAX_LAG_P99: Duration = Duration::from_millis(10);
+
+/// Largest share of the host's cores a valid run may keep busy.
+pub const MAX_CPU_SHARE: f64 = 0.9;
+
+/// Watches the host from [`HostWatch::start`] until [`HostWatch::finish`].
+pub struct HostWatch {
+    probe: tokio::task::JoinHandle<Vec<Duration>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    cpu0: Duration,
+    t0: std::time::Instant,
+}
+
+/// What the host did during a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostReport {
+    /// Timer lag, 99th percentile and largest, milliseconds.
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+    /// Cores kept busy on average (process CPU time ÷ wall time).
+    pub cpu_cores: f64,
+    /// Cores the host has.
+    pub host_cores: usize,
+    /// Resident memory at the end, MiB.
+    pub rss_mib: f64,
+    /// Lag and CPU were within bounds: the run's timings mean something.
+    pub kept_up: bool,
+}
+
+impl HostWatch {
+    /// Starts the probe.
+    pub fn start() -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let probe = tokio::spawn(async move {
+            let mut lags = Vec::new();
+            while !*stopped.borrow() {
+                let due = Instant::now() + TICK;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => lags.push(Instant::now().saturating_duration_since(due)),
+                    _ = stopped.changed() => {}
+                }
+            }
+            lags
+        });
+        Self { probe, stop, cpu0: process_cpu(), t0: std::time::Instant::now() }
+    }
+
+    /// Stops the probe and reports.
+    pub async fn finish(self) -> HostReport {
+        let _ = self.stop.send(true);
+        let mut lags = self.probe.await.unwrap_or_default();
+        lags.sort();
+        let pick = |q: f64| lags.get(((lags.len() as f64 * q) as usize).min(lags.len().saturating_sub(1))).copied();
+        let p99 = pick(0.99).unwrap_or_default();
+        let cpu = (process_cpu().saturating_sub(self.cpu0)).as_secs_f64() / self.t0.elapsed().as_secs_f64().max(1e-9);
+        let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        HostReport {
+            lag_p99_ms: p99.as_secs_f64() * 1e3,
+            lag_max_ms: lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            cpu_cores: cpu,
+            host_cores,
+            rss_mib: rss_bytes() as f64 / (1 << 20) as f64,
+            kept_up: p99 <= MAX_LAG_P99 && cpu <= MAX_CPU_SHARE * host_cores as f64,
+        }
+    }
+}
+
+/// The process's CPU time so far (user and system), from /proc/self/stat.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) begin past the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 counting the state letter as 0.
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// The process's resident memory, from /proc/self/status.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_counts_a_busy_loop() {
+        let before = process_cpu();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let used = process_cpu().saturating_sub(before);
+        assert!(used >= Duration::from_millis(200), "{used:?} of CPU for 300 ms of spinning");
+        assert!(rss_bytes() > 0);
+    }
+}

@@ -1,0 +1,21 @@
+//! Nakshatra's swarm simulations: many real nodes in one process over a simulated
+//! network, measured.
+//!
+//! Each simulated node runs the node's own code (the network task with Kademlia,
+//! gossipsub, identify and ping, and the blob exchange) on a [`transport::SimTransport`]
+//! instead of TCP and QUIC: a shared [`transport::SimNet`] delivers every byte after
+//! the latency between the two nodes' regions ([`latency`]), limited by each node's
+//! uplink, and lets nodes die at once or vanish silently. Everything random comes from
+//! the run's seed: keys, regions, arrivals, the workload. Timers are real (libp2p's
+//! cannot be paused), so a run is valid only if the host kept up, which [`host`]
+//! measures and every [`report::Report`] states.
+//!
+//! Scenarios: [`dht`] (provider lookups and routing upkeep as the swarm grows).
+//! `nak-sim SCENARIO --nodes N --seed S [--json]` runs one.
+
+pub mod dht;
+pub mod host;
+pub mod latency;
+pub mod node;
+pub mod report;
+pub mod transport;

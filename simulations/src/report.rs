@@ -1,0 +1,82 @@
+//! What a scenario reports: one object, printed as JSON (`--json`) or as lines of text.
+//! Fields a scenario does not measure are null.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::host::HostReport;
+
+/// The result of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub nodes: usize,
+    pub seed: u64,
+    /// Median round trip between two nodes of the latency matrix.
+    pub median_rtt_ms: f64,
+    /// Time from the first node's start to the last one's.
+    pub join_s: f64,
+    pub lookups: usize,
+    pub lookup_p50_ms: Option<f64>,
+    pub lookup_p95_ms: Option<f64>,
+    pub lookup_p99_ms: Option<f64>,
+    /// Share of lookups that found the key's provider.
+    pub lookup_success: Option<f64>,
+    /// How the lookups that did not find the provider ended, by kind.
+    pub lookup_failures: Option<serde_json::Value>,
+    /// Median time to publish a provider record.
+    pub provide_p50_ms: Option<f64>,
+    /// Traffic per node while nothing was asked of the swarm (routing upkeep).
+    pub upkeep_bytes_per_node_s: Option<f64>,
+    pub upkeep_writes_per_node_s: Option<f64>,
+    /// Connections made over the run.
+    pub connections: u64,
+    /// Connections open at the end, per node.
+    pub open_connections_per_node: f64,
+    pub coverage_full: Option<bool>,
+    pub balance_quality: Option<f64>,
+    pub sessions_started: Option<u64>,
+    pub sessions_completed: Option<u64>,
+    pub tokens_identical: Option<bool>,
+    pub memory_per_node_kib: f64,
+    pub host: Option<HostReport>,
+    /// The host kept up (see [`crate::host`]): the timings mean something.
+    pub host_kept_up: bool,
+    pub wall_s: f64,
+}
+
+impl Report {
+    /// The report as lines of text: `name value` for every field that has one.
+    pub fn text(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut out = String::new();
+        if let serde_json::Value::Object(fields) = value {
+            for (k, v) in fields.iter().filter(|(_, v)| !v.is_null()) {
+                out.push_str(&format!("{k} {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// The `q` quantile (0..=1) of `values` in milliseconds; None when empty.
+pub fn quantile_ms(values: &mut [Duration], q: f64) -> Option<f64> {
+    values.sort();
+    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len().max(1)) - 1;
+    values.get(i).map(|d| d.as_secs_f64() * 1e3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_pick_the_nearest_rank() {
+        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&mut v, 0.5), Some(50.0));
+        assert_eq!(quantile_ms(&mut v, 0.95), Some(95.0));
+        assert_eq!(quantile_ms(&mut v, 1.0), Some(100.0));
+        assert_eq!(quantile_ms(&mut [], 0.5), None);
+    }
+}
