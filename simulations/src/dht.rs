@@ -204,15 +204,9 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
     });
 
     // Upkeep while nobody asks anything.
-    let (b0, w0) = (
-        net.traffic.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        net.traffic.writes.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let (b0, w0) = net.traffic.totals();
     tokio::time::sleep(cfg.quiet).await;
-    let (b1, w1) = (
-        net.traffic.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        net.traffic.writes.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let (b1, w1) = net.traffic.totals();
     let per_node_s = |d: u64| d as f64 / nodes.len() as f64 / cfg.quiet.as_secs_f64();
 
     let host = host.finish().await;

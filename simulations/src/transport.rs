@@ -69,6 +69,13 @@ pub struct Traffic {
     pub writes: AtomicU64,
 }
 
+impl Traffic {
+    /// Bytes and writes so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.bytes.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
+    }
+}
+
 type Incoming = (SimStream, u64);
 
 /// Where every node listens, who is alive, and the latencies between them.

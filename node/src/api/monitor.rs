@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use nak_protocol::keys;
-use nak_shard_store::{Hash, ModelId};
+use nak_shard_store::ModelId;
 use serde_json::{json, Value};
 
 use super::ApiState;
@@ -76,14 +76,10 @@ async fn snapshot(model: &SwarmModel) -> Value {
     let net = model.net();
     let served = model.id();
     let mut others: Vec<ModelId> = Vec::new();
-    for topic in net.peer_topics().await.unwrap_or_default() {
-        if let Some(id) = keys::model_of_topic(&topic).map(Hash) {
-            if id != served && !others.contains(&id) && others.len() < MAX_MODELS {
-                // Idempotent: the topic's announcements come in from now on.
-                let _ = net.subscribe(topic).await;
-                others.push(id);
-            }
-        }
+    for id in net.peer_models().await.unwrap_or_default().into_iter().filter(|id| *id != served).take(MAX_MODELS) {
+        // Idempotent: the topic's announcements come in from now on.
+        let _ = net.subscribe(keys::announce_topic(&id.0)).await;
+        others.push(id);
     }
     let all = net.announcements().await.unwrap_or_default();
     let rtts = net.rtts().await.unwrap_or_else(|_| HashMap::new());

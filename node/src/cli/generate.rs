@@ -16,7 +16,7 @@ use nak_node::client::{
 };
 use nak_node::engine::SamplingParams;
 use nak_node::net::{Network, NetworkConfig, NetworkHandle};
-use nak_protocol::{keys, ActivationDtype};
+use nak_protocol::ActivationDtype;
 use nak_shard_store::{ModelId, Store};
 
 use super::audit::{audit_generation, audit_rate, auditor, learn_proofs};
@@ -275,14 +275,7 @@ pub(super) async fn join_model(
 async fn only_model(net: &NetworkHandle) -> Result<ModelId> {
     let t0 = std::time::Instant::now();
     loop {
-        let mut ids: Vec<ModelId> = net
-            .peer_topics()
-            .await?
-            .iter()
-            .filter_map(|t| keys::model_of_topic(t).map(nak_shard_store::Hash))
-            .collect();
-        ids.sort_by_key(|id| id.0);
-        ids.dedup();
+        let ids = net.peer_models().await?;
         match ids.as_slice() {
             [id] => return Ok(*id),
             [] if t0.elapsed() < MODEL_WAIT => tokio::time::sleep(Duration::from_millis(100)).await,

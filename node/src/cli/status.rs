@@ -12,7 +12,7 @@ use nak_node::client::{discover_servers, model_status};
 use nak_node::fetch::fetch_manifest;
 use nak_node::net::{Network, NetworkConfig};
 use nak_protocol::{keys, pb};
-use nak_shard_store::{Hash, ModelId, Store};
+use nak_shard_store::{ModelId, Store};
 
 use super::{block_on, JoinArgs};
 
@@ -89,13 +89,11 @@ async fn listen_and_report(
     let mut layers: HashMap<ModelId, Option<u32>> = HashMap::new();
     loop {
         if model.is_none() {
-            for topic in net.peer_topics().await? {
-                if let Some(id) = keys::model_of_topic(&topic).map(Hash) {
-                    if !ids.contains(&id) {
-                        net.subscribe(topic).await?;
-                        ids.push(id);
-                        last_new = Instant::now();
-                    }
+            for id in net.peer_models().await? {
+                if !ids.contains(&id) {
+                    net.subscribe(keys::announce_topic(&id.0)).await?;
+                    ids.push(id);
+                    last_new = Instant::now();
                 }
             }
         }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use nak_protocol::pb;
 use nak_shard_store::transfer::StoreProvider;
-use nak_shard_store::Store;
+use nak_shard_store::{Hash, ModelId, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use task::Task;
@@ -435,6 +435,17 @@ impl NetworkHandle {
     /// Gossip topics that connected peers subscribe to (how `status` finds the models).
     pub async fn peer_topics(&self) -> Result<Vec<String>, NetworkError> {
         self.ask(Command::PeerTopics).await
+    }
+
+    /// The models whose announcement topics connected peers subscribe to, each once, in
+    /// id order.
+    pub async fn peer_models(&self) -> Result<Vec<ModelId>, NetworkError> {
+        let topics = self.peer_topics().await?;
+        let mut ids: Vec<ModelId> =
+            topics.iter().filter_map(|t| nak_protocol::keys::model_of_topic(t).map(Hash)).collect();
+        ids.sort_by_key(|id| id.0);
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Bans `peer` from this node's network: its connections are closed and refused, its
