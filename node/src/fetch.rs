@@ -15,7 +15,7 @@ use libp2p::PeerId;
 use nak_protocol::{keys, pb};
 use nak_shard_store::import::span_blobs;
 use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig, FetchReport, TransferError};
-use nak_shard_store::{BlobRef, BlobRole, Hash, Manifest, ModelId, Store, StoreError};
+use nak_shard_store::{BlobRef, BlobRole, Manifest, ModelId, Store, StoreError};
 
 use crate::net::{NetworkError, NetworkHandle, RemoteProvider};
 
@@ -54,6 +54,16 @@ async fn retry<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Opt
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The servers of `model` that announce `layer` (any of them for blobs of no layer).
+async fn announced_holders(net: &NetworkHandle, model: ModelId, layer: Option<u32>) -> Vec<PeerId> {
+    let me = net.peer_id();
+    (net.announcements().await.unwrap_or_default().iter())
+        .filter(|a| a.model_id == model.0 && layer.is_none_or(|l| (a.first_layer..a.end_layer).contains(&l)))
+        .filter_map(|a| PeerId::from_bytes(&a.peer_id).ok())
+        .filter(|p| *p != me)
+        .collect()
 }
 
 /// The manifest of `id`: from the local store, else from a DHT provider (checked against the id).
@@ -96,14 +106,14 @@ pub async fn fetch_span_blobs(
 ) -> Result<(), FetchError> {
     let mut needed = span_blobs(m, &layers);
     needed.extend(m.blob(BlobRole::Meta, None).cloned());
-    fetch_blobs(store, net, needed, true, progress).await
+    fetch_blobs(store, net, m.model_id(), needed, true, progress).await
 }
 
 /// Fetches the model's `meta` blob (its GGUF metadata: architecture, tokenizer) if the
 /// store lacks it; `provide` as for [`fetch_blobs`].
 pub async fn fetch_meta(store: &Store, net: &NetworkHandle, m: &Manifest, provide: bool) -> Result<(), FetchError> {
     let meta = m.blob(BlobRole::Meta, None).cloned().into_iter().collect();
-    fetch_blobs(store, net, meta, provide, &|_, _| {}).await
+    fetch_blobs(store, net, m.model_id(), meta, provide, &|_, _| {}).await
 }
 
 /// Fetches the blobs of `needed` that the store lacks (see [`fetch_span_blobs`]),
@@ -112,6 +122,7 @@ pub async fn fetch_meta(store: &Store, net: &NetworkHandle, m: &Manifest, provid
 pub async fn fetch_blobs(
     store: &Store,
     net: &NetworkHandle,
+    model: ModelId,
     mut needed: Vec<BlobRef>,
     provide: bool,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
@@ -123,7 +134,7 @@ pub async fn fetch_blobs(
         progress(0, total);
     }
     for blob in needed {
-        let report = fetch_one(store, net, blob.hash, blob.size).await?;
+        let report = fetch_one(store, net, model, &blob).await?;
         if provide {
             net.provide(keys::blob_key(&blob.hash.0)).await?;
         }
@@ -139,22 +150,36 @@ pub async fn fetch_blobs(
 
 /// Fetches one blob from its DHT providers. Provider records outlive the peers that
 /// made them, so when every listed provider fails the DHT is asked again, a few times,
-/// each time for every provider it knows rather than the first answer.
-async fn fetch_one(store: &Store, net: &NetworkHandle, hash: Hash, size: u64) -> Result<FetchReport, FetchError> {
+/// each time for every provider it knows rather than the first answer. Records can also
+/// be lost with the peers that held them (until the providers republish): then the
+/// servers that announce the blob's layer are asked, since a server holds what it serves.
+async fn fetch_one(
+    store: &Store,
+    net: &NetworkHandle,
+    model: ModelId,
+    blob: &BlobRef,
+) -> Result<FetchReport, FetchError> {
     const ATTEMPTS: usize = 3;
+    let (hash, size) = (blob.hash, blob.size);
     let mut attempt = 0;
     loop {
         attempt += 1;
         // After a failure, ask the whole neighbourhood of the key, not just the first answer.
         let exhaustive = attempt > 1;
-        let peers: Vec<PeerId> = retry(PROVIDER_WAIT, async || {
+        let peers: Option<Vec<PeerId>> = retry(PROVIDER_WAIT, async || {
             let key = keys::blob_key(&hash.0);
             let p = if exhaustive { net.all_providers(key).await } else { net.providers(key).await }.ok()?;
             let p: Vec<PeerId> = p.into_iter().filter(|p| *p != net.peer_id()).collect();
             (!p.is_empty()).then_some(p)
         })
-        .await
-        .ok_or_else(|| FetchError::NoProvider(format!("blob {hash}")))?;
+        .await;
+        let peers = match peers {
+            Some(peers) => peers,
+            None => announced_holders(net, model, blob.layer).await,
+        };
+        if peers.is_empty() {
+            return Err(FetchError::NoProvider(format!("blob {hash}")));
+        }
         let providers: Vec<Arc<dyn BlobProvider>> =
             peers.into_iter().map(|p| Arc::new(RemoteProvider::new(net.clone(), p)) as Arc<dyn BlobProvider>).collect();
         let s = store.clone();

@@ -72,6 +72,9 @@ impl DhtConfig {
     }
 }
 
+/// Most connections a node keeps (the node's default is for a real host's budget).
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Time between the last provide and the first lookup.
 const RECORDS_ARRIVE: Duration = Duration::from_secs(2);
 
@@ -116,7 +119,11 @@ pub(crate) async fn join(
             picks.dedup();
             picks.into_iter().map(|j| dial_addr(seed, j)).collect()
         };
-        let cfg = nak_node::net::NetworkConfig { idle_connection_timeout: idle, ..node::config(n, bootstrap) };
+        let cfg = nak_node::net::NetworkConfig {
+            idle_connection_timeout: idle,
+            max_connections: MAX_CONNECTIONS,
+            ..node::config(n, bootstrap)
+        };
         handles.push(node::spawn(net, dir, seed, n, cfg).await?);
         // Exponential gaps: Poisson arrivals.
         let u: f64 = rng.gen_range(f64::EPSILON..1.0);

@@ -49,7 +49,13 @@ impl HostWatch {
             while !*stopped.borrow() {
                 let due = Instant::now() + TICK;
                 tokio::select! {
-                    _ = tokio::time::sleep_until(due) => lags.push(Instant::now().saturating_duration_since(due)),
+                    _ = tokio::time::sleep_until(due) => {
+                        let lag = Instant::now().saturating_duration_since(due);
+                        if lag > MAX_LAG_P99 {
+                            tracing::debug!(lag_ms = lag.as_secs_f64() * 1e3, "timer lag");
+                        }
+                        lags.push(lag);
+                    }
                     _ = stopped.changed() => {}
                 }
             }

@@ -10,12 +10,17 @@
 //! cannot be paused), so a run is valid only if the host kept up, which [`host`]
 //! measures and every [`report::Report`] states.
 //!
-//! Scenarios: [`dht`] (provider lookups and routing upkeep as the swarm grows).
+//! Scenarios: [`dht`] (provider lookups and routing upkeep as the swarm grows);
+//! [`churn`]'s `placement`, `routing` and `churn` (servers of one model on the modelled
+//! [`compute`], placing themselves, routed through, and replaced under clients' sessions).
 //! `nak-sim SCENARIO --nodes N --seed S [--json]` runs one.
 
+pub mod churn;
+pub mod compute;
 pub mod dht;
 pub mod host;
 pub mod latency;
 pub mod node;
 pub mod report;
+pub mod swarm;
 pub mod transport;

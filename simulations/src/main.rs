@@ -1,9 +1,17 @@
 //! `nak-sim`: runs one simulation scenario and prints its report.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use nak_simulations::churn::{self, ChurnConfig, Phases};
 use nak_simulations::dht::{self, DhtConfig};
+
+/// Thousands of connections' buffers come and go every second; glibc's allocator spent
+/// a fifth of a 200-node run's CPU on them (measured with perf), mimalloc far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "nak-sim", about = "Simulate a Nakshatra swarm of many real nodes in one process")]
@@ -45,25 +53,120 @@ enum Scenario {
         #[arg(long)]
         idle_timeout_s: Option<u64>,
     },
+    /// Servers joining and leaving with `auto`: time to full coverage, balance quality,
+    /// moves per server; then a fifth leave and the rest re-cover.
+    Placement {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        swarm: SwarmArgs,
+    },
+    /// Each client's route cost against the best route a global view allows.
+    Routing {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        swarm: SwarmArgs,
+    },
+    /// Clients generating while servers join, leave and crash: sessions completed,
+    /// tokens identical to failure-free runs, recovery times.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        swarm: SwarmArgs,
+        /// Seconds the clients generate.
+        #[arg(long, default_value_t = 60)]
+        workload_s: u64,
+        /// Share of the servers replaced per simulated hour.
+        #[arg(long, default_value_t = 0.3)]
+        churn_per_hour: f64,
+        /// Wall seconds that stand for one simulated hour (default: the workload's length).
+        #[arg(long)]
+        hour_s: Option<u64>,
+    },
+}
+
+/// What the swarm scenarios take.
+#[derive(clap::Args)]
+struct SwarmArgs {
+    /// Clients among the nodes (default a tenth).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Layers of the model.
+    #[arg(long, default_value_t = 32)]
+    layers: u32,
+    /// Layers one server can hold.
+    #[arg(long, default_value_t = 8)]
+    budget_layers: u32,
+    /// Seconds between a server's announcements.
+    #[arg(long, default_value_t = 5)]
+    announce_s: u64,
+    /// Mean seconds between placement re-checks.
+    #[arg(long, default_value_t = 30)]
+    rebalance_s: u64,
+    /// Mean milliseconds between two servers' joins.
+    #[arg(long, default_value_t = 50)]
+    join_gap_ms: u64,
+    /// Most connections a node keeps.
+    #[arg(long, default_value_t = 32)]
+    max_connections: usize,
+}
+
+impl SwarmArgs {
+    fn config(&self, common: &Common) -> ChurnConfig {
+        let mut cfg = ChurnConfig::new(common.nodes, common.seed);
+        if let Some(c) = self.clients {
+            cfg.clients = c.min(common.nodes.saturating_sub(2));
+        }
+        cfg.rtt_scale = common.rtt_scale;
+        cfg.swarm.servers = common.nodes - cfg.clients;
+        cfg.swarm.n_layer = self.layers;
+        cfg.swarm.budget_layers = self.budget_layers;
+        cfg.swarm.announce_every = Duration::from_secs(self.announce_s);
+        cfg.swarm.rebalance_every = Duration::from_secs(self.rebalance_s);
+        cfg.swarm.join_gap = Duration::from_millis(self.join_gap_ms);
+        cfg.swarm.max_connections = self.max_connections;
+        cfg.settle = cfg.swarm.rebalance_every;
+        cfg
+    }
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NAK_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NAK_LOG").unwrap_or_else(|_| "warn,yamux=error".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The swarm scenarios' servers run on this thread (see `swarm`); the nodes' network
+    // tasks on the runtime's workers.
+    let local = tokio::task::LocalSet::new();
     let (report, json) = match Cli::parse().scenario {
         Scenario::Dht { common, lookups, join_gap_ms, idle_timeout_s } => {
             let defaults = DhtConfig::new(common.nodes, common.seed);
             let cfg = DhtConfig {
                 lookups,
-                idle_timeout: idle_timeout_s.map_or(defaults.idle_timeout, std::time::Duration::from_secs),
+                idle_timeout: idle_timeout_s.map_or(defaults.idle_timeout, Duration::from_secs),
                 rtt_scale: common.rtt_scale,
-                join_gap: std::time::Duration::from_millis(join_gap_ms),
+                join_gap: Duration::from_millis(join_gap_ms),
                 ..defaults
             };
             (runtime.block_on(dht::run(&cfg))?, common.json)
+        }
+        Scenario::Placement { common, swarm } => {
+            (local.block_on(&runtime, churn::run(&swarm.config(&common), Phases::Placement))?, common.json)
+        }
+        Scenario::Routing { common, swarm } => {
+            (local.block_on(&runtime, churn::run(&swarm.config(&common), Phases::Routing))?, common.json)
+        }
+        Scenario::Churn { common, swarm, workload_s, churn_per_hour, hour_s } => {
+            let mut cfg = swarm.config(&common);
+            cfg.workload = Duration::from_secs(workload_s);
+            cfg.churn_per_hour = churn_per_hour;
+            cfg.hour = Duration::from_secs(hour_s.unwrap_or(workload_s));
+            (local.block_on(&runtime, churn::run(&cfg, Phases::Churn))?, common.json)
         }
     };
     if json {
@@ -75,6 +178,6 @@ fn main() -> Result<()> {
         eprintln!("the host did not keep up (timer lag or CPU over the bounds): these timings are void");
     }
     // The nodes' tasks may still be winding down; the report is out.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }

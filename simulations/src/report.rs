@@ -34,11 +34,36 @@ pub struct Report {
     pub connections: u64,
     /// Connections open at the end, per node.
     pub open_connections_per_node: f64,
+    /// Every block had a live server (at the end of the run, for `churn`).
     pub coverage_full: Option<bool>,
+    /// Seconds from the first server's start to every block served.
+    pub coverage_s: Option<f64>,
+    /// Weakest block's throughput ÷ the best any placement could give it, once settled.
     pub balance_quality: Option<f64>,
+    /// Span changes per server after its first, up to the balance reading.
+    pub moves_per_server: Option<f64>,
+    /// `placement`: seconds until every block is served again after a fifth of the
+    /// servers left, and the balance after that.
+    pub recoverage_s: Option<f64>,
+    pub balance_quality_after_leaving: Option<f64>,
+    /// `routing`: routes compared, and the chosen route's cost ÷ the god view's best.
+    pub routes: Option<usize>,
+    pub route_cost_ratio_p50: Option<f64>,
+    pub route_cost_ratio_p95: Option<f64>,
+    /// `churn`: sessions opened, completed with every token, and whether every completed
+    /// session's tokens equal the failure-free run's.
     pub sessions_started: Option<u64>,
     pub sessions_completed: Option<u64>,
     pub tokens_identical: Option<bool>,
+    /// Sessions that could not open (no route, refused), retried by the client.
+    pub session_open_failures: Option<u64>,
+    pub servers_replaced: Option<usize>,
+    pub failovers: Option<u64>,
+    /// From a failure's detection to the next token.
+    pub recovery_p50_ms: Option<f64>,
+    pub recovery_p95_ms: Option<f64>,
+    /// The first few session errors, when there were any.
+    pub session_errors: Option<Vec<String>>,
     pub memory_per_node_kib: f64,
     pub host: Option<HostReport>,
     /// The host kept up (see [`crate::host`]): the timings mean something.

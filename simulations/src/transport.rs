@@ -303,24 +303,27 @@ impl Pipe {
 pub struct SimStream {
     read: Arc<Pipe>,
     write: Arc<Pipe>,
-    /// A chunk partly read.
+    /// A chunk partly read, and how far (an offset, not a drain: readers take a few bytes
+    /// at a time, and shifting the rest each time costs quadratic copying).
     partial: Vec<u8>,
+    read_to: usize,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl SimStream {
     fn new(read: Arc<Pipe>, write: Arc<Pipe>) -> Self {
-        Self { read, write, partial: Vec::new(), sleep: None }
+        Self { read, write, partial: Vec::new(), read_to: 0, sleep: None }
     }
 }
 
 impl AsyncRead for SimStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
         loop {
-            if !self.partial.is_empty() {
-                let n = buf.len().min(self.partial.len());
-                buf[..n].copy_from_slice(&self.partial[..n]);
-                self.partial.drain(..n);
+            if self.read_to < self.partial.len() {
+                let at = self.read_to;
+                let n = buf.len().min(self.partial.len() - at);
+                buf[..n].copy_from_slice(&self.partial[at..at + n]);
+                self.read_to += n;
                 return Poll::Ready(Ok(n));
             }
             let due = {
@@ -339,6 +342,7 @@ impl AsyncRead for SimStream {
                 Some(Ok(chunk)) => {
                     self.sleep = None;
                     self.partial = chunk;
+                    self.read_to = 0;
                 }
                 Some(Err(at)) => {
                     let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));

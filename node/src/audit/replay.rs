@@ -151,7 +151,7 @@ impl LocalSpans {
             self.store.put_manifest(&self.manifest).map_err(|e| AuditError::Refused(e.to_string()))?;
             let mut needed = span_blobs(&self.manifest, &layers);
             needed.extend(self.manifest.blob(BlobRole::Meta, None).cloned());
-            fetch_blobs(&self.store, &self.net, needed, false, &|_, _| {}).await?;
+            fetch_blobs(&self.store, &self.net, self.manifest.model_id(), needed, false, &|_, _| {}).await?;
             let (store, id, cfg) = (self.store.clone(), self.manifest.model_id(), self.cfg.clone());
             let engine = tokio::task::spawn_blocking(move || -> Result<SpanEngine, AuditError> {
                 let path = cached_span(&store, &id, layers)?;

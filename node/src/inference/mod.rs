@@ -174,6 +174,7 @@ impl InferenceService {
             let mut next_stream = 0u64;
             while let Some((peer, stream)) = incoming.next().await {
                 next_stream += 1;
+                let stream = s.net.track(peer, stream);
                 tokio::spawn(serve_stream(s.clone(), peer, stream, next_stream));
             }
         });
@@ -264,7 +265,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// channel with room for one and drops any that arrive while it is full, which happens
 /// when many sessions open at once; such a stream is reset, the hello never comes, and
 /// we open another after a short random pause.
-pub(crate) async fn connect(net: &NetworkHandle, peer: PeerId, addrs: &[Multiaddr]) -> Result<libp2p::Stream, String> {
+pub(crate) async fn connect(
+    net: &NetworkHandle,
+    peer: PeerId,
+    addrs: &[Multiaddr],
+) -> Result<crate::net::Stream, String> {
     let hello = pb::InferenceFrame { kind: Some(Kind::Hello(pb::Hello {})) };
     let mut last = String::new();
     for attempt in 0..OPEN_ATTEMPTS {
@@ -274,10 +279,9 @@ pub(crate) async fn connect(net: &NetworkHandle, peer: PeerId, addrs: &[Multiadd
         }
         let mut stream = match net.open_stream(peer, addrs, net.inference_protocol()).await {
             Ok(stream) => stream,
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
+            // No connection (a peer gone, or silent): trying again would only wait again;
+            // the caller routes around it. A stream dropped on arrival shows as a missing hello.
+            Err(e) => return Err(e.to_string()),
         };
         let exchange = async {
             write_frame(&mut stream, &hello, MAX_INFERENCE_FRAME).await?;
@@ -307,7 +311,7 @@ pub(crate) async fn write_loop(
     let _ = futures::AsyncWriteExt::close(&mut writer).await;
 }
 
-async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: libp2p::Stream, control: u64) {
+async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: crate::net::Stream, control: u64) {
     let (mut reader, writer) = stream.split();
     let (out, rx) = mpsc::channel(OUTBOX);
     tokio::spawn(write_loop(writer, rx));

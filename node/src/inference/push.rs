@@ -32,7 +32,7 @@ pub(super) struct Pusher {
     target: PeerId,
     addrs: Vec<Multiaddr>,
     session_id: u64,
-    writer: Option<futures::io::WriteHalf<libp2p::Stream>>,
+    writer: Option<futures::io::WriteHalf<crate::net::Stream>>,
 }
 
 impl Pusher {

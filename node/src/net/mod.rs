@@ -35,6 +35,7 @@ mod namespace;
 mod peers;
 mod provider;
 mod scope;
+mod streams;
 mod task;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ pub use delay::delayed_tcp_transport;
 pub use namespace::{read_swarm_key, SwarmProtocols, PUBLIC_SWARM};
 pub use peers::{bootstrap_file_peers, read_peers_file, BOOTSTRAP_ENV, BOOTSTRAP_FILE, PEERS_FILE};
 pub use provider::RemoteProvider;
+pub use streams::Stream;
 
 /// Kademlia protocol of the public swarm (other swarms: [`SwarmProtocols`]).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/nakshatra/kad/1.0.0");
@@ -107,6 +109,9 @@ pub struct NetworkConfig {
     /// reserve a relay when it is not. Default on; off where reachability means nothing
     /// (a simulated network).
     pub autonat: bool,
+    /// Most open connections: past it, the least recently used are closed down to three
+    /// quarters of it, never one that carries a session or a gossip mesh link. Default 128.
+    pub max_connections: usize,
 }
 
 impl Default for NetworkConfig {
@@ -131,6 +136,7 @@ impl Default for NetworkConfig {
             dht_server: true,
             idle_connection_timeout: Duration::from_secs(120),
             autonat: true,
+            max_connections: 128,
         }
     }
 }
@@ -149,6 +155,9 @@ impl NetworkConfig {
         cfg
     }
 }
+
+/// Longest wait for a connection before a stream to a peer is given up.
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
 /// The environment variable [`NetworkConfig::joining`] reads a link delay from.
 pub const LINK_DELAY_ENV: &str = "NAK_LINK_DELAY_MS";
@@ -234,6 +243,8 @@ pub struct NetworkStats {
     pub failed_blob_requests: u64,
     /// Fraud proofs from gossip that failed their model-free checks.
     pub rejected_proofs: u64,
+    /// Connections closed because there were more than [`NetworkConfig::max_connections`].
+    pub trimmed_connections: u64,
 }
 
 /// The word for a reachability (`public`, `relayed`, `private`, `unknown`), as `run`
@@ -260,6 +271,7 @@ pub struct NetworkHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     streams: libp2p_stream::Control,
+    streams_in_use: streams::StreamsInUse,
     inference: StreamProtocol,
 }
 
@@ -305,19 +317,31 @@ impl NetworkHandle {
         peer: PeerId,
         addrs: &[Multiaddr],
         protocol: StreamProtocol,
-    ) -> Result<libp2p::Stream, NetworkError> {
+    ) -> Result<Stream, NetworkError> {
         let mut control = self.streams();
         let first = match control.open_stream(peer, protocol.clone()).await {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => return Ok(self.track(peer, stream)),
             Err(e) => e,
         };
-        if let Err(e) = self.connect(peer, addrs.to_vec()).await {
-            tracing::debug!(%peer, error = %e, "cannot connect");
+        // A peer that vanished without closing (a dead host, a blackhole) leaves the dial
+        // hanging until the transport's timeout; a stream opened for a session cannot wait that long.
+        match tokio::time::timeout(CONNECT_LIMIT, self.connect(peer, addrs.to_vec())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "cannot connect"),
+            Err(_) => return Err(NetworkError::Failed(format!("no connection to {peer} within {CONNECT_LIMIT:?}"))),
         }
         control
             .open_stream(peer, protocol)
             .await
+            .map(|stream| self.track(peer, stream))
             .map_err(|e| NetworkError::Failed(format!("no stream to {peer}: {e} (first try: {first})")))
+    }
+
+    /// Counts an accepted stream from `peer` as in use while it lives, so that the
+    /// connection carrying it is never closed for having too many (see
+    /// [`NetworkConfig::max_connections`]).
+    pub fn track(&self, peer: PeerId, stream: libp2p::Stream) -> Stream {
+        self.streams_in_use.track(peer, stream)
     }
 
     /// The listen addresses, waiting up to `limit` for the first to appear and then
@@ -566,9 +590,11 @@ impl Network {
         }
         let (tx, rx) = mpsc::channel(cfg.command_queue);
         let streams = swarm.behaviour().streams.new_control();
-        let task =
-            Task::new(swarm, rx, StoreProvider::new(store, peer_id.to_string()), codec, &cfg, &protocols, signer);
+        let provider = StoreProvider::new(store, peer_id.to_string());
+        let task = Task::new(swarm, rx, provider, codec, &cfg, &protocols, signer);
+        let streams_in_use = task.streams_in_use();
         let join = tokio::spawn(task.run());
-        Ok((NetworkHandle { tx, peer_id, streams, inference: protocols.inference }, join))
+        let inference = protocols.inference;
+        Ok((NetworkHandle { tx, peer_id, streams, streams_in_use, inference }, join))
     }
 }

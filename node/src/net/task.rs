@@ -17,23 +17,27 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
-use nak_protocol::{announce, keys, pb, proof};
+use nak_protocol::{announce, keys, pb};
 use nak_shard_store::transfer::StoreProvider;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot};
+
+mod announcements;
+mod trim;
 
 use super::answers;
 use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::peers::{MetPeers, SAVE_EVERY};
 use super::scope;
+use super::streams::StreamsInUse;
 use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats, SwarmProtocols};
+use trim::OpenConnection;
 
 type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
 
@@ -62,8 +66,17 @@ pub(super) struct Task {
     bootstrapped: bool,
     /// Peers that offer relaying, with an address of each.
     relays: HashMap<PeerId, Multiaddr>,
-    /// The address at the other end of each open connection, and whether we dialled it.
-    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    /// Each open connection.
+    connections: HashMap<ConnectionId, OpenConnection>,
+    /// Most connections before the least used are closed ([`trim`]).
+    max_connections: usize,
+    last_trim: Option<std::time::Instant>,
+    /// Peers whose connections [`trim`] closed (they have not gone).
+    trimmed: HashSet<PeerId>,
+    /// When each connected peer last sent or was sent a blob request.
+    last_used: HashMap<PeerId, std::time::Instant>,
+    /// Streams of the node's own protocols, per peer.
+    streams_in_use: StreamsInUse,
     /// Relays we hold a reservation with (or asked for one).
     reserved: HashSet<PeerId>,
     /// Whether we relay for others.
@@ -131,6 +144,11 @@ impl Task {
             relays: HashMap::new(),
             reserved: HashSet::new(),
             connections: HashMap::new(),
+            max_connections: cfg.max_connections,
+            last_trim: None,
+            trimmed: HashSet::new(),
+            last_used: HashMap::new(),
+            streams_in_use: StreamsInUse::default(),
             relay_server: cfg.relay_server,
             republish_at: None,
             proofs: std::collections::VecDeque::new(),
@@ -144,6 +162,11 @@ impl Task {
             identify_version: protocols.identify.clone(),
             kad_protocol: protocols.kad.clone(),
         }
+    }
+
+    /// The counts of the node's own streams, which the handle keeps up to date.
+    pub(super) fn streams_in_use(&self) -> StreamsInUse {
+        self.streams_in_use.clone()
     }
 
     pub(super) async fn run(mut self) {
@@ -235,6 +258,7 @@ impl Task {
                 self.pending_providers.insert(id, (Vec::new(), exhaustive, reply));
             }
             Command::Request(peer, req, reply) => {
+                self.last_used.insert(peer, std::time::Instant::now());
                 let id = behaviour.blobs.send_request(&peer, req);
                 self.pending_requests.insert(id, reply);
             }
@@ -322,7 +346,11 @@ impl Task {
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                self.connections.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_dialer()));
+                let (addr, dialer) = (endpoint.get_remote_address().clone(), endpoint.is_dialer());
+                let since = std::time::Instant::now();
+                self.connections.insert(connection_id, OpenConnection { peer: peer_id, addr, dialer, since });
+                self.trimmed.remove(&peer_id);
+                self.trim_connections();
                 if endpoint.is_relayed() {
                     tracing::info!(peer = %peer_id, dialer = endpoint.is_dialer(), "connected through a relay");
                 }
@@ -340,9 +368,15 @@ impl Task {
                 }
             }
             // A server that went away no longer serves, whatever its last announcement said.
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 self.connections.remove(&connection_id);
                 if num_established > 0 {
+                    return;
+                }
+                self.last_used.remove(&peer_id);
+                // Closed because we had too many, or because nobody used it: not gone.
+                let idle = matches!(cause, Some(libp2p::swarm::ConnectionError::KeepAliveTimeout));
+                if self.trimmed.remove(&peer_id) || idle {
                     return;
                 }
                 self.rtts.remove(&peer_id);
@@ -371,7 +405,7 @@ impl Task {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                let reached = self.connections.get(&connection_id).cloned();
+                let reached = self.connections.get(&connection_id).map(|c| (c.addr.clone(), c.dialer));
                 let usable: Vec<Multiaddr> = (info.listen_addrs.into_iter())
                     .filter(|a| scope::usable(a, reached.as_ref().map(|(r, _)| r)))
                     .collect();
@@ -438,8 +472,19 @@ impl Task {
                 id,
                 result,
                 step,
-                ..
-            })) => self.on_query(id, result, step.last),
+                stats,
+            })) => {
+                if step.last {
+                    let ms = stats.duration().map(|d| d.as_millis() as u64);
+                    tracing::debug!(
+                        requests = stats.num_requests(),
+                        failed = stats.num_failures(),
+                        ?ms,
+                        "kad query done"
+                    );
+                }
+                self.on_query(id, result, step.last)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Blobs(event)) => self.on_blobs(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
@@ -458,80 +503,6 @@ impl Task {
                 );
             }
             _ => {}
-        }
-    }
-
-    /// Checks a fraud proof from gossip as far as it can be without the model, and keeps
-    /// it for the node, which replays it before anything follows from it.
-    fn on_proof(&mut self, publisher: PeerId, data: &[u8]) -> MessageAcceptance {
-        let checked = match (data.len() <= proof::MAX_PROOF_BYTES)
-            .then(|| pb::FraudProof::decode(data))
-            .ok_or_else(|| "oversized".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            Ok(p) => proof::check(&p).map(|_| p).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match checked {
-            Ok(p) if self.proofs.len() < PROOF_QUEUE => {
-                self.proofs.push_back((publisher, p));
-                MessageAcceptance::Accept
-            }
-            Ok(_) => MessageAcceptance::Ignore,
-            Err(e) => {
-                tracing::warn!(from = %publisher, error = %e, "rejected a fraud proof");
-                self.stats.rejected_proofs += 1;
-                MessageAcceptance::Reject
-            }
-        }
-    }
-
-    fn on_announcement(&mut self, data: &[u8], propagation_source: PeerId) -> MessageAcceptance {
-        match self.accept_announcement(data) {
-            Ok(_) => MessageAcceptance::Accept,
-            // A banned server's word, forwarded by an honest peer: not used, not blamed on the forwarder.
-            Err(e) if e == BANNED => MessageAcceptance::Ignore,
-            Err(e) => {
-                tracing::warn!(from = %propagation_source, error = %e, "rejected an announcement");
-                MessageAcceptance::Reject
-            }
-        }
-    }
-
-    /// Checks a signed announcement (from gossip or asked for) and keeps it when it is
-    /// the newest of its server.
-    fn accept_announcement(&mut self, data: &[u8]) -> Result<pb::ServerAnnouncement, String> {
-        let ann = match announce::verify(data, announce::now_ms(), self.max_age.as_millis() as u64) {
-            Ok(ann) => ann,
-            Err(e) => {
-                self.stats.rejected_announcements += 1;
-                return Err(e.to_string());
-            }
-        };
-        if PeerId::from_bytes(&ann.peer_id).is_ok_and(|p| self.blocked.contains(&p)) {
-            return Err(BANNED.into());
-        }
-        // A server re-signs its current announcement when asked, under the same sequence
-        // number: the later timestamp wins a tie.
-        let newer = self
-            .announcements
-            .get(&ann.peer_id)
-            .is_none_or(|old| (old.sequence, old.timestamp_ms) < (ann.sequence, ann.timestamp_ms));
-        if newer {
-            self.announcements.insert(ann.peer_id.clone(), ann.clone());
-        }
-        self.stats.accepted_announcements += 1;
-        Ok(ann)
-    }
-
-    /// This node's current announcement of `model_id`, stamped now and signed.
-    fn own_announcement(&self, model_id: &[u8]) -> pb::blob_response::Result {
-        match self.own_announcements.get(model_id) {
-            Some(ann) => {
-                let ann = pb::ServerAnnouncement { timestamp_ms: announce::now_ms(), ..ann.clone() };
-                pb::blob_response::Result::Announcement(announce::sign(&self.signer, &ann).encode_to_vec())
-            }
-            None => pb::blob_response::Result::NotFound(pb::NotFound {}),
         }
     }
 
@@ -589,10 +560,18 @@ impl Task {
                             let _ = dial_unless_connected(&mut self.swarm, *peer, Vec::new());
                         }
                         found.extend(new);
-                        // Enough to start fetching, unless the caller asked for everyone.
-                        done |= !*exhaustive;
+                        // Enough to start fetching, unless the caller asked for everyone. Kademlia
+                        // reports every peer's answer here, also the answers that name nobody:
+                        // stopping at the first of those returned nothing for keys whose records
+                        // sit on a few peers of a large swarm (half the lookups at 200 nodes).
+                        done |= !*exhaustive && !found.is_empty();
                     }
-                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {
+                        if found.is_empty() {
+                            tracing::debug!(?id, "provider query found nobody");
+                        }
+                        done = true
+                    }
                     Err(e) => tracing::debug!(error = %e, "provider query ended"),
                 }
                 if done {
@@ -620,6 +599,9 @@ impl Task {
     }
 
     fn on_blobs(&mut self, event: request_response::Event<pb::BlobRequest, pb::BlobResponse>) {
+        if let request_response::Event::Message { peer, .. } = &event {
+            self.last_used.insert(*peer, std::time::Instant::now());
+        }
         match event {
             request_response::Event::Message { message, .. } => match message {
                 request_response::Message::Request {

@@ -1,0 +1,85 @@
+//! What arrives on gossip (server announcements, fraud proofs) and what the task says
+//! of this node's own announcement when a peer asks.
+
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::PeerId;
+use nak_protocol::{announce, pb, proof};
+use prost::Message;
+
+use super::{Task, BANNED, PROOF_QUEUE};
+
+impl Task {
+    /// Checks a fraud proof from gossip as far as it can be without the model, and keeps
+    /// it for the node, which replays it before anything follows from it.
+    pub(super) fn on_proof(&mut self, publisher: PeerId, data: &[u8]) -> MessageAcceptance {
+        let checked = match (data.len() <= proof::MAX_PROOF_BYTES)
+            .then(|| pb::FraudProof::decode(data))
+            .ok_or_else(|| "oversized".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(p) => proof::check(&p).map(|_| p).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(p) if self.proofs.len() < PROOF_QUEUE => {
+                self.proofs.push_back((publisher, p));
+                MessageAcceptance::Accept
+            }
+            Ok(_) => MessageAcceptance::Ignore,
+            Err(e) => {
+                tracing::warn!(from = %publisher, error = %e, "rejected a fraud proof");
+                self.stats.rejected_proofs += 1;
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    pub(super) fn on_announcement(&mut self, data: &[u8], propagation_source: PeerId) -> MessageAcceptance {
+        match self.accept_announcement(data) {
+            Ok(_) => MessageAcceptance::Accept,
+            // A banned server's word, forwarded by an honest peer: not used, not blamed on the forwarder.
+            Err(e) if e == BANNED => MessageAcceptance::Ignore,
+            Err(e) => {
+                tracing::warn!(from = %propagation_source, error = %e, "rejected an announcement");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Checks a signed announcement (from gossip or asked for) and keeps it when it is
+    /// the newest of its server.
+    pub(super) fn accept_announcement(&mut self, data: &[u8]) -> Result<pb::ServerAnnouncement, String> {
+        let ann = match announce::verify(data, announce::now_ms(), self.max_age.as_millis() as u64) {
+            Ok(ann) => ann,
+            Err(e) => {
+                self.stats.rejected_announcements += 1;
+                return Err(e.to_string());
+            }
+        };
+        if PeerId::from_bytes(&ann.peer_id).is_ok_and(|p| self.blocked.contains(&p)) {
+            return Err(BANNED.into());
+        }
+        // A server re-signs its current announcement when asked, under the same sequence
+        // number: the later timestamp wins a tie.
+        let newer = self
+            .announcements
+            .get(&ann.peer_id)
+            .is_none_or(|old| (old.sequence, old.timestamp_ms) < (ann.sequence, ann.timestamp_ms));
+        if newer {
+            self.announcements.insert(ann.peer_id.clone(), ann.clone());
+        }
+        self.stats.accepted_announcements += 1;
+        Ok(ann)
+    }
+
+    /// This node's current announcement of `model_id`, stamped now and signed.
+    pub(super) fn own_announcement(&self, model_id: &[u8]) -> pb::blob_response::Result {
+        match self.own_announcements.get(model_id) {
+            Some(ann) => {
+                let ann = pb::ServerAnnouncement { timestamp_ms: announce::now_ms(), ..ann.clone() };
+                pb::blob_response::Result::Announcement(announce::sign(&self.signer, &ann).encode_to_vec())
+            }
+            None => pb::blob_response::Result::NotFound(pb::NotFound {}),
+        }
+    }
+}
