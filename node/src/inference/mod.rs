@@ -279,9 +279,10 @@ pub(crate) async fn connect(
         }
         let mut stream = match net.open_stream(peer, addrs, net.inference_protocol()).await {
             Ok(stream) => stream,
-            // No connection (a peer gone, or silent): trying again would only wait again;
-            // the caller routes around it. A stream dropped on arrival shows as a missing hello.
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
         };
         let exchange = async {
             write_frame(&mut stream, &hello, MAX_INFERENCE_FRAME).await?;
