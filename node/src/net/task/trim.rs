@@ -45,7 +45,9 @@ impl Task {
             return;
         }
         self.last_trim = Some(now);
-        self.streams_in_use.forget_idle(now - GRACE * 10);
+        if let Some(long_ago) = now.checked_sub(GRACE * 10) {
+            self.streams_in_use.forget_idle(long_ago);
+        }
         let mesh: std::collections::HashSet<PeerId> =
             self.swarm.behaviour().gossipsub.all_mesh_peers().copied().collect();
         // Per peer: its connections and when it was last used.
