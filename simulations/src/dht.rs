@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures::StreamExt as _;
-use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 use nak_node::net::NetworkHandle;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -93,12 +92,6 @@ enum Lookup {
     TimedOut,
 }
 
-/// A node's address with its peer id.
-fn dial_addr(seed: u64, n: usize) -> Multiaddr {
-    let peer = PeerId::from_public_key(&node::key(seed, n).public().into());
-    SimNet::addr(n).with(Protocol::P2p(peer))
-}
-
 /// Starts `nodes` nodes, each joining through up to three earlier ones.
 pub(crate) async fn join(
     net: &Arc<SimNet>,
@@ -117,7 +110,7 @@ pub(crate) async fn join(
             let mut picks: Vec<usize> = (0..3).map(|_| rng.gen_range(0..n)).collect();
             picks.sort();
             picks.dedup();
-            picks.into_iter().map(|j| dial_addr(seed, j)).collect()
+            picks.into_iter().map(|j| node::dial_addr(seed, j)).collect()
         };
         let cfg = nak_node::net::NetworkConfig {
             idle_connection_timeout: idle,
@@ -177,7 +170,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         .map(|(from, k)| {
             let node = nodes[from].clone();
             let (key, provider) = keys[k].clone();
-            let want = PeerId::from_public_key(&node::key(cfg.seed, provider).public().into());
+            let want = node::peer_of(cfg.seed, provider);
             let limit = cfg.lookup_timeout;
             async move {
                 let t = Instant::now();

@@ -24,6 +24,16 @@ pub fn key(seed: u64, n: usize) -> ed25519::Keypair {
     ed25519::Keypair::from(secret)
 }
 
+/// Node `n`'s peer id.
+pub fn peer_of(seed: u64, n: usize) -> libp2p::PeerId {
+    libp2p::PeerId::from_public_key(&key(seed, n).public().into())
+}
+
+/// Node `n`'s address with its peer id.
+pub fn dial_addr(seed: u64, n: usize) -> Multiaddr {
+    SimNet::addr(n).with(libp2p::multiaddr::Protocol::P2p(peer_of(seed, n)))
+}
+
 /// A directory for the run's stores: under /dev/shm when there is one.
 pub fn run_dir() -> Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");

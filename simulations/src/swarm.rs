@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use nak_node::engine::EngineConfig;
 use nak_node::net::{NetworkConfig, NetworkHandle};
@@ -109,7 +108,6 @@ pub struct ServerState {
 
 struct Running {
     stop: Option<oneshot::Sender<()>>,
-    net: NetworkHandle,
 }
 
 /// A swarm of servers of one synthetic model.
@@ -128,16 +126,6 @@ pub struct SimSwarm {
     pub view: Arc<Mutex<HashMap<usize, ServerState>>>,
     running: Mutex<HashMap<usize, Running>>,
     next_node: Mutex<usize>,
-}
-
-/// A node's address with its peer id.
-pub fn dial_addr(seed: u64, n: usize) -> Multiaddr {
-    SimNet::addr(n).with(Protocol::P2p(peer_of(seed, n)))
-}
-
-/// Node `n`'s peer id.
-pub fn peer_of(seed: u64, n: usize) -> PeerId {
-    PeerId::from_public_key(&node::key(seed, n).public().into())
 }
 
 impl SimSwarm {
@@ -192,7 +180,7 @@ impl SimSwarm {
         let mut picks: Vec<usize> = (0..3.min(live.len())).map(|_| live[rng.gen_range(0..live.len())]).collect();
         picks.sort();
         picks.dedup();
-        picks.into_iter().map(|n| dial_addr(self.seed, n)).collect()
+        picks.into_iter().map(|n| node::dial_addr(self.seed, n)).collect()
     }
 
     /// Network settings of a node of this swarm.
@@ -260,7 +248,7 @@ impl SimSwarm {
             }
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        Self::lock(&self.running).insert(n, Running { stop: Some(stop), net: net.clone() });
+        Self::lock(&self.running).insert(n, Running { stop: Some(stop) });
         let this = self.clone();
         // A server's run loop is not `Send` (it polls its span loads in place): it runs on
         // the scenario's local set, so every scenario runs inside a `LocalSet`.
@@ -323,7 +311,6 @@ impl SimSwarm {
         if let Some(stop) = running.stop.take() {
             let _ = stop.send(());
         }
-        drop(running.net);
     }
 
     /// Live servers, by node.

@@ -13,6 +13,7 @@ const N_VOCAB: u32 = 512;
 
 /// Spans of a 12-layer synthetic model cut at `cuts`, loaded as modelled computes.
 fn spans(dir: &std::path::Path, cuts: &[u32]) -> Vec<Box<dyn Compute>> {
+    std::fs::create_dir_all(dir).unwrap();
     let model = dir.join("m.gguf");
     let cfg = SynthConfig { n_layer: N_LAYER, n_vocab: N_VOCAB, ..SynthConfig::default() };
     write_synthetic(&cfg, &model).unwrap();

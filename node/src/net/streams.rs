@@ -58,13 +58,6 @@ pub struct Stream {
     in_use: StreamsInUse,
 }
 
-impl Stream {
-    /// The peer at the other end.
-    pub fn peer(&self) -> PeerId {
-        self.peer
-    }
-}
-
 impl Drop for Stream {
     fn drop(&mut self) {
         self.in_use.update(self.peer, false);
