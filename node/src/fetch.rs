@@ -17,6 +17,7 @@ use nak_shard_store::import::span_blobs;
 use nak_shard_store::transfer::{fetch_blob, BlobProvider, FetchConfig, FetchReport, TransferError};
 use nak_shard_store::{BlobRef, BlobRole, Manifest, ModelId, Store, StoreError};
 
+use crate::dilation::dilate;
 use crate::net::{NetworkError, NetworkHandle, RemoteProvider};
 
 /// Errors of fetching from the swarm.
@@ -49,10 +50,10 @@ async fn retry<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Opt
         if let Some(v) = f().await {
             return Some(v);
         }
-        if t0.elapsed() > limit {
+        if t0.elapsed() > dilate(limit) {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(dilate(Duration::from_millis(250))).await;
     }
 }
 
@@ -194,7 +195,7 @@ async fn fetch_one(
             }
             Err(e) if attempt < ATTEMPTS => {
                 tracing::warn!(blob = %hash, error = %e, "fetch failed; asking the DHT for providers again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(dilate(Duration::from_millis(500))).await;
             }
             Err(e) => return Err(e.into()),
         }

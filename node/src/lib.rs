@@ -24,6 +24,7 @@
 //! - [`api`]: an OpenAI-compatible HTTP API on a client's sessions, with the swarm
 //!   monitor page.
 //! - [`metrics`]: the Prometheus metrics every part counts into.
+//! - [`dilation`]: the process-wide time factor simulations stretch every timer by.
 //!
 //! `client` and `server` do not know each other; both build on `net`, `fetch` and the
 //! protocol. The `nak-node` binary (`src/main.rs`, `src/cli/`, `src/bench/`) is a thin
@@ -33,6 +34,7 @@ pub mod api;
 pub mod audit;
 pub mod chain;
 pub mod client;
+pub mod dilation;
 pub mod engine;
 pub mod fetch;
 pub mod inference;

@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::compute::{reference_tokens, FIRST_ORDINARY_TOKEN};
 use crate::host::HostWatch;
 use crate::latency::LatencyMatrix;
@@ -120,13 +121,14 @@ pub async fn run(cfg: &ChurnConfig, phases: Phases) -> Result<Report> {
 
     let swarm = SimSwarm::start(net.clone(), cfg.swarm.clone(), cfg.seed).await?;
     swarm.populate().await?;
-    let join_s = t0.elapsed().as_secs_f64();
+    let join_s = clock::since(t0).as_secs_f64();
     let covered_at = wait_for(cfg.coverage_timeout, || swarm.covered()).await;
-    let coverage_s = covered_at.map(|t| (t - t0).as_secs_f64());
+    let coverage_s = covered_at.map(|t| clock::secs_between(t0, t));
     tracing::info!(?coverage_s, "coverage");
     let mut report = Report {
         nodes: cfg.nodes,
         seed: cfg.seed,
+        dilation: clock::factor(),
         median_rtt_ms: median_rtt.as_secs_f64() * 1e3,
         join_s,
         coverage_full: Some(covered_at.is_some()),
@@ -134,7 +136,7 @@ pub async fn run(cfg: &ChurnConfig, phases: Phases) -> Result<Report> {
         ..Report::default()
     };
     if covered_at.is_some() {
-        tokio::time::sleep(cfg.settle).await;
+        clock::sleep(cfg.settle).await;
         report.balance_quality = Some(swarm.balance_quality());
         tracing::info!(blocks = ?swarm.block_throughput(), "block throughput once settled");
         let servers = swarm.serving();
@@ -159,12 +161,12 @@ pub async fn run(cfg: &ChurnConfig, phases: Phases) -> Result<Report> {
 
 /// Polls `done` every 100 ms until it holds (when) or `limit` passes.
 async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> Option<Instant> {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now() + clock::dilate(limit);
     while Instant::now() < deadline {
         if done() {
             return Some(Instant::now());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock::sleep(Duration::from_millis(100)).await;
     }
     None
 }
@@ -179,8 +181,8 @@ async fn placement_leave(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, report: &mut 
     }
     let t = Instant::now();
     let again = wait_for(cfg.coverage_timeout, || swarm.covered()).await;
-    report.recoverage_s = again.map(|at| (at - t).as_secs_f64());
-    tokio::time::sleep(cfg.settle).await;
+    report.recoverage_s = again.map(|at| clock::secs_between(t, at));
+    clock::sleep(cfg.settle).await;
     report.balance_quality_after_leaving = Some(swarm.balance_quality());
 }
 
@@ -194,7 +196,7 @@ async fn connect_client(swarm: &Arc<SimSwarm>) -> Result<(usize, SwarmModel)> {
             Ok(model) => return Ok((n, model)),
             Err(e) => last = Some(e),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        clock::sleep(Duration::from_secs(1)).await;
     }
     Err(last.map_or_else(|| anyhow::anyhow!("no attempt"), anyhow::Error::from))
 }
@@ -221,7 +223,8 @@ async fn routing(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, report: &mut Report) 
                 layers: s.layers.unwrap_or(0..0),
                 block_throughput: s.throughput,
                 free_sessions: 1,
-                rtt: Some(swarm.net.latency().rtt(n, s.node)),
+                // In wall time, as the client measures it and as the announced speeds are.
+                rtt: Some(clock::dilate(swarm.net.latency().rtt(n, s.node))),
             })
             .collect();
         let none = HashSet::new();
@@ -256,7 +259,7 @@ async fn churn(
 ) -> Result<()> {
     let tally = Arc::new(Tally::default());
     let models = futures::future::join_all((0..cfg.clients).map(|_| connect_client(swarm))).await;
-    let until = Instant::now() + cfg.workload;
+    let until = Instant::now() + clock::dilate(cfg.workload);
     tracing::info!(clients = models.len(), "clients connected; the workload starts");
     let mut clients = Vec::new();
     for (c, model) in models.into_iter().enumerate() {
@@ -269,7 +272,7 @@ async fn churn(
     let exits = [Exit::Crash, Exit::Blackhole, Exit::Leave];
     let gap = cfg.workload.div_f64(replacements.max(1) as f64 + 1.0);
     for r in 0..replacements {
-        tokio::time::sleep(gap).await;
+        clock::sleep(gap).await;
         if let Some(n) = swarm.pick_live() {
             swarm.remove(n, exits[r % exits.len()]);
         }
@@ -317,7 +320,7 @@ async fn client_loop(
             (0..cfg.prompt_tokens).map(|_| rng.gen_range(FIRST_ORDINARY_TOKEN..N_VOCAB) as i32).collect();
         // Every step is bounded: a session that hangs is an error of the run, not a hang of it.
         let start = RemoteSession::start(&model, opts.clone(), Duration::from_secs(10));
-        let mut session = match tokio::time::timeout(STEP_LIMIT, start)
+        let mut session = match tokio::time::timeout(clock::dilate(STEP_LIMIT), start)
             .await
             .unwrap_or_else(|_| Err(nak_node::client::ClientError::Protocol("opening took over the step limit".into())))
         {
@@ -325,7 +328,7 @@ async fn client_loop(
             Err(e) => {
                 tally.open_failures.fetch_add(1, Ordering::Relaxed);
                 error(format!("open: {e}"));
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                clock::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
@@ -335,8 +338,8 @@ async fn client_loop(
             tokens.push(t.token);
             true
         });
-        let generated = tokio::time::timeout(STEP_LIMIT, generated).await;
-        let _ = tokio::time::timeout(STEP_LIMIT, session.close()).await;
+        let generated = tokio::time::timeout(clock::dilate(STEP_LIMIT), generated).await;
+        let _ = tokio::time::timeout(clock::dilate(STEP_LIMIT), session.close()).await;
         let generated = match generated {
             Ok(g) => g,
             Err(_) => {
@@ -355,7 +358,12 @@ async fn client_loop(
                 }
                 tally.failovers.fetch_add(g.failovers.len() as u64, Ordering::Relaxed);
                 let mut r = tally.recoveries.lock().unwrap_or_else(|p| p.into_inner());
-                r.extend(g.failovers.iter().filter_map(|f| f.recovery_ms).map(|ms| Duration::from_secs_f64(ms / 1e3)));
+                r.extend(
+                    g.failovers
+                        .iter()
+                        .filter_map(|f| f.recovery_ms)
+                        .map(|ms| clock::undilate(Duration::from_secs_f64(ms / 1e3))),
+                );
             }
             Ok(g) => error(format!("ended early after {} tokens: {:?}", tokens.len(), g.error)),
             Err(e) => error(format!("generate: {e}")),

@@ -249,7 +249,7 @@ impl Compute for ModelledCompute {
                 })
             })
             .collect();
-        std::thread::sleep(self.profile.step_time(layers, rows));
+        std::thread::sleep(crate::clock::dilate(self.profile.step_time(layers, rows)));
         results
     }
     fn close_session(&mut self, session: SessionId) -> Result<(), EngineError> {

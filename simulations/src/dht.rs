@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::host::HostWatch;
 use crate::latency::LatencyMatrix;
 use crate::node;
@@ -120,7 +121,7 @@ pub(crate) async fn join(
         handles.push(node::spawn(net, dir, seed, n, cfg).await?);
         // Exponential gaps: Poisson arrivals.
         let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-        tokio::time::sleep(gap.mul_f64(-u.ln())).await;
+        clock::sleep(gap.mul_f64(-u.ln())).await;
     }
     Ok(handles)
 }
@@ -136,9 +137,9 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
     let host = HostWatch::start();
 
     let nodes = join(&net, dir.path(), cfg.seed, cfg.nodes, cfg.join_gap, cfg.idle_timeout, &mut rng).await?;
-    let join_s = t0.elapsed().as_secs_f64();
+    let join_s = clock::since(t0).as_secs_f64();
     tracing::info!(nodes = nodes.len(), join_s, "joined");
-    tokio::time::sleep(cfg.settle).await;
+    clock::sleep(cfg.settle).await;
 
     // Keys and their providers.
     let keys: Vec<(Vec<u8>, usize)> = (0..cfg.keys)
@@ -149,14 +150,14 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         let key = key.clone();
         async move {
             let t = Instant::now();
-            node.provide(key).await.map(|()| t.elapsed())
+            node.provide(key).await.map(|()| clock::since(t))
         }
     }))
     .await;
     let mut provide_times: Vec<Duration> = provides.into_iter().filter_map(Result::ok).collect();
     tracing::info!(provided = provide_times.len(), "keys provided");
     // A provide returns once its records are sent; let them arrive before asking.
-    tokio::time::sleep(RECORDS_ARRIVE).await;
+    clock::sleep(RECORDS_ARRIVE).await;
 
     // Lookups from other nodes.
     let asks: Vec<(usize, usize)> = (0..cfg.lookups)
@@ -174,8 +175,8 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
             let limit = cfg.lookup_timeout;
             async move {
                 let t = Instant::now();
-                match tokio::time::timeout(limit, node.providers(key)).await {
-                    Ok(Ok(found)) if found.contains(&want) => Lookup::Found(t.elapsed()),
+                match tokio::time::timeout(clock::dilate(limit), node.providers(key)).await {
+                    Ok(Ok(found)) if found.contains(&want) => Lookup::Found(clock::since(t)),
                     Ok(Ok(found)) if found.is_empty() => Lookup::Empty,
                     Ok(Ok(_)) => Lookup::Others,
                     Ok(Err(e)) => {
@@ -205,7 +206,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
 
     // Upkeep while nobody asks anything.
     let (b0, w0) = net.traffic.totals();
-    tokio::time::sleep(cfg.quiet).await;
+    clock::sleep(cfg.quiet).await;
     let (b1, w1) = net.traffic.totals();
     let per_node_s = |d: u64| d as f64 / nodes.len() as f64 / cfg.quiet.as_secs_f64();
 
@@ -214,6 +215,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         scenario: "dht".into(),
         nodes: nodes.len(),
         seed: cfg.seed,
+        dilation: clock::factor(),
         median_rtt_ms: median_rtt.as_secs_f64() * 1e3,
         join_s,
         lookups: results.len(),

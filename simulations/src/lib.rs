@@ -8,7 +8,8 @@
 //! uplink, and lets nodes die at once or vanish silently. Everything random comes from
 //! the run's seed: keys, regions, arrivals, the workload. Timers are real (libp2p's
 //! cannot be paused), so a run is valid only if the host kept up, which [`host`]
-//! measures and every [`report::Report`] states.
+//! measures and every [`report::Report`] states; a host too small for a swarm's size
+//! runs it slower than real time, every timer stretched alike ([`clock`]).
 //!
 //! Scenarios: [`dht`] (provider lookups and routing upkeep as the swarm grows);
 //! [`churn`]'s `placement`, `routing` and `churn` (servers of one model on the modelled
@@ -16,6 +17,7 @@
 //! `nak-sim SCENARIO --nodes N --seed S [--json]` runs one.
 
 pub mod churn;
+pub mod clock;
 pub mod compute;
 pub mod dht;
 pub mod host;

@@ -35,6 +35,11 @@ struct Common {
     /// Round trips are the region table's times this (0: no latency).
     #[arg(long, default_value_t = 1.0)]
     rtt_scale: f64,
+    /// Run the swarm this many times slower than wall time (every timer, latency and
+    /// modelled compute stretched alike; reported times are the swarm's): a host too
+    /// small to keep up with N nodes in real time keeps up with them dilated. ≥ 1.
+    #[arg(long, default_value_t = 1.0)]
+    dilation: f64,
 }
 
 #[derive(Subcommand)]
@@ -143,7 +148,15 @@ fn main() -> Result<()> {
     // The swarm scenarios' servers run on this thread (see `swarm`); the nodes' network
     // tasks on the runtime's workers.
     let local = tokio::task::LocalSet::new();
-    let (report, json) = match Cli::parse().scenario {
+    let scenario = Cli::parse().scenario;
+    let common = match &scenario {
+        Scenario::Dht { common, .. }
+        | Scenario::Placement { common, .. }
+        | Scenario::Routing { common, .. }
+        | Scenario::Churn { common, .. } => common,
+    };
+    nak_node::dilation::set_factor(common.dilation).map_err(anyhow::Error::msg)?;
+    let (report, json) = match scenario {
         Scenario::Dht { common, lookups, join_gap_ms, idle_timeout_s } => {
             let defaults = DhtConfig::new(common.nodes, common.seed);
             let cfg = DhtConfig {

@@ -69,7 +69,7 @@ fn secured(transport: crate::transport::SimTransport, keypair: &libp2p::identity
         .upgrade(Version::V1)
         .authenticate(libp2p::plaintext::Config::new(keypair))
         .multiplex(libp2p::yamux::Config::default())
-        .timeout(std::time::Duration::from_secs(20))
+        .timeout(crate::clock::dilate(nak_node::net::HANDSHAKE_TIMEOUT))
         .boxed()
 }
 

@@ -1,5 +1,6 @@
 //! What a scenario reports: one object, printed as JSON (`--json`) or as lines of text.
-//! Fields a scenario does not measure are null.
+//! Fields a scenario does not measure are null. Times are the swarm's own (wall time
+//! divided by the run's time dilation), except `wall_s` and the host's.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ pub struct Report {
     pub scenario: String,
     pub nodes: usize,
     pub seed: u64,
+    /// The swarm ran this many times slower than wall time ([`crate::clock`]).
+    pub dilation: f64,
     /// Median round trip between two nodes of the latency matrix.
     pub median_rtt_ms: f64,
     /// Time from the first node's start to the last one's.
@@ -68,6 +71,7 @@ pub struct Report {
     pub host: Option<HostReport>,
     /// The host kept up (see [`crate::host`]): the timings mean something.
     pub host_kept_up: bool,
+    /// Wall seconds the run took.
     pub wall_s: f64,
 }
 

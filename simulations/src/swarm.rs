@@ -288,7 +288,7 @@ impl SimSwarm {
         }
         for gap in gaps {
             self.clone().spawn_server(Some(model)).await?;
-            tokio::time::sleep(gap).await;
+            crate::clock::sleep(gap).await;
         }
         Ok(())
     }
@@ -301,6 +301,7 @@ impl SimSwarm {
     /// Takes server `n` out in the way `exit` says.
     pub fn remove(&self, n: usize, exit: Exit) {
         let Some(mut running) = Self::lock(&self.running).remove(&n) else { return };
+        tracing::info!(node = n, peer = %node::peer_of(self.seed, n), ?exit, "a server leaves");
         match exit {
             Exit::Leave => {}
             Exit::Crash => self.net.kill(n, Death::Close),

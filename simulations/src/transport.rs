@@ -33,6 +33,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::clock::dilate;
 use crate::latency::LatencyMatrix;
 
 /// How a node leaves the network.
@@ -211,7 +212,7 @@ impl SimNet {
         let Some(uplink) = self.uplinks.get(node) else { return now };
         let mut free = uplink.lock().unwrap_or_else(|p| p.into_inner());
         let start = (*free).max(now);
-        *free = start + Duration::from_secs_f64(len as f64 / self.links.uplink as f64);
+        *free = start + dilate(Duration::from_secs_f64(len as f64 / self.links.uplink as f64));
         *free
     }
 }
@@ -245,7 +246,7 @@ impl Pipe {
             net: Arc::downgrade(net),
             from,
             to,
-            delay: net.latency.one_way(from, to),
+            delay: dilate(net.latency.one_way(from, to)),
             inner: Mutex::new(PipeState { rng: Some(rng), ..PipeState::default() }),
         })
     }
@@ -455,11 +456,11 @@ impl Transport for SimTransport {
                 Ok(()) => {}
             }
             // The handshake: one round trip before either side may send.
-            tokio::time::sleep(net.latency.one_way(me, to)).await;
+            crate::clock::sleep(net.latency.one_way(me, to)).await;
             let (mine, theirs) = net.connect(me, to);
             tx.try_send((theirs, me as u64 + 1))
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
-            tokio::time::sleep(net.latency.one_way(to, me)).await;
+            crate::clock::sleep(net.latency.one_way(to, me)).await;
             Ok(mine)
         }
         .boxed())

@@ -23,7 +23,11 @@ pub fn model_status(
 ) -> Value {
     let server = |a: &pb::ServerAnnouncement| {
         let peer = PeerId::from_bytes(&a.peer_id).ok();
-        let state = if a.state() == pb::ServerState::Joining { "joining" } else { "online" };
+        let state = match a.state() {
+            pb::ServerState::Joining => "joining",
+            pb::ServerState::Leaving => "leaving",
+            pb::ServerState::Online => "online",
+        };
         let rtt = peer.and_then(|p| rtts.get(&p)).map(|d| d.as_secs_f64() * 1e3);
         json!({
             "peer": peer.map(|p| p.to_string()).unwrap_or_default(),

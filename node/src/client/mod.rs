@@ -39,6 +39,7 @@ pub use session::RemoteSession;
 pub use text::TextStream;
 pub use verify::{ReceiptProblem, Verification};
 
+use crate::dilation::dilate;
 use crate::engine::{EngineError, Model};
 use crate::fetch::{fetch_manifest, fetch_meta, FetchError};
 use crate::net::{NetworkError, NetworkHandle};
@@ -180,7 +181,7 @@ impl SwarmModel {
     /// to be covered (returning what is known then). While layers lack a server, the
     /// DHT and the servers it names are asked (every [`ASK_AGAIN`]), and gossip listened to.
     pub async fn view(&self, wait: Duration) -> Result<Vec<ServerInfo>, ClientError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + dilate(wait);
         loop {
             let servers = self.servers().await?;
             let covered = best_route(&servers, self.n_layer(), &HashSet::new()).is_some();
@@ -192,7 +193,7 @@ impl SwarmModel {
                 return Ok(servers);
             }
             if !self.ask_servers_if_due().await {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(dilate(Duration::from_millis(100))).await;
             }
         }
     }
@@ -208,7 +209,7 @@ impl SwarmModel {
     async fn ask_servers_if_due(&self) -> bool {
         {
             let mut last = self.last_asked.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < ASK_AGAIN) {
+            if last.is_some_and(|t| t.elapsed() < dilate(ASK_AGAIN)) {
                 return false;
             }
             *last = Some(Instant::now());
@@ -261,7 +262,7 @@ impl SwarmModel {
         avoid: &HashSet<PeerId>,
         wait: Duration,
     ) -> Result<Vec<RouteHop>, String> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + dilate(wait);
         loop {
             let servers = self.servers().await.map_err(|e| e.to_string())?;
             let excluded: HashSet<PeerId> = self.banned().union(avoid).copied().collect();
@@ -272,7 +273,7 @@ impl SwarmModel {
                 return Err(format!("usable servers hold [{}]", held(&servers, &excluded)));
             }
             if !self.ask_servers_if_due().await {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(dilate(Duration::from_millis(100))).await;
             }
         }
     }
@@ -283,7 +284,7 @@ impl SwarmModel {
         let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
         let strikes = bans.get(&peer).map_or(0, |b| b.1) + 1;
         let length = FIRST_BAN.saturating_mul(1 << (strikes - 1).min(16)).min(LONGEST_BAN);
-        bans.insert(peer, (Instant::now() + length, strikes));
+        bans.insert(peer, (Instant::now() + dilate(length), strikes));
         length
     }
 
@@ -310,14 +311,14 @@ impl SwarmModel {
 /// once) and asks each for its current signed announcement, which the network checks and
 /// adds to its view; returns how many servers answered.
 pub async fn discover_servers(net: &NetworkHandle, model_id: &[u8; 32], n_layer: u32) -> usize {
-    let lookups =
-        (0..n_layer).map(|layer| tokio::time::timeout(ASK_LIMIT, net.providers(keys::block_key(model_id, layer))));
+    let lookups = (0..n_layer)
+        .map(|layer| tokio::time::timeout(dilate(ASK_LIMIT), net.providers(keys::block_key(model_id, layer))));
     let found = futures::future::join_all(lookups).await;
     let mut peers: Vec<PeerId> = found.into_iter().flatten().flatten().flatten().collect();
     peers.sort();
     peers.dedup();
     peers.retain(|p| *p != net.peer_id());
-    let asks = peers.iter().map(|&peer| tokio::time::timeout(ASK_LIMIT, net.ask_announcement(peer, model_id)));
+    let asks = peers.iter().map(|&peer| tokio::time::timeout(dilate(ASK_LIMIT), net.ask_announcement(peer, model_id)));
     let answers = futures::future::join_all(asks).await;
     let mut answered = 0;
     for (answer, peer) in answers.into_iter().zip(&peers) {

@@ -33,6 +33,7 @@ use nak_protocol::pb;
 use super::hop::{hop_error, push_target, refused, Shape};
 use super::options::{Failover, ReplayPolicy};
 use super::{ClientError, RemoteSession, SwarmModel};
+use crate::dilation::dilate;
 use crate::inference::{replay_runs, FAST_REPLAY_ROWS};
 
 use pb::inference_frame::Kind;
@@ -82,7 +83,7 @@ impl RemoteSession {
                 silent.insert(hop.link.id, hop.route.peer);
             }
         }
-        let deadline = tokio::time::Instant::now() + PROBE_WAIT;
+        let deadline = tokio::time::Instant::now() + dilate(PROBE_WAIT);
         while !silent.is_empty() {
             let answered = self
                 .links
@@ -227,7 +228,7 @@ impl RemoteSession {
         }
         // Complaints about servers already out of the route are left for the main loop to drop.
         let in_route: HashSet<Vec<u8>> = self.hops.iter().map(|h| h.route.peer.to_bytes()).collect();
-        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let deadline = tokio::time::Instant::now() + dilate(self.opts.timeout);
         let answer = self
             .links
             .wait_for(deadline, |l, frame| match &frame.kind {

@@ -43,6 +43,7 @@ use super::verify::{ReceiptCheck, Verification};
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::audit::{AuditReport, AuditTarget};
 use crate::chain::Generation;
+use crate::dilation::dilate;
 use crate::engine::{Sampler, SamplingParams};
 
 use pb::inference_frame::Kind;
@@ -101,6 +102,10 @@ impl RemoteSession {
                 Err(e) => match refused(&e) {
                     Some(peer) => {
                         tracing::info!(%peer, error = %e, "a server turned the session away; routing around it");
+                        if matches!(e, ClientError::Hop { code: pb::ErrorCode::Closed, .. }) {
+                            // Unreachable or gone: the client's next sessions avoid it too.
+                            model.ban(peer);
+                        }
                         avoid.insert(peer);
                         last = Some(e);
                     }
@@ -218,7 +223,7 @@ impl RemoteSession {
             }
             opened.push(Hop { route: hop.clone(), session_id: ids[k], link });
         }
-        let deadline = Instant::now() + self.opts.timeout;
+        let deadline = Instant::now() + dilate(self.opts.timeout);
         for hop in &opened {
             let id = hop.link.id;
             let answer = self
@@ -247,7 +252,7 @@ impl RemoteSession {
     pub(super) fn stall_timeout(&self, rows: usize) -> Duration {
         let expected: f64 = self.hops.iter().map(|h| h.route.expected_s).sum();
         let scaled = Duration::from_secs_f64(STALL_FACTOR * expected * (1.0 + rows as f64 / 8.0));
-        STALL_FLOOR.max(scaled)
+        dilate(STALL_FLOOR).max(scaled)
     }
 
     /// Sends a step to the first hop. A closed stream shows up as the link's error
@@ -443,7 +448,7 @@ impl RemoteSession {
     async fn next_event(&mut self, deadline: &mut Instant, progress: Instant) -> Result<Event, ClientError> {
         let Some((link, frame)) = self.links.next(*deadline).await else {
             let silent = self.probe().await;
-            if silent.is_empty() && progress.elapsed() >= self.opts.timeout {
+            if silent.is_empty() && progress.elapsed() >= dilate(self.opts.timeout) {
                 return Err(ClientError::Timeout(self.opts.timeout));
             }
             *deadline = Instant::now() + self.stall_timeout(1);
@@ -482,7 +487,7 @@ impl RemoteSession {
         let Some(check) = &self.receipts else { return };
         let links: Vec<u64> = self.hops.iter().map(|h| h.link.id).collect();
         let end = self.context.len() as u32;
-        let deadline = Instant::now() + RECEIPTS_DRAIN;
+        let deadline = Instant::now() + dilate(RECEIPTS_DRAIN);
         let mut settled = check.settled(&links, self.generation, end);
         while !settled {
             let Some((link, frame)) = self.links.next(deadline).await else { break };

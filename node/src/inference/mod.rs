@@ -44,6 +44,7 @@ use nak_protocol::{pb, ActivationDtype};
 use nak_shard_store::ModelId;
 use tokio::sync::mpsc;
 
+use crate::dilation::dilate;
 use crate::engine::{EngineError, EngineWorker, SamplingParams, SessionConfig};
 use crate::net::frames::{read_frame, write_frame, MAX_INFERENCE_FRAME};
 use crate::net::NetworkHandle;
@@ -161,6 +162,9 @@ impl InferenceService {
     pub fn spawn(net: &NetworkHandle, cfg: ServiceConfig) -> Result<Self, ServiceError> {
         let mut incoming =
             net.streams().accept(net.inference_protocol()).map_err(|_| ServiceError::AlreadyAccepting)?;
+        // Held in wall time from here on (see `dilation`).
+        let cfg =
+            ServiceConfig { idle_timeout: dilate(cfg.idle_timeout), audit_window: dilate(cfg.audit_window), ..cfg };
         let shared = Arc::new(Shared {
             net: net.clone(),
             budget: RetainBudget::new(cfg.retain_budget),
@@ -259,6 +263,12 @@ impl RateLimit {
 const OPEN_ATTEMPTS: u32 = 5;
 /// Longest wait for the other side's hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one try at opening the stream may wait for the peer. A peer that vanished
+/// without closing (a dead host, a blackhole) leaves a dial hanging until the transport
+/// gives up, three times over (a stream, a dial, a stream); trying again would wait
+/// again, so a try that runs out of time ends the opening. A try that fails fast (a
+/// relayed peer's first stream while hole punching) is tried again.
+const OPEN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Opens an inference stream to `peer` (dialling `addrs` if not connected) and waits for
 /// the peer's hello. libp2p-stream hands inbound streams to the service through a
@@ -275,20 +285,22 @@ pub(crate) async fn connect(
     for attempt in 0..OPEN_ATTEMPTS {
         if attempt > 0 {
             let pause = rand::random::<u64>() % (20 << attempt);
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            tokio::time::sleep(dilate(Duration::from_millis(pause))).await;
         }
-        let mut stream = match net.open_stream(peer, addrs, net.inference_protocol()).await {
-            Ok(stream) => stream,
-            Err(e) => {
+        let opened = tokio::time::timeout(dilate(OPEN_LIMIT), net.open_stream(peer, addrs, net.inference_protocol()));
+        let mut stream = match opened.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
                 last = e.to_string();
                 continue;
             }
+            Err(_) => return Err(format!("{peer} did not answer within {} s", OPEN_LIMIT.as_secs())),
         };
         let exchange = async {
             write_frame(&mut stream, &hello, MAX_INFERENCE_FRAME).await?;
             read_frame::<pb::InferenceFrame, _>(&mut stream, MAX_INFERENCE_FRAME).await
         };
-        match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+        match tokio::time::timeout(dilate(HELLO_TIMEOUT), exchange).await {
             Ok(Ok(pb::InferenceFrame { kind: Some(Kind::Hello(_)) })) => return Ok(stream),
             Ok(Ok(_)) => return Err(format!("{peer} answered the hello with another frame")),
             Ok(Err(e)) => last = format!("the stream was closed before the hello: {e}"),

@@ -14,6 +14,7 @@ use nak_protocol::pb;
 use tokio::sync::mpsc;
 
 use super::connect;
+use crate::dilation::dilate;
 use crate::net::frames::{read_frame, write_frame, MAX_INFERENCE_FRAME};
 use crate::net::NetworkHandle;
 
@@ -84,7 +85,7 @@ impl Pusher {
             self.connect(errors, our_id).await?;
         }
         let Some(writer) = &mut self.writer else { return Err("no stream to the next hop".into()) };
-        let written = tokio::time::timeout(PUSH_WAIT, write_frame(writer, &frame, MAX_INFERENCE_FRAME)).await;
+        let written = tokio::time::timeout(dilate(PUSH_WAIT), write_frame(writer, &frame, MAX_INFERENCE_FRAME)).await;
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -102,7 +103,7 @@ impl Pusher {
     /// is gone or stalled).
     pub(super) async fn close(&mut self) {
         if let Some(mut writer) = self.writer.take() {
-            let _ = tokio::time::timeout(CLOSE_WAIT, futures::AsyncWriteExt::close(&mut writer)).await;
+            let _ = tokio::time::timeout(dilate(CLOSE_WAIT), futures::AsyncWriteExt::close(&mut writer)).await;
         }
     }
 }

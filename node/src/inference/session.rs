@@ -32,6 +32,7 @@ use super::log::{OutputLog, Shape};
 use super::push::Pusher;
 use super::receipts::{input_rows, output_hash, ReceiptSigner, StepShape};
 use super::{code_of, error};
+use crate::dilation::dilate;
 use crate::engine::{token_logprob, top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
 
 use pb::inference_frame::Kind;
@@ -162,7 +163,7 @@ impl SessionTask {
         idle: Duration,
     ) -> Result<Option<Input>, tokio::time::error::Elapsed> {
         if self.setup.receipts.as_ref().is_some_and(ReceiptSigner::has_pending) {
-            if let Ok(input) = tokio::time::timeout(RECEIPTS_QUIET, inbox.recv()).await {
+            if let Ok(input) = tokio::time::timeout(dilate(RECEIPTS_QUIET), inbox.recv()).await {
                 return Ok(input);
             }
             self.send_receipts(true).await;

@@ -31,6 +31,10 @@ use nak_protocol::announce::MAX_ANNOUNCEMENT_BYTES;
 use nak_protocol::proof::MAX_PROOF_BYTES;
 
 use super::{BlobCodec, NetworkConfig, NetworkError, SwarmProtocols};
+use crate::dilation::dilate;
+
+/// Longest a connection's security and multiplexer handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A transport handed to the node instead of TCP and QUIC: authenticated and multiplexed.
 pub type InjectedTransport = Boxed<(PeerId, StreamMuxerBox)>;
@@ -74,7 +78,7 @@ where
         .upgrade(Version::V1)
         .authenticate(noise)
         .multiplex(yamux::Config::default())
-        .timeout(Duration::from_secs(20))
+        .timeout(dilate(HANDSHAKE_TIMEOUT))
         .boxed())
 }
 
@@ -91,7 +95,7 @@ pub fn private_tcp_transport(
         .upgrade(Version::V1)
         .authenticate(noise)
         .multiplex(yamux::Config::default())
-        .timeout(Duration::from_secs(20))
+        .timeout(dilate(HANDSHAKE_TIMEOUT))
         .boxed())
 }
 
@@ -104,9 +108,13 @@ fn behaviour(
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
     let mut kad_cfg = kad::Config::new(protocols.kad.clone());
-    kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
-    kad_cfg.set_provider_publication_interval(Some(cfg.provider_republish));
-    kad_cfg.set_query_timeout(Duration::from_secs(30));
+    kad_cfg.set_provider_record_ttl(Some(dilate(cfg.provider_ttl)));
+    kad_cfg.set_provider_publication_interval(Some(dilate(cfg.provider_republish)));
+    kad_cfg.set_query_timeout(dilate(Duration::from_secs(30)));
+    // The rest at libp2p's defaults, stretched with the node's clock.
+    kad_cfg.set_substreams_timeout(dilate(Duration::from_secs(10)));
+    kad_cfg.set_periodic_bootstrap_interval(Some(dilate(Duration::from_secs(5 * 60))));
+    kad_cfg.set_kbucket_pending_timeout(dilate(Duration::from_secs(60)));
     let mut gossip_builder = gossipsub::ConfigBuilder::default();
     if let Some(prefix) = &protocols.gossip_prefix {
         gossip_builder.protocol_id_prefix(prefix.clone());
@@ -115,21 +123,37 @@ fn behaviour(
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(MAX_ANNOUNCEMENT_BYTES.max(MAX_PROOF_BYTES) + 1024)
-        .heartbeat_interval(Duration::from_millis(500))
+        .heartbeat_interval(dilate(Duration::from_millis(500)))
+        // The rest at libp2p's defaults, stretched with the node's clock.
+        .heartbeat_initial_delay(dilate(Duration::from_secs(5)))
+        .fanout_ttl(dilate(Duration::from_secs(60)))
+        .duplicate_cache_time(dilate(Duration::from_secs(60)))
+        .prune_backoff(dilate(Duration::from_secs(60)))
+        .unsubscribe_backoff(dilate(Duration::from_secs(10)))
+        .graft_flood_threshold(dilate(Duration::from_secs(10)))
+        .iwant_followup_time(dilate(Duration::from_secs(3)))
+        .publish_queue_duration(dilate(Duration::from_secs(5)))
+        .forward_queue_duration(dilate(Duration::from_secs(1)))
         .build()?;
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         // Peers learn at once of an address gained later (a relay reservation).
         identify: identify::Behaviour::new(
-            identify::Config::new(protocols.identify.clone(), key.public()).with_push_listen_addr_updates(true),
+            identify::Config::new(protocols.identify.clone(), key.public())
+                .with_push_listen_addr_updates(true)
+                .with_interval(dilate(Duration::from_secs(5 * 60))),
         ),
-        ping: ping::Behaviour::default(),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(dilate(Duration::from_secs(15)))
+                .with_timeout(dilate(Duration::from_secs(20))),
+        ),
         kad: kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg),
         gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?,
         blobs: request_response::Behaviour::with_codec(
             codec,
             [(protocols.blobs.clone(), ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            request_response::Config::default().with_request_timeout(dilate(Duration::from_secs(30))),
         ),
         autonat: cfg.autonat.then(|| autonat::Behaviour::new(peer_id, autonat::Config::default())).into(),
         relay_client,
@@ -168,7 +192,7 @@ pub(super) fn build_swarm(
     transport: Option<InjectedTransport>,
 ) -> Result<Swarm<Behaviour>, NetworkError> {
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
-    let idle_for = cfg.idle_connection_timeout;
+    let idle_for = dilate(cfg.idle_connection_timeout);
     let idle = move |c: libp2p::swarm::Config| c.with_idle_connection_timeout(idle_for);
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     // The builder's phases are distinct types, so the two transport choices cannot share a

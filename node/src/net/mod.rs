@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use task::Task;
 
-pub use behaviour::{memory_transport, private_tcp_transport, secured_transport, InjectedTransport};
+pub use behaviour::{memory_transport, private_tcp_transport, secured_transport, InjectedTransport, HANDSHAKE_TIMEOUT};
 pub use codec::{BlobCodec, BLOB_PROTOCOL};
 pub use delay::delayed_tcp_transport;
 pub use namespace::{read_swarm_key, SwarmProtocols, PUBLIC_SWARM};
@@ -307,19 +307,28 @@ impl NetworkHandle {
         self.ask(|tx| Command::ListenOn(addr, tx)).await?
     }
 
-    /// Opens a `protocol` stream to `peer`; when no connection exists, dials `addrs` (with
-    /// the peer's `/p2p/` part added) until one connects, then tries again.
+    /// Opens a `protocol` stream to `peer`, connecting first unless connected (`addrs`
+    /// and the addresses the swarm knows, dialled at once).
+    ///
+    /// The connection comes from the network task, not from libp2p-stream's own dial:
+    /// that one is dropped when another of its dials has not been picked up yet (its
+    /// queue holds one), and the stream then waits for a connection that never comes.
     pub async fn open_stream(
         &self,
         peer: PeerId,
         addrs: &[Multiaddr],
         protocol: StreamProtocol,
     ) -> Result<Stream, NetworkError> {
+        self.connect(peer, addrs.to_vec())
+            .await
+            .map_err(|e| NetworkError::Failed(format!("cannot connect to {peer}: {e}")))?;
         let mut control = self.streams();
         let first = match control.open_stream(peer, protocol.clone()).await {
             Ok(stream) => return Ok(self.track(peer, stream)),
             Err(e) => e,
         };
+        // The connection closed in between, or was relayed and is being replaced by a
+        // direct one (hole punching): once more.
         if let Err(e) = self.connect(peer, addrs.to_vec()).await {
             tracing::debug!(%peer, error = %e, "cannot connect");
         }

@@ -37,6 +37,7 @@ use super::peers::{MetPeers, SAVE_EVERY};
 use super::scope;
 use super::streams::StreamsInUse;
 use super::{BlobCodec, Command, NetworkConfig, NetworkError, NetworkStats, SwarmProtocols};
+use crate::dilation::dilate;
 use trim::OpenConnection;
 
 type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
@@ -139,7 +140,7 @@ impl Task {
             announcements: HashMap::new(),
             rtts: HashMap::new(),
             stats: NetworkStats::default(),
-            max_age: cfg.max_announcement_age,
+            max_age: dilate(cfg.max_announcement_age),
             bootstrapped: false,
             relays: HashMap::new(),
             reserved: HashSet::new(),
@@ -170,7 +171,7 @@ impl Task {
     }
 
     pub(super) async fn run(mut self) {
-        let mut save = tokio::time::interval(SAVE_EVERY);
+        let mut save = tokio::time::interval(dilate(SAVE_EVERY));
         loop {
             let republish_at = self.republish_at;
             tokio::select! {
@@ -335,7 +336,7 @@ impl Task {
                     // records should carry from now on.
                     self.swarm.add_external_address(address);
                     if !self.provided.is_empty() {
-                        self.republish_at = Some(tokio::time::Instant::now() + REPUBLISH_SETTLE);
+                        self.republish_at = Some(tokio::time::Instant::now() + dilate(REPUBLISH_SETTLE));
                     }
                 }
             }
@@ -465,7 +466,7 @@ impl Task {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {
                 let known: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
                 if known < kad::K_VALUE.get() && !self.provided.is_empty() && self.republish_at.is_none() {
-                    self.republish_at = Some(tokio::time::Instant::now() + REPUBLISH_SETTLE);
+                    self.republish_at = Some(tokio::time::Instant::now() + dilate(REPUBLISH_SETTLE));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {

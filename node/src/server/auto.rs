@@ -4,6 +4,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use nak_protocol::pb;
 use nak_shard_store::import::span_blobs;
 use nak_shard_store::{BlobRole, Manifest, ModelId};
 
@@ -33,6 +34,7 @@ pub async fn others(net: &NetworkHandle, model: &ModelId) -> Vec<Placement> {
         .unwrap_or_default()
         .into_iter()
         .filter(|a| a.model_id == model.0 && a.peer_id != me && a.first_layer < a.end_layer)
+        .filter(|a| a.state() != pb::ServerState::Leaving)
         .map(|a| Placement { layers: a.first_layer..a.end_layer, throughput: a.block_throughput })
         .collect()
 }

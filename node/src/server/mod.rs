@@ -38,6 +38,7 @@ use prost::Message;
 pub use auto::span_bytes;
 use auto::{jitter, others, AutoPlacer};
 
+use crate::dilation::dilate;
 use crate::engine::{Compute, ComputeLoader, EngineConfig, EngineError, EngineWorker, SessionConfig, StepInput};
 use crate::fetch::{fetch_manifest, fetch_meta, fetch_span_blobs, FetchError};
 use crate::inference::{InferenceService, ServiceConfig, ServiceError};
@@ -295,6 +296,9 @@ async fn publish_announcement(
     }
 }
 
+/// Time for the leaving announcement to go out before the network shuts down.
+const LEAVING_SENT: Duration = Duration::from_millis(300);
+
 impl Server {
     /// Gets the model, chooses, fetches, loads and provides the span. `key` is the
     /// node's identity (the one `net` runs on), which signs the announcements.
@@ -307,6 +311,12 @@ impl Server {
         loader: Arc<dyn ComputeLoader>,
         events: EventSink,
     ) -> Result<Server, ServeError> {
+        // Held in wall time from here on (see `dilation`).
+        let cfg = ServerConfig {
+            announce_every: dilate(cfg.announce_every),
+            rebalance_every: dilate(cfg.rebalance_every),
+            ..cfg
+        };
         let id = match model {
             ModelSource::File(path) => {
                 let s = store.clone();
@@ -395,6 +405,19 @@ impl Server {
         self.serving.layers.clone()
     }
 
+    /// The last announcement: leaving. Peers drop the server from their routes and
+    /// placement at once instead of when its announcement expires.
+    async fn announce_leaving(&mut self) {
+        self.sequence += 1;
+        let s = &self.serving;
+        let valid = self.cfg.announce_every * 3;
+        let (net, signer, id) = (&self.net, &self.signer, self.manifest.model_id());
+        let leaving = pb::ServerState::Leaving;
+        publish_announcement(net, signer, &id, &s.layers, s.throughput, 0, self.sequence, valid, leaving).await;
+        // Gossip sends from the network task; give it a moment before the connections close.
+        tokio::time::sleep(dilate(LEAVING_SENT)).await;
+    }
+
     async fn announce(&mut self) {
         self.sequence += 1;
         let s = &self.serving;
@@ -447,6 +470,7 @@ impl Server {
                 }
                 _ = &mut shutdown => {
                     self.service.stop_admitting();
+                    self.announce_leaving().await;
                     self.net.shutdown().await?;
                     return Ok(());
                 }

@@ -21,6 +21,7 @@ use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 
 use super::Task;
+use crate::dilation::dilate;
 
 /// Connections younger than this stay: a dial just made is about to be used.
 const GRACE: Duration = Duration::from_secs(10);
@@ -41,11 +42,13 @@ impl Task {
     /// Closes connections when there are more than the bound (see the module doc).
     pub(super) fn trim_connections(&mut self) {
         let now = Instant::now();
-        if self.connections.len() <= self.max_connections || self.last_trim.is_some_and(|t| now - t < TRIM_EVERY) {
+        if self.connections.len() <= self.max_connections
+            || self.last_trim.is_some_and(|t| now - t < dilate(TRIM_EVERY))
+        {
             return;
         }
         self.last_trim = Some(now);
-        if let Some(long_ago) = now.checked_sub(GRACE * 10) {
+        if let Some(long_ago) = now.checked_sub(dilate(GRACE * 10)) {
             self.streams_in_use.forget_idle(long_ago);
         }
         let mesh: std::collections::HashSet<PeerId> =
@@ -62,7 +65,7 @@ impl Task {
         let mut candidates: Vec<(PeerId, Vec<ConnectionId>, Instant)> = peers
             .into_iter()
             .filter(|(peer, (_, used, busy))| {
-                !busy && now - *used >= GRACE && !mesh.contains(peer) && !self.reserved.contains(peer)
+                !busy && now - *used >= dilate(GRACE) && !mesh.contains(peer) && !self.reserved.contains(peer)
             })
             .map(|(peer, (ids, used, _))| (peer, ids, used))
             .collect();
