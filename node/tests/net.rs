@@ -422,6 +422,56 @@ async fn inference_streams_carry_frames_both_ways_and_refuse_oversized_ones() {
     b.shutdown().await.unwrap();
 }
 
+/// A client opens its hops' streams all at once, to servers it is not connected to.
+/// libp2p-stream's own dial queue holds one request and drops the rest; every stream
+/// must still open (the network task dials).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_at_once_to_unconnected_peers_all_open() {
+    use futures::StreamExt;
+    use nak_node::net::frames::INFERENCE_PROTOCOL;
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    for i in 0..4 {
+        let (server, _, _) = start(&dir.path().join(format!("s{i}")), vec![]).await;
+        let mut incoming = server.streams().accept(INFERENCE_PROTOCOL).unwrap();
+        tokio::spawn(async move {
+            while let Some((_peer, mut stream)) = incoming.next().await {
+                tokio::spawn(async move {
+                    let mut byte = [0u8; 1];
+                    if futures::AsyncReadExt::read_exact(&mut stream, &mut byte).await.is_ok() {
+                        let _ = futures::AsyncWriteExt::write_all(&mut stream, &byte).await;
+                        let _ = futures::AsyncWriteExt::flush(&mut stream).await;
+                    }
+                });
+            }
+        });
+        let addr = first_addr(&server).await;
+        servers.push((server, addr));
+    }
+    let (client, _, _) = start(&dir.path().join("client"), vec![]).await;
+    let opens = servers.iter().map(|(server, addr)| {
+        let (client, peer, addrs) = (client.clone(), server.peer_id(), vec![addr.clone()]);
+        async move {
+            let mut stream = client.open_stream(peer, &addrs, INFERENCE_PROTOCOL).await?;
+            futures::AsyncWriteExt::write_all(&mut stream, &[7]).await?;
+            futures::AsyncWriteExt::flush(&mut stream).await?;
+            let mut echo = [0u8; 1];
+            futures::AsyncReadExt::read_exact(&mut stream, &mut echo).await?;
+            anyhow::Ok(echo[0])
+        }
+    });
+    let echoes = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(opens))
+        .await
+        .expect("every stream opens within 20 s");
+    for echo in echoes {
+        assert_eq!(echo.unwrap(), 7);
+    }
+    client.shutdown().await.unwrap();
+    for (server, _) in servers {
+        server.shutdown().await.unwrap();
+    }
+}
+
 /// Addresses where nothing answers: QUIC on closed loopback UDP ports, each with a peer
 /// id of its own (as a peers file holds after its peers left).
 fn dead_quic_peers(n: usize) -> Vec<libp2p::Multiaddr> {
