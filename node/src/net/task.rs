@@ -392,6 +392,10 @@ impl Task {
                 for reply in self.pending_dials.remove(&peer).into_iter().flatten() {
                     let _ = reply.send(Err(NetworkError::Failed(error.to_string())));
                 }
+                // A request to a peer never reached left a use behind (bounded memory).
+                if !self.swarm.is_connected(&peer) {
+                    self.last_used.remove(&peer);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 connection_id,

@@ -384,7 +384,7 @@ impl Server {
         provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
         let mut server = Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, service, events };
         // Announced before it says it serves: a peer that asks from then on gets the answer.
-        server.announce().await;
+        server.announce(pb::ServerState::Online).await;
         let s = &server.serving;
         (server.events)(ServerEvent::Serving { model: id, layers: s.layers.clone(), throughput: s.throughput });
         Ok(server)
@@ -405,28 +405,21 @@ impl Server {
         self.serving.layers.clone()
     }
 
-    /// The last announcement: leaving. Peers drop the server from their routes and
-    /// placement at once instead of when its announcement expires.
-    async fn announce_leaving(&mut self) {
+    /// Announces the span in `state`. The last announcement says `Leaving`: peers drop
+    /// the server from their routes and placement at once instead of when it expires.
+    async fn announce(&mut self, state: pb::ServerState) {
         self.sequence += 1;
         let s = &self.serving;
+        let free = match state {
+            pb::ServerState::Online => {
+                let open = s.worker.stats().await.map_or(0, |st| st.sessions as u32);
+                s.worker.max_sessions().saturating_sub(open)
+            }
+            _ => 0,
+        };
         let valid = self.cfg.announce_every * 3;
         let (net, signer, id) = (&self.net, &self.signer, self.manifest.model_id());
-        let leaving = pb::ServerState::Leaving;
-        publish_announcement(net, signer, &id, &s.layers, s.throughput, 0, self.sequence, valid, leaving).await;
-        // Gossip sends from the network task; give it a moment before the connections close.
-        tokio::time::sleep(dilate(LEAVING_SENT)).await;
-    }
-
-    async fn announce(&mut self) {
-        self.sequence += 1;
-        let s = &self.serving;
-        let open = s.worker.stats().await.map_or(0, |st| st.sessions as u32);
-        let free = s.worker.max_sessions().saturating_sub(open);
-        let valid = self.cfg.announce_every * 3;
-        let (net, signer, id) = (&self.net, &self.signer, self.manifest.model_id());
-        let online = pb::ServerState::Online;
-        publish_announcement(net, signer, &id, &s.layers, s.throughput, free, self.sequence, valid, online).await;
+        publish_announcement(net, signer, &id, &s.layers, s.throughput, free, self.sequence, valid, state).await;
     }
 
     /// Announces, re-checks placement (`auto`) and moves, until `shutdown` resolves; then
@@ -441,7 +434,7 @@ impl Server {
         loop {
             let check_in = next_check.saturating_duration_since(Instant::now());
             tokio::select! {
-                _ = announce_tick.tick() => self.announce().await,
+                _ = announce_tick.tick() => self.announce(pb::ServerState::Online).await,
                 _ = tokio::time::sleep(check_in), if self.auto.is_some() && moving.is_none() => {
                     next_check = Instant::now() + jitter(self.cfg.rebalance_every);
                     let Some(placer) = &self.auto else { continue };
@@ -470,7 +463,9 @@ impl Server {
                 }
                 _ = &mut shutdown => {
                     self.service.stop_admitting();
-                    self.announce_leaving().await;
+                    self.announce(pb::ServerState::Leaving).await;
+                    // Gossip sends from the network task; a moment before the connections close.
+                    tokio::time::sleep(dilate(LEAVING_SENT)).await;
                     self.net.shutdown().await?;
                     return Ok(());
                 }
