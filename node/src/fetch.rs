@@ -3,7 +3,9 @@
 //! Servers fetch the blobs of the span they serve; clients fetch the manifest and the
 //! metadata blob (the tokenizer). The manifest comes from any provider of
 //! `nakshatra/manifest/<id>` and is checked against the id (its blake3). Each blob comes
-//! from the providers of `nakshatra/blob/<hash>` with verified streaming
+//! from the providers of `nakshatra/blob/<hash>` and, for a block's blob, from the
+//! servers of that block (`nakshatra/block/<id>/<layer>`: a server holds what it serves,
+//! so it keeps no blob record for it, see `server`), with verified streaming
 //! ([`nak_shard_store::transfer`]), several providers at once; the fetch itself runs on
 //! a blocking thread, and only a blob that matches its hash enters the store.
 
@@ -117,9 +119,11 @@ pub async fn fetch_meta(store: &Store, net: &NetworkHandle, m: &Manifest, provid
     fetch_blobs(store, net, m.model_id(), meta, provide, &|_, _| {}).await
 }
 
-/// Fetches the blobs of `needed` that the store lacks (see [`fetch_span_blobs`]),
-/// providing each in the DHT when `provide` (a server does; a passing client does not,
-/// or its records would outlive it).
+/// Fetches the blobs of `needed` that the store lacks (see [`fetch_span_blobs`]). When
+/// `provide` (a server; a passing client does not, or its records would outlive it), each
+/// fetched blob of no layer is provided in the DHT at once; a block's blobs are the
+/// server's to provide, under the block key while it serves the block and by blob key
+/// while it only holds them.
 pub async fn fetch_blobs(
     store: &Store,
     net: &NetworkHandle,
@@ -136,7 +140,7 @@ pub async fn fetch_blobs(
     }
     for blob in needed {
         let report = fetch_one(store, net, model, &blob).await?;
-        if provide {
+        if provide && blob.layer.is_none() {
             net.provide(keys::blob_key(&blob.hash.0)).await?;
         }
         done += blob.size;
@@ -147,6 +151,27 @@ pub async fn fetch_blobs(
         tracing::info!(blob = %blob.hash, size = blob.size, providers = report.delivered.len(), "fetched a blob");
     }
     Ok(())
+}
+
+/// The providers of a blob: those of its blob key and, for a block's blob, the servers
+/// of the block. `exhaustive` asks the whole neighbourhood of each key.
+async fn blob_providers(net: &NetworkHandle, model: ModelId, blob: &BlobRef, exhaustive: bool) -> Vec<PeerId> {
+    let ask = |key| async move {
+        let found = if exhaustive { net.all_providers(key).await } else { net.providers(key).await };
+        found.unwrap_or_default()
+    };
+    let block = async {
+        match blob.layer {
+            Some(layer) => ask(keys::block_key(&model.0, layer)).await,
+            None => Vec::new(),
+        }
+    };
+    let (mut peers, servers) = futures::join!(ask(keys::blob_key(&blob.hash.0)), block);
+    peers.extend(servers);
+    peers.sort();
+    peers.dedup();
+    peers.retain(|p| *p != net.peer_id());
+    peers
 }
 
 /// Fetches one blob from its DHT providers. Provider records outlive the peers that
@@ -168,9 +193,7 @@ async fn fetch_one(
         // After a failure, ask the whole neighbourhood of the key, not just the first answer.
         let exhaustive = attempt > 1;
         let peers: Option<Vec<PeerId>> = retry(PROVIDER_WAIT, async || {
-            let key = keys::blob_key(&hash.0);
-            let p = if exhaustive { net.all_providers(key).await } else { net.providers(key).await }.ok()?;
-            let p: Vec<PeerId> = p.into_iter().filter(|p| *p != net.peer_id()).collect();
+            let p = blob_providers(net, model, blob, exhaustive).await;
             (!p.is_empty()).then_some(p)
         })
         .await;

@@ -3,9 +3,11 @@
 //! Provider records are keyed by the sha2-256 multihash of a namespaced string, so any
 //! libp2p implementation can compute and read them:
 //!
-//! - `nakshatra/blob/<blob hash hex>`: who holds a blob;
+//! - `nakshatra/blob/<blob hash hex>`: who holds a blob (a block's blob only while the
+//!   holder does not serve that block);
 //! - `nakshatra/manifest/<model id hex>`: who holds a model's manifest;
-//! - `nakshatra/block/<model id hex>/<layer>`: who serves a block of a model.
+//! - `nakshatra/block/<model id hex>/<layer>`: who serves a block of a model, and so
+//!   holds the block's blobs.
 //!
 //! Server announcements for a model travel on the gossipsub topic
 //! `nakshatra/model/<model id hex>/announce`.

@@ -14,7 +14,8 @@
 //! Scenarios: [`dht`] (provider lookups and routing upkeep as the swarm grows);
 //! [`churn`]'s `placement`, `routing` and `churn` (servers of one model on the modelled
 //! [`compute`], placing themselves, routed through, and replaced under clients' sessions).
-//! `nak-sim SCENARIO --nodes N --seed S [--json]` runs one.
+//! `nak-sim SCENARIO --nodes N --seed S [--json]` runs one; [`plot`] draws the
+//! report's charts from runs' JSON.
 
 pub mod churn;
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod dht;
 pub mod host;
 pub mod latency;
 pub mod node;
+pub mod plot;
 pub mod report;
 pub mod swarm;
 pub mod transport;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use nak_simulations::churn::{self, ChurnConfig, Phases};
 use nak_simulations::dht::{self, DhtConfig};
+use nak_simulations::plot;
 
 /// Thousands of connections' buffers come and go every second; glibc's allocator spent
 /// a fifth of a 200-node run's CPU on them (measured with perf), mimalloc far less.
@@ -17,7 +18,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "nak-sim", about = "Simulate a Nakshatra swarm of many real nodes in one process")]
 struct Cli {
     #[command(subcommand)]
-    scenario: Scenario,
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Run(Scenario),
+    /// Draws the report's charts (SVG) from runs' `--json` reports, one per line: the
+    /// figures against the number of nodes, beside the targets and anchors.
+    Plot {
+        /// Files of reports, one JSON object per line.
+        #[arg(required = true)]
+        inputs: Vec<std::path::PathBuf>,
+        /// Folder the charts are written to.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// What every scenario takes.
@@ -113,9 +130,9 @@ struct SwarmArgs {
     /// Mean milliseconds between two servers' joins.
     #[arg(long, default_value_t = 50)]
     join_gap_ms: u64,
-    /// Most connections a node keeps.
-    #[arg(long, default_value_t = 32)]
-    max_connections: usize,
+    /// Most connections a node keeps (default: the node's own, 128).
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 impl SwarmArgs {
@@ -131,7 +148,9 @@ impl SwarmArgs {
         cfg.swarm.announce_every = Duration::from_secs(self.announce_s);
         cfg.swarm.rebalance_every = Duration::from_secs(self.rebalance_s);
         cfg.swarm.join_gap = Duration::from_millis(self.join_gap_ms);
-        cfg.swarm.max_connections = self.max_connections;
+        if let Some(max) = self.max_connections {
+            cfg.swarm.max_connections = max;
+        }
         cfg.settle = cfg.swarm.rebalance_every;
         cfg
     }
@@ -148,7 +167,10 @@ fn main() -> Result<()> {
     // The swarm scenarios' servers run on this thread (see `swarm`); the nodes' network
     // tasks on the runtime's workers.
     let local = tokio::task::LocalSet::new();
-    let scenario = Cli::parse().scenario;
+    let scenario = match Cli::parse().command {
+        Command::Run(scenario) => scenario,
+        Command::Plot { inputs, out } => return plot(&inputs, &out),
+    };
     let common = match &scenario {
         Scenario::Dht { common, .. }
         | Scenario::Placement { common, .. }
@@ -192,5 +214,17 @@ fn main() -> Result<()> {
     }
     // The nodes' tasks may still be winding down; the report is out.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn plot(inputs: &[std::path::PathBuf], out: &std::path::Path) -> Result<()> {
+    let mut reports = Vec::new();
+    for input in inputs {
+        reports.extend(plot::read_reports(input)?);
+    }
+    std::fs::create_dir_all(out)?;
+    for path in plot::draw(&reports, out)? {
+        println!("{}", path.display());
+    }
     Ok(())
 }

@@ -45,7 +45,8 @@ pub struct SwarmConfig {
     pub rebalance_every: Duration,
     /// Mean time between two joins. Default 50 ms.
     pub join_gap: Duration,
-    /// Most connections a node keeps ([`NetworkConfig::max_connections`]). Default 32.
+    /// Most connections a node keeps ([`NetworkConfig::max_connections`]). Default 128,
+    /// the node's own.
     pub max_connections: usize,
     /// The device every server models; each server's speed is this one's times a
     /// seeded factor between 0.5 and 2.
@@ -64,7 +65,7 @@ impl SwarmConfig {
             announce_every: Duration::from_secs(5),
             rebalance_every: Duration::from_secs(30),
             join_gap: Duration::from_millis(50),
-            max_connections: 32,
+            max_connections: NetworkConfig::default().max_connections,
             device: DeviceProfile::default(),
             max_sessions: 8,
         }

@@ -237,7 +237,15 @@ impl RemoteSession {
             match answer {
                 Some(Ok(max)) => self.max_context = self.max_context.min(max),
                 Some(Err((code, message))) => return Err(hop_error(&hop.route, code, message)),
-                None => return Err(ClientError::Timeout(self.opts.timeout)),
+                // As good as gone: routing (and repair) goes around it.
+                None => {
+                    let waited = self.opts.timeout.as_secs_f64();
+                    return Err(hop_error(
+                        &hop.route,
+                        pb::ErrorCode::Closed,
+                        format!("no answer to the open in {waited} s"),
+                    ));
+                }
             }
         }
         Ok(opened)

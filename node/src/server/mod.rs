@@ -230,12 +230,6 @@ async fn load_span(
     .await?
 }
 
-/// Provides every blob of the model the store holds.
-async fn provide_blobs(store: &Store, net: &NetworkHandle, manifest: &Manifest) -> Result<(), ServeError> {
-    let held = manifest.blobs.iter().filter(|b| store.has(&b.hash));
-    provide_all(net, held.map(|b| keys::blob_key(&b.hash.0))).await
-}
-
 /// Provides every key at once: each query waits on the slowest peer it asks (a dead
 /// address costs a connect timeout), so one after another they would add up.
 async fn provide_all(net: &NetworkHandle, keys: impl Iterator<Item = Vec<u8>>) -> Result<(), ServeError> {
@@ -243,16 +237,38 @@ async fn provide_all(net: &NetworkHandle, keys: impl Iterator<Item = Vec<u8>>) -
     Ok(())
 }
 
-/// Provides the blocks in `new` but not `old`, and withdraws the rest of `old`.
-async fn provide_blocks(
+/// Provides the held blobs of no layer (the metadata, embeddings, head): every server
+/// needs them, whatever it serves.
+async fn provide_shared_blobs(store: &Store, net: &NetworkHandle, manifest: &Manifest) -> Result<(), ServeError> {
+    let held = manifest.blobs.iter().filter(|b| b.layer.is_none() && store.has(&b.hash));
+    provide_all(net, held.map(|b| keys::blob_key(&b.hash.0))).await
+}
+
+/// Moves the provider records from serving `old` (`None`: nothing provided yet) to
+/// serving `new`: the block keys of `new`, and a blob key for each held blob of a layer
+/// outside `new`. A server of a block holds the block's blobs and fetchers ask the block
+/// key too (see `fetch`), so they need no record of their own: a joining server makes
+/// half the DHT walks it made with both, and each walk dials about twenty peers.
+async fn provide_span(
+    store: &Store,
     net: &NetworkHandle,
-    model: &ModelId,
-    old: &Range<u32>,
+    manifest: &Manifest,
+    old: Option<&Range<u32>>,
     new: &Range<u32>,
 ) -> Result<(), ServeError> {
-    provide_all(net, new.clone().filter(|l| !old.contains(l)).map(|l| keys::block_key(&model.0, l))).await?;
-    for layer in old.clone().filter(|l| !new.contains(l)) {
+    let model = manifest.model_id();
+    let served_before = |l: u32| old.is_some_and(|o| o.contains(&l));
+    // Before: a blob record for each held blob of a layer outside `old`.
+    let had_blob_record = |l: u32| old.is_some_and(|o| !o.contains(&l));
+    let layer_blobs = || manifest.blobs.iter().filter_map(|b| Some((b.layer?, b))).filter(|(_, b)| store.has(&b.hash));
+    let blocks = new.clone().filter(|l| !served_before(*l)).map(|l| keys::block_key(&model.0, l));
+    let blobs = layer_blobs().filter(|(l, _)| !new.contains(l) && !had_blob_record(*l));
+    provide_all(net, blocks.chain(blobs.map(|(_, b)| keys::blob_key(&b.hash.0)))).await?;
+    for layer in old.into_iter().flat_map(|o| o.clone()).filter(|l| !new.contains(l)) {
         net.stop_providing(keys::block_key(&model.0, layer)).await?;
+    }
+    for (_, blob) in layer_blobs().filter(|(l, _)| new.contains(l) && had_blob_record(*l)) {
+        net.stop_providing(keys::blob_key(&blob.hash.0)).await?;
     }
     Ok(())
 }
@@ -326,7 +342,7 @@ impl Server {
         };
         let manifest = fetch_manifest(&store, &net, id).await?;
         net.provide(keys::manifest_key(&id.0)).await?;
-        provide_blobs(&store, &net, &manifest).await?;
+        provide_shared_blobs(&store, &net, &manifest).await?;
         net.subscribe(keys::announce_topic(&id.0)).await?;
         let signer = crate::net::identity::signing_key(key);
         let n = manifest.n_layer;
@@ -381,7 +397,7 @@ impl Server {
         let service_cfg = ServiceConfig { receipt_key: Some(Arc::new(signer.clone())), ..cfg.service.clone() };
         let service = InferenceService::spawn(&net, service_cfg)?;
         service.serve(id, serving.worker.clone());
-        provide_blocks(&net, &id, &(0..0), &serving.layers).await?;
+        provide_span(&store, &net, &manifest, None, &serving.layers).await?;
         let mut server = Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, service, events };
         // Announced before it says it serves: a peer that asks from then on gets the answer.
         server.announce(pb::ServerState::Online).await;
@@ -450,7 +466,8 @@ impl Server {
                     moving = None;
                     match done {
                         Ok(new) => {
-                            provide_blocks(&self.net, &id, &self.serving.layers, &new.layers).await?;
+                            let (old, store, net) = (&self.serving.layers, &self.store, &self.net);
+                            provide_span(store, net, &self.manifest, Some(old), &new.layers).await?;
                             // Open sessions finish on the old span; its thread ends with the last one.
                             self.service.serve(id, new.worker.clone());
                             self.serving = new;
