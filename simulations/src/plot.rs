@@ -76,11 +76,14 @@ fn cpu_per_node(r: &Report) -> Option<f64> {
     Some(host.cpu_cores * r.dilation / r.nodes as f64 * 100.0)
 }
 
+fn memory_per_node(r: &Report) -> Option<f64> {
+    Some(r.memory_per_node_kib / 1024.0)
+}
+
 /// Draws every chart the reports have points for into `dir`; returns the files written.
 pub fn draw(reports: &[Report], dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
     let dht = runs(reports, "dht");
     let churn = runs(reports, "churn");
-    let both: Vec<&Report> = dht.iter().chain(&churn).copied().collect();
     let charts = [
         Chart {
             file: "lookup.svg",
@@ -128,7 +131,7 @@ pub fn draw(reports: &[Report], dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
             file: "memory.svg",
             title: "memory per node",
             y_label: "MiB",
-            series: vec![series("dht and churn", &both, |r| Some(r.memory_per_node_kib / 1024.0))],
+            series: vec![series("dht", &dht, memory_per_node), series("churn", &churn, memory_per_node)],
             marks: vec![],
         },
     ];
@@ -155,7 +158,7 @@ fn draw_chart(chart: &Chart, path: &Path) -> Result<(), String> {
         .build_cartesian_2d(0.0..x_max.max(1.0), 0.0..y_max.max(f64::MIN_POSITIVE))
         .map_err(|e| e.to_string())?;
     plot.configure_mesh().x_desc("nodes").y_desc(chart.y_label).draw().map_err(|e| e.to_string())?;
-    for (i, s) in chart.series.iter().enumerate() {
+    for (i, s) in chart.series.iter().filter(|s| !s.points.is_empty()).enumerate() {
         let color = Palette99::pick(i).to_rgba();
         plot.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
@@ -219,7 +222,7 @@ mod tests {
         std::fs::write(&input, lines.join("\n")).unwrap();
         let reports = read_reports(&input).unwrap();
         let written = draw(&reports, dir.path()).unwrap();
-        // dht runs only: the lookup chart and memory (both scenarios share it), no churn charts.
+        // dht runs only: the lookup chart and memory (which has a dht line), no churn charts.
         let names: Vec<_> = written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["lookup.svg", "memory.svg"]);
         let svg = std::fs::read_to_string(dir.path().join("lookup.svg")).unwrap();
