@@ -3,14 +3,13 @@
 # in-process figures: SERVERS `nak-node run --serve-layers auto` servers and CLIENTS
 # clients, each in a network namespace of its own on one bridge, every node delaying what
 # it receives by DELAY_MS (NAK_LINK_DELAY_MS; two nodes are 2×DELAY_MS apart, a round
-# trip, whatever qdiscs the kernel has). The first server
-# imports the test model, the others fetch their spans from the swarm. Once every server
-# serves, the clients generate greedily
-# the same prompt back to back while, every CHURN_S seconds, a server is killed (-9),
-# stopped (SIGTERM) or cut off silently (its link down) by turns and a new one joins.
-# Prints the time to full coverage, sessions completed of started, and whether every
-# completed session's tokens equal the whole model's in one llama.cpp process. Root
-# only (ip netns).
+# trip, whatever qdiscs the kernel has). The first server imports the test model, the
+# others fetch their spans from the swarm. Once every server serves, the clients generate
+# greedily the same prompt back to back while, every CHURN_S seconds, a server is killed
+# (-9), stopped (SIGTERM) or cut off silently (its link down) by turns and a new one
+# joins. Prints the time until every server serves and their spans, sessions completed
+# of started, and how many completed sessions' tokens equal the whole model's in one
+# llama.cpp process. Root only (ip netns).
 #
 # Usage: scripts/netns-swarm.sh [SERVERS=12] [CLIENTS=2] [DELAY_MS=40] [ROUNDS=4] [CHURN_S=20]
 # Each server runs llama.cpp on one thread; a few dozen need as many cores.
