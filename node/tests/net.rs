@@ -517,3 +517,30 @@ async fn remembered_peers_that_are_gone_do_not_hold_up_lookups() {
     .await;
     assert_eq!(found, vec![a.peer_id()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outside_the_holders_routing_table_is_found_by_its_external_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, _, _) = start(&dir.path().join("h"), vec![]).await;
+    let h_addr = first_addr(&h).await.with(libp2p::multiaddr::Protocol::P2p(h.peer_id()));
+    let node = async |name: &str, cfg: NetworkConfig| {
+        let d = dir.path().join(name);
+        let store = Store::open(&d).unwrap();
+        let cfg = NetworkConfig { bootstrap: vec![h_addr.clone()], dht_server: false, ..cfg };
+        Network::spawn(identity::load_or_create(&d).unwrap(), store, cfg).await.unwrap().0
+    };
+    // A DHT client never enters the holder's routing table, as a provider of a large swarm
+    // often does not: the holder can name it only with the addresses its record carries.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let p = node("p", NetworkConfig { listen: vec![addr.clone()], external_addresses: vec![addr], ..loopback() }).await;
+    assert!(p.wait_for_peer(Duration::from_secs(5)).await.unwrap());
+    let key = b"a key only a client provides".to_vec();
+    p.provide(key.clone()).await.unwrap();
+
+    let l = node("l", loopback()).await;
+    assert!(l.wait_for_peer(Duration::from_secs(5)).await.unwrap());
+    let found =
+        eventually("the provider", async || l.providers(key.clone()).await.ok().filter(|p| !p.is_empty())).await;
+    assert_eq!(found, vec![p.peer_id()]);
+}

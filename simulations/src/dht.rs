@@ -51,6 +51,8 @@ pub struct DhtConfig {
     pub quiet: Duration,
     /// How long the nodes keep an unused connection. Default the node's (120 s).
     pub idle_timeout: Duration,
+    /// Most connections a node keeps. Default [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
 }
 
 impl DhtConfig {
@@ -68,6 +70,7 @@ impl DhtConfig {
             lookup_timeout: Duration::from_secs(10),
             quiet: Duration::from_secs(10),
             idle_timeout: nak_node::net::NetworkConfig::default().idle_connection_timeout,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -93,16 +96,14 @@ enum Lookup {
     TimedOut,
 }
 
-/// Starts `nodes` nodes, each joining through up to three earlier ones.
-pub(crate) async fn join(
+/// Starts `cfg.nodes` nodes, each joining through up to three earlier ones.
+async fn join(
     net: &Arc<SimNet>,
     dir: &std::path::Path,
-    seed: u64,
-    nodes: usize,
-    gap: Duration,
-    idle: Duration,
+    cfg: &DhtConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<NetworkHandle>> {
+    let (seed, nodes) = (cfg.seed, cfg.nodes);
     let mut handles = Vec::with_capacity(nodes);
     for n in 0..nodes {
         let bootstrap: Vec<Multiaddr> = if n == 0 {
@@ -113,15 +114,15 @@ pub(crate) async fn join(
             picks.dedup();
             picks.into_iter().map(|j| node::dial_addr(seed, j)).collect()
         };
-        let cfg = nak_node::net::NetworkConfig {
-            idle_connection_timeout: idle,
-            max_connections: MAX_CONNECTIONS,
+        let net_cfg = nak_node::net::NetworkConfig {
+            idle_connection_timeout: cfg.idle_timeout,
+            max_connections: cfg.max_connections,
             ..node::config(n, bootstrap)
         };
-        handles.push(node::spawn(net, dir, seed, n, cfg).await?);
+        handles.push(node::spawn(net, dir, seed, n, net_cfg).await?);
         // Exponential gaps: Poisson arrivals.
         let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-        clock::sleep(gap.mul_f64(-u.ln())).await;
+        clock::sleep(cfg.join_gap.mul_f64(-u.ln())).await;
     }
     Ok(handles)
 }
@@ -136,7 +137,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
     let dir = node::run_dir()?;
     let host = HostWatch::start();
 
-    let nodes = join(&net, dir.path(), cfg.seed, cfg.nodes, cfg.join_gap, cfg.idle_timeout, &mut rng).await?;
+    let nodes = join(&net, dir.path(), cfg, &mut rng).await?;
     let join_s = clock::since(t0).as_secs_f64();
     tracing::info!(nodes = nodes.len(), join_s, "joined");
     clock::sleep(cfg.settle).await;

@@ -74,6 +74,9 @@ enum Scenario {
         /// Seconds a node keeps an unused connection (default: the node's own default).
         #[arg(long)]
         idle_timeout_s: Option<u64>,
+        /// Most connections a node keeps.
+        #[arg(long, default_value_t = dht::MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// Servers joining and leaving with `auto`: time to full coverage, balance quality,
     /// moves per server; then a fifth leave and the rest re-cover.
@@ -179,13 +182,14 @@ fn main() -> Result<()> {
     };
     nak_node::dilation::set_factor(common.dilation).map_err(anyhow::Error::msg)?;
     let (report, json) = match scenario {
-        Scenario::Dht { common, lookups, join_gap_ms, idle_timeout_s } => {
+        Scenario::Dht { common, lookups, join_gap_ms, idle_timeout_s, max_connections } => {
             let defaults = DhtConfig::new(common.nodes, common.seed);
             let cfg = DhtConfig {
                 lookups,
                 idle_timeout: idle_timeout_s.map_or(defaults.idle_timeout, Duration::from_secs),
                 rtt_scale: common.rtt_scale,
                 join_gap: Duration::from_millis(join_gap_ms),
+                max_connections,
                 ..defaults
             };
             (runtime.block_on(dht::run(&cfg))?, common.json)

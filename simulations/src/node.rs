@@ -45,7 +45,15 @@ pub fn run_dir() -> Result<tempfile::TempDir> {
 /// through `bootstrap`; no mDNS and no AutoNAT (every simulated node is reachable), and
 /// the real node's defaults for everything else.
 pub fn config(n: usize, bootstrap: Vec<Multiaddr>) -> NetworkConfig {
-    NetworkConfig { listen: vec![SimNet::addr(n)], bootstrap, mdns: false, autonat: false, ..NetworkConfig::default() }
+    NetworkConfig {
+        listen: vec![SimNet::addr(n)],
+        // Every simulated node is reachable at its listen address.
+        external_addresses: vec![SimNet::addr(n)],
+        bootstrap,
+        mdns: false,
+        autonat: false,
+        ..NetworkConfig::default()
+    }
 }
 
 /// Starts node `n`'s network on `net` with `cfg`, its store under `dir`.

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Relay connections for peers that cannot be dialled directly (run this on a public node).
     #[arg(long)]
     relay_server: bool,
+    /// An address others reach this server at (its public address, a forwarded port):
+    /// put in its provider records at once rather than after reachability probes. Repeatable.
+    #[arg(long)]
+    external_address: Vec<Multiaddr>,
     /// Audit other servers: every --audit-interval, run a short verified generation through
     /// them and audit each of their sessions with this chance (0: only check the proofs
     /// others publish).
@@ -95,8 +99,11 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
         min_gain: args.min_gain,
         ..Default::default()
     };
-    let network =
-        NetworkConfig { relay_server: args.relay_server, ..args.join.network(args.listen, store.root(), true)? };
+    let network = NetworkConfig {
+        relay_server: args.relay_server,
+        external_addresses: args.external_address,
+        ..args.join.network(args.listen, store.root(), true)?
+    };
     block_on(serve(store, args.model, network, server, audits, args.api, args.metrics))
 }
 

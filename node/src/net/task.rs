@@ -172,11 +172,16 @@ impl Task {
 
     pub(super) async fn run(mut self) {
         let mut save = tokio::time::interval(dilate(SAVE_EVERY));
+        // A burst of connections all inside their grace leaves nothing to close when they
+        // arrive: look again once they have aged, not only at the next connection.
+        let mut trim = tokio::time::interval(dilate(trim::GRACE));
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let republish_at = self.republish_at;
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = save.tick() => self.save_peers(),
+                _ = trim.tick() => self.trim_connections(),
                 _ = tokio::time::sleep_until(republish_at.unwrap_or_else(tokio::time::Instant::now)), if republish_at.is_some() => {
                     self.republish_at = None;
                     for key in self.provided.clone() {
@@ -332,13 +337,14 @@ impl Task {
                 if self.relay_server && !is_circuit(&address) {
                     self.swarm.add_external_address(address);
                 } else if is_circuit(&address) {
-                    // A relay reservation: an address anyone can dial, which our provider
-                    // records should carry from now on.
+                    // A relay reservation: an address anyone can dial.
                     self.swarm.add_external_address(address);
-                    if !self.provided.is_empty() {
-                        self.republish_at = Some(tokio::time::Instant::now() + dilate(REPUBLISH_SETTLE));
-                    }
                 }
+            }
+            // Our provider records carry our confirmed addresses, and one without any is found
+            // only through holders that know us: publish again with the new address.
+            SwarmEvent::ExternalAddrConfirmed { .. } if !self.provided.is_empty() => {
+                self.republish_at = Some(tokio::time::Instant::now() + dilate(REPUBLISH_SETTLE));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } if is_circuit(&address) => self.lost_relay(&address),
             SwarmEvent::ListenerClosed { addresses, .. } => {

@@ -4,8 +4,8 @@
 //! connection with an open stream never idles out: left alone, a node of a large swarm
 //! stays connected to every peer any DHT query of its ever reached (the simulations
 //! measured about 107 connections per node at 200 nodes, each holding about 95 KiB).
-//! When a connection takes the count over the bound, the task closes connections down
-//! to three quarters of it. It never closes one to a peer of its gossip mesh, one that
+//! When a connection takes the count over the bound, and every [`GRACE`] while it stays
+//! over, the task closes connections down to three quarters of it. It never closes one to a peer of its gossip mesh, one that
 //! carries a stream of the node's own protocols (a session, a push), one to a relay it
 //! holds a reservation with, or one opened, or used for a blob request or one of the
 //! node's streams, less than [`GRACE`] ago; of the rest, those to the peers used least
@@ -24,7 +24,7 @@ use super::Task;
 use crate::dilation::dilate;
 
 /// Connections younger than this stay: a dial just made is about to be used.
-const GRACE: Duration = Duration::from_secs(10);
+pub(super) const GRACE: Duration = Duration::from_secs(10);
 /// Least time between two trims.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
