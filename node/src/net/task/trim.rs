@@ -5,12 +5,12 @@
 //! stays connected to every peer any DHT query of its ever reached (the simulations
 //! measured about 107 connections per node at 200 nodes, each holding about 95 KiB).
 //! When a connection takes the count over the bound, and every [`GRACE`] while it stays
-//! over, the task closes connections down to three quarters of it. It never closes one to a peer of its gossip mesh, one that
-//! carries a stream of the node's own protocols (a session, a push), one to a relay it
-//! holds a reservation with, or one opened, or used for a blob request or one of the
-//! node's streams, less than [`GRACE`] ago; of the rest, those to the peers used least
-//! recently go first. A server whose connection was closed this way
-//! keeps its announcement: it has not gone.
+//! over, the task closes connections down to three quarters of it. It never closes one
+//! to a peer of its gossip mesh, one that carries a stream of the node's own protocols
+//! (a session, a push), one to a relay it holds a reservation with, or one opened, or
+//! used for a blob request or one of the node's streams, less than [`GRACE`] ago; of the
+//! rest, those to the peers used least recently go first. A server whose connection
+//! was closed this way keeps its announcement: it has not gone.
 //!
 //! [`NetworkConfig::max_connections`]: super::super::NetworkConfig::max_connections
 
