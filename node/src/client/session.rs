@@ -50,8 +50,10 @@ use pb::inference_frame::Kind;
 
 /// Prompt tokens per step: long prompts go down the chain in pieces of this size.
 const PREFILL_CHUNK: usize = 128;
-/// Routes tried when servers turn the session away.
-const OPEN_ATTEMPTS: usize = 4;
+/// Routes tried when servers turn the session away. Crashed servers' announcements
+/// outlive them, and under heavy churn four routes in a row each met one (one open in
+/// 56 failed so in a 100-node simulation).
+const OPEN_ATTEMPTS: usize = 8;
 /// A step is suspected stalled after this long at least...
 const STALL_FLOOR: Duration = Duration::from_secs(1);
 /// ...or this many times the route's expected time for its rows, if longer.
