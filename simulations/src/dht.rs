@@ -8,6 +8,7 @@
 //! provider are kept. Last, a quiet window measures what keeping the routing tables
 //! costs each node when nobody asks anything.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,6 +156,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         }
     }))
     .await;
+    let provided: Vec<bool> = provides.iter().map(Result::is_ok).collect();
     let mut provide_times: Vec<Duration> = provides.into_iter().filter_map(Result::ok).collect();
     tracing::info!(provided = provide_times.len(), "keys provided");
     // A provide returns once its records are sent; let them arrive before asking.
@@ -168,7 +170,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
             (from, k)
         })
         .collect();
-    let results: Vec<Lookup> = futures::stream::iter(asks)
+    let results: Vec<(usize, Lookup)> = futures::stream::iter(asks)
         .map(|(from, k)| {
             let node = nodes[from].clone();
             let (key, provider) = keys[k].clone();
@@ -176,7 +178,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
             let limit = cfg.lookup_timeout;
             async move {
                 let t = Instant::now();
-                match tokio::time::timeout(clock::dilate(limit), node.providers(key)).await {
+                let lookup = match tokio::time::timeout(clock::dilate(limit), node.providers(key)).await {
                     Ok(Ok(found)) if found.contains(&want) => Lookup::Found(clock::since(t)),
                     Ok(Ok(found)) if found.is_empty() => Lookup::Empty,
                     Ok(Ok(_)) => Lookup::Others,
@@ -185,24 +187,35 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
                         Lookup::Failed
                     }
                     Err(_) => Lookup::TimedOut,
-                }
+                };
+                (k, lookup)
             }
         })
         .buffer_unordered(cfg.concurrency)
         .collect()
         .await;
     let mut times: Vec<Duration> =
-        results.iter().filter_map(|r| if let Lookup::Found(t) = r { Some(*t) } else { None }).collect();
+        results.iter().filter_map(|(_, r)| if let Lookup::Found(t) = r { Some(*t) } else { None }).collect();
     let success = times.len() as f64 / results.len().max(1) as f64;
-    for r in results.iter().filter(|r| !matches!(r, Lookup::Found(_))) {
-        tracing::info!(?r, "a lookup failed");
+    for (k, r) in results.iter().filter(|(_, r)| !matches!(r, Lookup::Found(_))) {
+        tracing::info!(key = k, provided = provided[*k], ?r, "a lookup failed");
     }
-    let failed = |f: fn(&Lookup) -> bool| results.iter().filter(|r| f(r)).count();
+    let failed = |f: fn(&Lookup) -> bool| results.iter().filter(|(_, r)| f(r)).count();
+    // Failures on a few keys (every lookup of them) and failures spread over all keys
+    // have different causes: where the records went, or how the walks end.
+    let keys_where =
+        |f: fn(&Lookup) -> bool| -> BTreeSet<usize> { results.iter().filter(|(_, r)| f(r)).map(|(k, _)| *k).collect() };
+    let found = keys_where(|r| matches!(r, Lookup::Found(_)));
+    let missed = keys_where(|r| !matches!(r, Lookup::Found(_)));
     let lookup_failures = serde_json::json!({
         "empty": failed(|r| matches!(r, Lookup::Empty)),
         "others_only": failed(|r| matches!(r, Lookup::Others)),
         "error": failed(|r| matches!(r, Lookup::Failed)),
         "timed_out": failed(|r| matches!(r, Lookup::TimedOut)),
+        "keys_asked": found.union(&missed).count(),
+        "keys_missed": missed.len(),
+        "keys_never_found": missed.difference(&found).count(),
+        "keys_not_provided": provided.iter().filter(|ok| !**ok).count(),
     });
 
     // Upkeep while nobody asks anything.

@@ -11,6 +11,7 @@ use nak_simulations::plot;
 
 /// Thousands of connections' buffers come and go every second; glibc's allocator spent
 /// a fifth of a 200-node run's CPU on them (measured with perf), mimalloc far less.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -27,7 +27,9 @@ pub struct Report {
     pub lookup_p99_ms: Option<f64>,
     /// Share of lookups that found the key's provider.
     pub lookup_success: Option<f64>,
-    /// How the lookups that did not find the provider ended, by kind.
+    /// How the lookups that did not find the provider ended, by kind, and over how many
+    /// keys (`keys_missed`; `keys_never_found`: not one lookup of them succeeded;
+    /// `keys_not_provided`: the provide itself failed).
     pub lookup_failures: Option<serde_json::Value>,
     /// Median time to publish a provider record.
     pub provide_p50_ms: Option<f64>,

@@ -1,14 +1,14 @@
 //! The simulated network that the nodes of one process talk over: a libp2p transport
-//! ([`SimTransport`], one per node, with noise and yamux above it as on TCP) on a
-//! shared [`SimNet`].
+//! ([`SimTransport`], one per node, with a key-exchanging handshake and yamux above it,
+//! see `node.rs`) on a shared [`SimNet`].
 //!
 //! Data flow: a node listens on `/memory/<its index + 1>`; a dial looks that port up in
 //! the net, waits one round trip (the handshake), and hands each side one end of a
 //! connection made of two one-way [`Pipe`]s. Bytes written into a pipe are queued with
 //! the instant they may be read: after the sender's uplink has sent them (per-node
 //! bandwidth, shared by all its connections), plus the pair's one-way latency, plus
-//! now and then a retransmission's round trip (loss is modelled as delay: noise and
-//! yamux would break on lost bytes). A node dies one of two ways ([`Death`]): its
+//! now and then a retransmission's round trip (loss is modelled as delay: the
+//! muxer would break on lost bytes). A node dies one of two ways ([`Death`]): its
 //! connections close at once (a process that exits), or its bytes and dials vanish
 //! until the peers' timeouts notice (a machine that drops off the network). A
 //! partition does the latter between groups of nodes.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use nak_simulations::churn::{self, ChurnConfig, Phases};
 
 /// As in `nak-sim`: the simulation's allocation churn is cheaper under mimalloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -18,5 +18,8 @@ async fn thirty_nodes_find_every_provider() {
     assert_eq!(report.nodes, 30);
     assert_eq!(report.lookups, 60);
     assert_eq!(report.lookup_success, Some(1.0), "{report:?}");
+    let failures = report.lookup_failures.as_ref().unwrap();
+    assert_eq!(failures["keys_missed"], 0, "{failures}");
+    assert!(failures["keys_asked"].as_u64().unwrap() > 1, "{failures}");
     assert!(report.upkeep_bytes_per_node_s.unwrap() > 0.0, "pings and identify keep flowing: {report:?}");
 }

@@ -125,6 +125,7 @@ impl RemoteSession {
         let policy = self.opts.replay;
         for _ in 0..MAX_REPAIRS {
             let Some(a) = self.hops.iter().position(|h| down.contains(&h.route.peer)) else {
+                tracing::debug!(hops = ?self.hop_sessions(), "route repaired");
                 self.refeed_newest().await;
                 return Ok(Failover {
                     failed: failed_all.iter().map(PeerId::to_string).collect(),
@@ -188,23 +189,41 @@ impl RemoteSession {
     }
 
     /// Joins the new hops at `a..=last_new` to the survivors around them and has them
-    /// rebuilt to the positions so far.
+    /// rebuilt to the positions so far. They are rebuilt even when the hop after them
+    /// failed to take them: the next round of the repair replaces that hop from their
+    /// outputs, which a hop never fed would not have.
     async fn rewire(&mut self, a: usize, last_new: usize) -> Result<(), Trouble> {
         let (ring, n) = (self.ring(), self.hops.len());
         let after = if last_new + 1 < n { Some(last_new + 1) } else { (ring && a > 0).then_some(0) };
-        if let Some(d) = after {
-            let accept = self.hops[last_new].route.peer;
-            self.retarget(d, None, Some(accept), pb::ReplayPolicy::None).await?;
+        let joined = match after {
+            Some(d) => {
+                let accept = self.hops[last_new].route.peer;
+                self.retarget(d, None, Some(accept), pb::ReplayPolicy::None).await
+            }
+            None => Ok(()),
+        };
+        if let Err(Trouble::Fatal(e)) = joined {
+            return Err(Trouble::Fatal(e));
         }
         let first_new = push_target(&self.hops[a].route, self.hops[a].session_id);
-        if a > 0 {
-            return self.retarget(a - 1, Some(first_new), None, self.opts.replay.wire()).await;
+        let fed = if a > 0 {
+            self.retarget(a - 1, Some(first_new), None, self.opts.replay.wire()).await
+        } else {
+            self.replay_tokens().await;
+            if ring && last_new + 1 < n {
+                self.retarget(n - 1, Some(first_new), None, pb::ReplayPolicy::None).await
+            } else {
+                Ok(())
+            }
+        };
+        match (joined, fed) {
+            (Err(Trouble::Failed(mut peers)), Err(Trouble::Failed(more))) => {
+                peers.extend(more);
+                Err(Trouble::Failed(peers))
+            }
+            (joined, Ok(())) => joined,
+            (_, fed) => fed,
         }
-        self.replay_tokens().await;
-        if ring && last_new + 1 < n {
-            self.retarget(n - 1, Some(first_new), None, pb::ReplayPolicy::None).await?;
-        }
-        Ok(())
     }
 
     /// Sends hop `i` a retarget and waits until it has done it.
@@ -263,7 +282,7 @@ impl RemoteSession {
     /// Feeds the first hop the newest step again. In ring mode the last hop sends each
     /// token to the client before it pushes it to the first hop; one that dies between
     /// the two takes the token with it. A first hop that has the step ignores it.
-    async fn refeed_newest(&mut self) {
+    pub(super) async fn refeed_newest(&mut self) {
         if let Some(newest) = self.shapes.last().copied() {
             if self.ring() && newest.generation == self.generation {
                 self.send_shapes(&[newest]).await;

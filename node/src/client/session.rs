@@ -63,7 +63,8 @@ const RECEIPTS_DRAIN: Duration = Duration::from_secs(2);
 
 /// What a session's route brings next, for [`RemoteSession::generate`].
 enum Event {
-    Token(pb::StepResult, i32),
+    /// A result and its tokens (more than one when a ring's result brings tokens missed).
+    Tokens(pb::StepResult, Vec<i32>),
     Failed(HashSet<PeerId>, String),
     Nothing,
 }
@@ -270,7 +271,13 @@ impl RemoteSession {
     pub(super) async fn send_first(&self, step: pb::Step) {
         let first = &self.hops[0];
         let step = pb::Step { session_id: first.session_id, ..step };
+        tracing::trace!(session = first.session_id, step = step.step, at = step.position, "step out");
         let _ = first.link.send(Kind::Step(step)).await;
+    }
+
+    /// Each hop's server and session there, for logs.
+    pub(super) fn hop_sessions(&self) -> Vec<String> {
+        self.hops.iter().map(|h| format!("{}/{}", h.route.peer, h.session_id)).collect()
     }
 
     /// Records a step the first hop runs, then sends it (a prompt chunk or, in client
@@ -361,9 +368,9 @@ impl RemoteSession {
         let mut deadline = Instant::now() + self.stall_timeout(fresh.len());
         let mut progress = Instant::now();
         let t1 = loop {
-            let (r, token) = match self.next_event(&mut deadline, progress).await? {
+            let (r, tokens) = match self.next_event(&mut deadline, progress).await? {
                 Event::Nothing => continue,
-                Event::Token(r, token) => (r, token),
+                Event::Tokens(r, tokens) => (r, tokens),
                 Event::Failed(failed, cause) => {
                     match self.repair(model, failed, &cause, out.len()).await {
                         Ok(f) => {
@@ -388,23 +395,37 @@ impl RemoteSession {
             for f in repaired.drain(..) {
                 failovers[f].recovery_ms = Some(failovers[f].detected.elapsed().as_secs_f64() * 1e3);
             }
-            let end = self.end_tokens.contains(&token);
-            ended |= end;
-            if !end {
-                out.push(token);
+            let mut stopped = false;
+            let newest = tokens.len() - 1;
+            for (k, token) in tokens.into_iter().enumerate() {
+                let end = self.end_tokens.contains(&token);
+                ended |= end;
+                if !end {
+                    out.push(token);
+                }
+                let more = !end && out.len() < max_tokens && !(r.last && k == newest);
+                // A missed token's result (and so its logprobs) went with its hop.
+                let sampled = if k == newest {
+                    SampledToken::new(&r, token, self.opts.logprobs, self.ring())
+                } else {
+                    SampledToken { token, logprob: None, top: vec![] }
+                };
+                if !end && !on_token(&sampled) {
+                    (cancelled, stopped) = (more, true);
+                    break;
+                }
+                if !more {
+                    stopped = true;
+                    break;
+                }
+                if self.ring() {
+                    self.record_fed(&[token], false); // the last hop has pushed it to the first
+                } else {
+                    self.feed(&[token], 0, false).await;
+                }
             }
-            let more = !end && out.len() < max_tokens && !r.last;
-            if !end && !on_token(&SampledToken::new(&r, token, self.opts.logprobs, self.ring())) {
-                cancelled = more;
+            if stopped {
                 break now;
-            }
-            if !more {
-                break now;
-            }
-            if self.ring() {
-                self.record_fed(&[token], false); // the last hop has pushed it to the first
-            } else {
-                self.feed(&[token], 0, false).await;
             }
             deadline = Instant::now() + self.stall_timeout(1);
             progress = Instant::now();
@@ -453,21 +474,30 @@ impl RemoteSession {
 
     /// What the route brings next: a token, a failure (with its cause), or nothing of
     /// note. A step slower than the stall time gets the hops probed (`deadline` then
-    /// moves on); a route that answers probes but brings nothing for the session's
-    /// timeout since the last `progress` is an error.
+    /// moves on). When every hop answers, a ring is fed its newest step again: the token
+    /// the last hop pushed to a first hop that was being replaced is lost when the
+    /// client heard of it only after the repair (a first hop that has the step ignores
+    /// it). A route that answers probes but brings nothing for the session's timeout
+    /// since the last `progress` is an error.
     async fn next_event(&mut self, deadline: &mut Instant, progress: Instant) -> Result<Event, ClientError> {
         let Some((link, frame)) = self.links.next(*deadline).await else {
             let silent = self.probe().await;
-            if silent.is_empty() && progress.elapsed() >= dilate(self.opts.timeout) {
+            *deadline = Instant::now() + self.stall_timeout(1);
+            if !silent.is_empty() {
+                return Ok(Event::Failed(silent, "stalled".into()));
+            }
+            if progress.elapsed() >= dilate(self.opts.timeout) {
+                let hops = self.hop_sessions();
+                tracing::warn!(mode = ?self.opts.mode, position = self.context.len(), ?hops, "every hop answers, no token");
                 return Err(ClientError::Timeout(self.opts.timeout));
             }
-            *deadline = Instant::now() + self.stall_timeout(1);
-            return Ok(if silent.is_empty() { Event::Nothing } else { Event::Failed(silent, "stalled".into()) });
+            self.refeed_newest().await;
+            return Ok(Event::Nothing);
         };
         let Some(i) = self.hop_of(link) else { return Ok(Event::Nothing) }; // a hop no longer in the route
         match frame.kind {
             Some(Kind::Result(r)) => match self.accept(&r, i) {
-                Some(token) => Ok(Event::Token(r, token?)),
+                Some(tokens) => Ok(Event::Tokens(r, tokens?)),
                 None => Ok(Event::Nothing),
             },
             Some(Kind::Receipts(batch)) => {
@@ -528,23 +558,25 @@ impl RemoteSession {
         self.receipts.as_ref().map(ReceiptCheck::report)
     }
 
-    /// The token a result from hop `i` brings, if it is the next one this generation
+    /// The tokens a result from hop `i` brings, if it is the next one this generation
     /// waits for (others are late answers of a cancelled generation, or positions a
-    /// replacement repeats).
-    fn accept(&mut self, r: &pb::StepResult, i: usize) -> Option<Result<i32, ClientError>> {
+    /// replacement repeats). In ring mode that is the tokens of the rows it ran that the
+    /// client missed (a last hop replaced after pushing a token on, before its result
+    /// came), then its own.
+    fn accept(&mut self, r: &pb::StepResult, i: usize) -> Option<Result<Vec<i32>, ClientError>> {
         let expected = self.context.len() as u32;
         if i + 1 != self.hops.len() || r.generation != self.generation || !r.has_token || r.position < expected {
             return None;
         }
-        if r.position > expected {
-            return Some(Err(ClientError::Protocol(format!("a token at position {} before {expected}", r.position))));
-        }
+        let ahead = || ClientError::Protocol(format!("a token at position {} before {expected}", r.position));
         Some(if self.ring() {
-            Ok(r.token)
+            ring_tokens(r, expected).ok_or_else(ahead)
+        } else if r.position > expected {
+            Err(ahead())
         } else if r.top.is_empty() {
             Err(ClientError::Protocol("the last hop sent no logits".into()))
         } else {
-            Ok(self.sampler.sample_candidates(r.top.iter().map(|t| (t.token, t.logit))))
+            Ok(vec![self.sampler.sample_candidates(r.top.iter().map(|t| (t.token, t.logit)))])
         })
     }
 
@@ -554,5 +586,34 @@ impl RemoteSession {
             let close = pb::CloseSession { session_id: hop.session_id };
             let _ = hop.link.send(Kind::Close(close)).await;
         }
+    }
+}
+
+/// The tokens a ring's result `r` brings to a client that has the positions before
+/// `expected` (`r.position` is not before it): the tokens of the rows the last hop ran
+/// from `expected` on, which the client missed, then `r`'s own. None when they do not
+/// reach back that far.
+fn ring_tokens(r: &pb::StepResult, expected: u32) -> Option<Vec<i32>> {
+    let missed = r.position.checked_sub(expected)? as usize;
+    let from = r.fed.len().checked_sub(missed)?;
+    if missed > 0 {
+        tracing::debug!(missed, position = r.position, "a ring result brings tokens whose results were lost");
+    }
+    Some(r.fed[from..].iter().copied().chain([r.token]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_result_fills_in_the_tokens_whose_results_were_lost() {
+        let r = pb::StepResult { token: 7, position: 30, fed: vec![4, 5, 6], has_token: true, ..Default::default() };
+        assert_eq!(ring_tokens(&r, 30), Some(vec![7]));
+        assert_eq!(ring_tokens(&r, 29), Some(vec![6, 7]));
+        assert_eq!(ring_tokens(&r, 27), Some(vec![4, 5, 6, 7]));
+        assert_eq!(ring_tokens(&r, 26), None, "the result does not reach back to position 26");
+        let bare = pb::StepResult { fed: vec![], ..r };
+        assert_eq!(ring_tokens(&bare, 29), None, "a result without its rows' tokens cannot fill a gap");
     }
 }

@@ -209,6 +209,14 @@ impl SessionTask {
 
     async fn step(&mut self, step: pb::Step, origin: Origin) {
         let n = step.step;
+        tracing::trace!(
+            session = self.id,
+            step = n,
+            at = step.position,
+            generation = step.generation,
+            ?origin,
+            "step in"
+        );
         if self.started && step.generation < self.generation {
             if origin == Origin::Client {
                 self.fail(ErrorCode::StepOutOfOrder, format!("generation {} has ended", step.generation)).await;
@@ -240,6 +248,7 @@ impl SessionTask {
         }
         if step.position > self.position {
             if origin == Origin::Pushed && self.waiting.len() < MAX_WAITING {
+                tracing::debug!(session = self.id, at = step.position, cache = self.position, "a pushed step waits");
                 self.waiting.insert(step.position, step);
                 return;
             }
@@ -313,7 +322,7 @@ impl SessionTask {
                 self.send_on(onward).await;
             }
             StepOutput::Token { token, logits, raw_logits } => {
-                self.emit(step.step, step.more, token, &logits).await;
+                self.emit(step.step, step.more, token, &logits, row_tokens).await;
                 if receipts {
                     out_hash = Some(output_hash(&StepOutput::Token { token, logits, raw_logits }));
                 }
@@ -326,9 +335,9 @@ impl SessionTask {
         }
     }
 
-    /// Sends the token sampled at `self.position` to the client and, in ring mode, to the
-    /// first hop.
-    async fn emit(&mut self, n: u64, more: bool, token: i32, logits: &[f32]) {
+    /// Sends the token sampled at `self.position` to the client (in ring mode with the
+    /// tokens `fed` of the step's rows) and, in ring mode, to the first hop.
+    async fn emit(&mut self, n: u64, more: bool, token: i32, logits: &[f32], fed: Vec<i32>) {
         let position = self.position;
         if more || position < self.setup.emit_from {
             return; // a prompt chunk before the last, or a token the client already has
@@ -358,6 +367,7 @@ impl SessionTask {
             hidden: vec![],
             position,
             logprob,
+            fed: if ring { fed } else { vec![] },
         };
         let frame = pb::InferenceFrame { kind: Some(Kind::Result(result)) };
         self.tell_client(frame.clone()).await;
