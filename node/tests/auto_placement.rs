@@ -96,7 +96,9 @@ fn scenario(budget_share: f64, want: usize) {
     drop(nodes.remove(&victim));
     let killed = Instant::now();
     if hole.is_none() {
-        eprintln!("budget {budget_share}: only the bootstrap node serves the thinnest blocks; {victim} killed, no hole");
+        eprintln!(
+            "budget {budget_share}: only the bootstrap node serves the thinnest blocks; {victim} killed, no hole"
+        );
         let cov = wait_for_coverage(&addr, &id, want, Duration::from_secs(90), dir.path());
         assert!(cov.iter().all(|servers| !servers.contains(&victim)), "a dead server is still listed");
         return;

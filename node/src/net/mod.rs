@@ -489,7 +489,7 @@ impl NetworkHandle {
         self.tx.send(Command::Block(peer)).await.map_err(|_| NetworkError::Stopped)
     }
 
-    /// Fraud proofs received on gossip since the last call, each with its publisher.
+    /// Fraud proofs received on gossip since the last call, each with the peer it came from.
     pub async fn take_proofs(&self) -> Result<Vec<(PeerId, pb::FraudProof)>, NetworkError> {
         self.ask(Command::TakeProofs).await
     }

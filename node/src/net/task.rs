@@ -503,7 +503,7 @@ impl Task {
                 message,
             })) => {
                 let verdict = if keys::is_proof_topic(message.topic.as_str()) {
-                    self.on_proof(message.source.unwrap_or(propagation_source), &message.data)
+                    self.on_proof(propagation_source, &message.data)
                 } else {
                     self.on_announcement(&message.data, propagation_source)
                 };

@@ -11,7 +11,7 @@ use super::{Task, BANNED, PROOF_QUEUE};
 impl Task {
     /// Checks a fraud proof from gossip as far as it can be without the model, and keeps
     /// it for the node, which replays it before anything follows from it.
-    pub(super) fn on_proof(&mut self, publisher: PeerId, data: &[u8]) -> MessageAcceptance {
+    pub(super) fn on_proof(&mut self, from: PeerId, data: &[u8]) -> MessageAcceptance {
         let checked = match (data.len() <= proof::MAX_PROOF_BYTES)
             .then(|| pb::FraudProof::decode(data))
             .ok_or_else(|| "oversized".to_string())
@@ -22,12 +22,12 @@ impl Task {
         };
         match checked {
             Ok(p) if self.proofs.len() < PROOF_QUEUE => {
-                self.proofs.push_back((publisher, p));
+                self.proofs.push_back((from, p));
                 MessageAcceptance::Accept
             }
             Ok(_) => MessageAcceptance::Ignore,
             Err(e) => {
-                tracing::warn!(from = %publisher, error = %e, "rejected a fraud proof");
+                tracing::warn!(%from, error = %e, "rejected a fraud proof");
                 self.stats.rejected_proofs += 1;
                 MessageAcceptance::Reject
             }
