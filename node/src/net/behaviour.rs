@@ -133,8 +133,8 @@ fn behaviour(
     // proofs with the accused's receipts; the task checks them once per message. So
     // gossip goes unsigned, and a message is known by its content. A signed gossip
     // message is checked on every copy a node receives, before duplicates are dropped:
-    // five or six signature checks per node for each announcement, about a tenth of the
-    // CPU of a 200-node swarm (measured with perf in `nak-sim churn`).
+    // five or six signature checks per node for each announcement, 15 % of the CPU of
+    // a 200-node swarm (measured with perf in `nak-sim churn`).
     let gossip_cfg = gossip_builder
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .message_id_fn(gossip_message_id)
