@@ -548,3 +548,44 @@ async fn a_provider_outside_the_holders_routing_table_is_found_by_its_external_a
         eventually("the provider", async || l.providers(key.clone()).await.ok().filter(|p| !p.is_empty())).await;
     assert_eq!(found, vec![p.peer_id()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_bound_spares_a_connection_the_dht_is_using() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = async |name: &str, cfg: NetworkConfig| {
+        let d = dir.path().join(name);
+        Network::spawn(identity::load_or_create(&d).unwrap(), Store::open(&d).unwrap(), cfg).await.unwrap().0
+    };
+    let a = node("a", NetworkConfig { max_connections: 2, ..loopback() }).await;
+    let a_addr = first_addr(&a).await.with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
+    let joining = |dht_server: bool| NetworkConfig { bootstrap: vec![a_addr.clone()], dht_server, ..loopback() };
+    // B is the only other DHT server A knows; C is a DHT client, which A never asks.
+    let b = node("b", joining(true)).await;
+    let c = node("c", joining(false)).await;
+    for peer in [b.peer_id(), c.peer_id()] {
+        eventually("a connection", async || a.connected_peers().await.unwrap().contains(&peer).then_some(())).await;
+    }
+    // Both connections age past the bound's grace.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    // A keeps asking the DHT: requests to B over its old connection.
+    let asker = a.clone();
+    let asking = tokio::spawn(async move {
+        loop {
+            let _ = asker.providers(b"a key nobody provides".to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A third connection takes A over its bound of two: the trim closes down to one
+    // besides the new connection, and may close only the idle one.
+    let d = node("d", joining(false)).await;
+    assert!(d.wait_for_peer(Duration::from_secs(5)).await.unwrap());
+    eventually("the idle connection closed", async || {
+        (!a.connected_peers().await.unwrap().contains(&c.peer_id())).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    asking.abort();
+    assert_eq!(a.stats().await.unwrap().trimmed_connections, 1, "only the idle connection goes");
+    assert!(a.connected_peers().await.unwrap().contains(&b.peer_id()));
+}

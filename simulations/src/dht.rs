@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures::StreamExt as _;
-use libp2p::Multiaddr;
+use libp2p::{kad, Multiaddr};
 use nak_node::net::NetworkHandle;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -128,6 +128,43 @@ async fn join(
     Ok(handles)
 }
 
+/// Where one key's provider records are, right before the lookups.
+struct KeyRecords {
+    /// Nodes whose store holds the provider's record (the provider itself included).
+    holders: usize,
+    /// Of the [`kad::K_VALUE`] nodes closest to the key (every node known), how many hold it:
+    /// the peers a lookup's walk ends at.
+    closest_holding: usize,
+}
+
+/// Asks every node's store which records it holds, against a view of the whole swarm.
+async fn census(nodes: &[NetworkHandle], keys: &[(Vec<u8>, usize)], seed: u64) -> Vec<KeyRecords> {
+    let peers: Vec<libp2p::PeerId> = (0..nodes.len()).map(|n| node::peer_of(seed, n)).collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for (key, provider) in keys {
+        let provider = peers[*provider];
+        let target = kad::KBucketKey::new(kad::RecordKey::new(key));
+        let mut by_distance: Vec<usize> = (0..nodes.len()).collect();
+        by_distance.sort_by_key(|n| target.distance(&kad::KBucketKey::from(peers[*n])));
+        let closest: BTreeSet<usize> = by_distance.into_iter().take(kad::K_VALUE.get()).collect();
+        let mut holders = 0;
+        let mut closest_holding = 0;
+        for (n, handle) in nodes.iter().enumerate() {
+            if handle.stored_providers(key.clone()).await.unwrap_or_default().contains(&provider) {
+                holders += 1;
+                closest_holding += usize::from(closest.contains(&n));
+            }
+        }
+        out.push(KeyRecords { holders, closest_holding });
+    }
+    out
+}
+
+fn mean(values: impl Iterator<Item = usize>) -> f64 {
+    let (sum, count) = values.fold((0, 0), |(s, c), v| (s + v, c + 1));
+    sum as f64 / count.max(1) as f64
+}
+
 /// Runs the scenario.
 pub async fn run(cfg: &DhtConfig) -> Result<Report> {
     let t0 = Instant::now();
@@ -161,6 +198,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
     tracing::info!(provided = provide_times.len(), "keys provided");
     // A provide returns once its records are sent; let them arrive before asking.
     clock::sleep(RECORDS_ARRIVE).await;
+    let records = census(&nodes, &keys, cfg.seed).await;
 
     // Lookups from other nodes.
     let asks: Vec<(usize, usize)> = (0..cfg.lookups)
@@ -216,6 +254,10 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         "keys_missed": missed.len(),
         "keys_never_found": missed.difference(&found).count(),
         "keys_not_provided": provided.iter().filter(|ok| !**ok).count(),
+        "records_per_key_mean": mean(records.iter().map(|r| r.holders)),
+        "closest_holding_mean": mean(records.iter().map(|r| r.closest_holding)),
+        "closest_holding_missed_keys_mean": mean(missed.iter().map(|k| records[*k].closest_holding)),
+        "keys_on_no_closest_peer": records.iter().filter(|r| r.closest_holding == 0).count(),
     });
 
     // Upkeep while nobody asks anything.

@@ -30,6 +30,7 @@ use libp2p::{
 use nak_protocol::announce::MAX_ANNOUNCEMENT_BYTES;
 use nak_protocol::proof::MAX_PROOF_BYTES;
 
+use super::activity::ActivityTracked;
 use super::{BlobCodec, NetworkConfig, NetworkError, SwarmProtocols};
 use crate::dilation::dilate;
 
@@ -46,7 +47,8 @@ pub(super) struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<MemoryStore>,
+    /// Kademlia, with when each peer last used it (for the connection bound).
+    pub kad: ActivityTracked<kad::Behaviour<MemoryStore>>,
     pub gossipsub: gossipsub::Behaviour,
     pub blobs: request_response::Behaviour<BlobCodec>,
     pub autonat: Toggle<autonat::Behaviour>,
@@ -165,7 +167,7 @@ fn behaviour(
                 .with_interval(dilate(Duration::from_secs(15)))
                 .with_timeout(dilate(Duration::from_secs(20))),
         ),
-        kad: kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg),
+        kad: ActivityTracked::new(kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg)),
         gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)?,
         blobs: request_response::Behaviour::with_codec(
             codec,

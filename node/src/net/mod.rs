@@ -25,6 +25,7 @@
 //! - the swarm's name sets every protocol id ([`namespace`]), and a private swarm's
 //!   key wraps TCP in pnet.
 
+mod activity;
 mod answers;
 mod behaviour;
 mod codec;
@@ -200,6 +201,8 @@ pub enum Command {
     /// Find providers of `key`: the first peer's answer, or (`exhaustive`) every answer
     /// until the query has asked the peers closest to the key.
     Providers { key: Vec<u8>, exhaustive: bool, reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>> },
+    /// The providers of `key` that this node's own DHT store holds.
+    StoredProviders(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     /// Send a blob request to a peer.
     Request(PeerId, pb::BlobRequest, oneshot::Sender<Result<pb::BlobResponse, NetworkError>>),
     /// Subscribe to a topic.
@@ -407,6 +410,13 @@ impl NetworkHandle {
     /// and a record published before the swarm grew sits on fewer peers).
     pub async fn all_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetworkError> {
         self.ask(|reply| Command::Providers { key, exhaustive: true, reply }).await?
+    }
+
+    /// The providers of a DHT key that this node's own store holds: the records other
+    /// nodes placed on it (and its own). No network traffic; for measuring where records
+    /// went.
+    pub async fn stored_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetworkError> {
+        self.ask(|tx| Command::StoredProviders(key, tx)).await
     }
 
     /// Sends a blob request and waits for the answer.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::kad::store::RecordStore as _;
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -262,6 +263,10 @@ impl Task {
             Command::Providers { key, exhaustive, reply } => {
                 let id = behaviour.kad.get_providers(RecordKey::new(&key));
                 self.pending_providers.insert(id, (Vec::new(), exhaustive, reply));
+            }
+            Command::StoredProviders(key, reply) => {
+                let records = behaviour.kad.store_mut().providers(&RecordKey::new(&key));
+                let _ = reply.send(records.into_iter().map(|r| r.provider).collect());
             }
             Command::Request(peer, req, reply) => {
                 self.last_used.insert(peer, std::time::Instant::now());

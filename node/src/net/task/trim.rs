@@ -8,9 +8,9 @@
 //! over, the task closes connections down to three quarters of it. It never closes one
 //! to a peer of its gossip mesh, one that carries a stream of the node's own protocols
 //! (a session, a push), one to a relay it holds a reservation with, or one opened, or
-//! used for a blob request or one of the node's streams, less than [`GRACE`] ago; of the
-//! rest, those to the peers used least recently go first. A server whose connection
-//! was closed this way keeps its announcement: it has not gone.
+//! used for a blob request, a DHT message or one of the node's streams, less than
+//! [`GRACE`] ago; of the rest, those to the peers used least recently go first. A
+//! server whose connection was closed this way keeps its announcement: it has not gone.
 //!
 //! [`NetworkConfig::max_connections`]: super::super::NetworkConfig::max_connections
 
@@ -60,7 +60,8 @@ impl Task {
             let entry = peers.entry(c.peer).or_insert((Vec::new(), c.since, busy));
             entry.0.push(*id);
             let blobs = self.last_used.get(&c.peer).copied().unwrap_or(c.since);
-            entry.1 = entry.1.max(c.since).max(streamed.unwrap_or(c.since)).max(blobs);
+            let dht_sent = self.swarm.behaviour().kad.last_sent(&c.peer).unwrap_or(c.since);
+            entry.1 = entry.1.max(c.since).max(streamed.unwrap_or(c.since)).max(blobs).max(dht_sent);
         }
         let mut candidates: Vec<(PeerId, Vec<ConnectionId>, Instant)> = peers
             .into_iter()
