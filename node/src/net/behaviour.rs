@@ -47,7 +47,7 @@ pub(super) struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    /// Kademlia, with when each peer last used it (for the connection bound).
+    /// Kademlia, and when it last sent each peer a request (for the connection bound).
     pub kad: ActivityTracked<kad::Behaviour<MemoryStore>>,
     pub gossipsub: gossipsub::Behaviour,
     pub blobs: request_response::Behaviour<BlobCodec>,
