@@ -97,6 +97,7 @@ struct Tally {
     open_failures: AtomicU64,
     recoveries: Mutex<Vec<Duration>>,
     failovers: AtomicU64,
+    resyncs: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
@@ -187,7 +188,7 @@ async fn placement_leave(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, report: &mut 
 }
 
 /// A client's network and its view of the model, retried while the swarm is young.
-async fn connect_client(swarm: &Arc<SimSwarm>) -> Result<(usize, SwarmModel)> {
+pub async fn connect_client(swarm: &Arc<SimSwarm>) -> Result<(usize, SwarmModel)> {
     let (n, net, store) = swarm.spawn_client().await?;
     let id = swarm.model;
     let mut last = None;
@@ -291,6 +292,7 @@ async fn churn(
     report.tokens_identical = Some(load(&tally.identical) == completed);
     report.servers_replaced = Some(replacements);
     report.failovers = Some(load(&tally.failovers));
+    report.resyncs = Some(load(&tally.resyncs));
     let mut recoveries = tally.recoveries.lock().unwrap_or_else(|p| p.into_inner()).clone();
     report.recovery_p50_ms = quantile_ms(&mut recoveries, 0.5);
     report.recovery_p95_ms = quantile_ms(&mut recoveries, 0.95);
@@ -357,6 +359,7 @@ async fn client_loop(
                     error(format!("tokens differ: {tokens:?} vs {want:?}"));
                 }
                 tally.failovers.fetch_add(g.failovers.len() as u64, Ordering::Relaxed);
+                tally.resyncs.fetch_add(u64::from(g.resyncs), Ordering::Relaxed);
                 let mut r = tally.recoveries.lock().unwrap_or_else(|p| p.into_inner());
                 r.extend(
                     g.failovers

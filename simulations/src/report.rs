@@ -65,6 +65,9 @@ pub struct Report {
     pub session_open_failures: Option<u64>,
     pub servers_replaced: Option<usize>,
     pub failovers: Option<u64>,
+    /// Times a stalled route whose hops all answered was resynchronised (a push lost
+    /// between live hops), over every completed session.
+    pub resyncs: Option<u64>,
     /// From a failure's detection to the next token.
     pub recovery_p50_ms: Option<f64>,
     pub recovery_p95_ms: Option<f64>,

@@ -11,7 +11,8 @@
 //! muxer would break on lost bytes). A node dies one of two ways ([`Death`]): its
 //! connections close at once (a process that exits), or its bytes and dials vanish
 //! until the peers' timeouts notice (a machine that drops off the network). A
-//! partition does the latter between groups of nodes.
+//! partition does the latter between groups of nodes; [`SimNet::sever_in_flight`]
+//! breaks one pair's connections with bytes on their way.
 //!
 //! Why not libp2p's `MemoryTransport`: its hub is global and has no latency, and a dead
 //! port refuses at once, so lookups under failures would look too good.
@@ -162,6 +163,28 @@ impl SimNet {
                 }
             }
         }
+    }
+
+    /// Breaks every connection between `a` and `b` if bytes from `a` to `b` are on
+    /// their way at this moment, losing them: a middlebox dropping a connection (both
+    /// ends see it close; either may dial again). True when it did.
+    pub fn sever_in_flight(&self, a: usize, b: usize) -> bool {
+        let state = self.state();
+        let between: Vec<Arc<Pipe>> = state
+            .pipes
+            .get(&a)
+            .into_iter()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .filter(|p| (p.from, p.to) == (a, b) || (p.from, p.to) == (b, a))
+            .collect();
+        if !between.iter().any(|p| p.from == a && !p.inner().queue.is_empty()) {
+            return false;
+        }
+        for pipe in between {
+            pipe.fail(Death::Close);
+        }
+        true
     }
 
     /// Connections made so far.

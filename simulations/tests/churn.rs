@@ -9,7 +9,7 @@
 //! keep up with in this test build. Joins come 25 ms apart on average, the workload
 //! starts as soon as every block is served (the balance is not what this test checks)
 //! and lasts 16 s, so the run takes under 10 minutes.
-//! `NAK_SIM_NODES` and `NAK_SIM_DILATION` change size and dilation; `nak-sim churn` runs
+//! `NAK_SIM_NODES`, `NAK_SIM_DILATION` and `NAK_SIM_SEED` change size, dilation and seed; `nak-sim churn` runs
 //! the full scenario (docs/SIMULATIONS.md).
 
 use std::time::Duration;
@@ -27,8 +27,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[test]
 fn a_churning_swarm_completes_sessions_with_the_failure_free_tokens() {
+    // Warnings (or what `NAK_LOG` asks for) are shown when the test fails: the failovers and
+    // stalls behind a session that did not complete.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NAK_LOG")
+        .unwrap_or_else(|_| "warn,yamux=error,libp2p_kad=error".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     nak_node::dilation::set_factor(env_or("NAK_SIM_DILATION", 8.0)).unwrap();
-    let mut cfg = ChurnConfig::new(env_or("NAK_SIM_NODES", 200), 7);
+    let mut cfg = ChurnConfig::new(env_or("NAK_SIM_NODES", 200), env_or("NAK_SIM_SEED", 7));
     cfg.workload = Duration::from_secs(16);
     cfg.hour = cfg.workload;
     cfg.swarm.rebalance_every = Duration::from_secs(10);

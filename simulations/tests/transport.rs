@@ -78,3 +78,20 @@ async fn a_vanished_node_swallows_bytes_and_dials() {
     let dial = net.transport(2).dial(SimNet::addr(0), dial_opts()).unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(300), dial).await.is_err(), "a dial that never answers");
 }
+
+#[tokio::test]
+async fn a_severed_connection_loses_its_bytes_in_flight_and_both_may_dial_again() {
+    let net = SimNet::new(LatencyMatrix::new(2, 3, 1.0), LinkConfig { uplink: 0, loss: 0.0 }, 3);
+    let (mut listener, mut a, mut b) = connected(&net).await;
+    assert!(!net.sever_in_flight(1, 0), "nothing is on its way");
+    a.write_all(b"lost on the way").await.unwrap();
+    assert!(!net.sever_in_flight(0, 1), "nothing is on its way the other way");
+    assert!(net.sever_in_flight(1, 0));
+    let mut buf = [0u8; 16];
+    assert_eq!(b.read(&mut buf).await.unwrap(), 0, "the end of the stream, not the bytes");
+    assert_eq!(a.read(&mut buf).await.unwrap(), 0);
+    assert!(a.write_all(b"x").await.is_err());
+    let dial = net.transport(1).dial(SimNet::addr(0), dial_opts()).unwrap();
+    let (dialer, incoming) = tokio::join!(dial, next(&mut listener));
+    assert!(dialer.is_ok() && matches!(incoming, TransportEvent::Incoming { .. }), "a new connection");
+}

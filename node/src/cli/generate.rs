@@ -356,6 +356,9 @@ fn report_repairs(out: &RemoteGeneration) {
             f.positions
         );
     }
+    if out.resyncs > 0 {
+        eprintln!("[route resynchronised {} times: a step was lost between live hops]", out.resyncs);
+    }
 }
 
 /// `generate --bootstrap`: one prompt, through the swarm; with `parallel`, that many

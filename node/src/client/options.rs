@@ -140,6 +140,10 @@ pub struct RemoteGeneration {
     pub ended: bool,
     /// Repairs of the route during this generation.
     pub failovers: Vec<Failover>,
+    /// Times every hop answered while no token came and the route was resynchronised
+    /// (each hop replayed what it retained to the next: a push had been lost between
+    /// live hops).
+    pub resyncs: u32,
     /// Why the generation ended early, keeping the tokens so far (no backup for a
     /// failed hop).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -269,6 +269,31 @@ impl RemoteSession {
         }
     }
 
+    /// Has each hop but the last replay what it retained to the hop after it, over a new
+    /// stream, after feeding the first hop every token again: for a route whose hops all
+    /// answer while no token comes. A push can be lost between two live hops (the
+    /// connection between them broke with it in flight, and no later push on the stream
+    /// came to show the break); nothing else would ever send it again. Every hop skips
+    /// the positions it holds, so only what was lost is computed. Returns the servers
+    /// found failed on the way, to be repaired (a hop that kept nothing to replay gets
+    /// the hop after it rebuilt from further up).
+    pub(super) async fn resync(&mut self) -> Result<HashSet<PeerId>, ClientError> {
+        let (position, hops) = (self.context.len(), self.hop_sessions());
+        tracing::warn!(position, ?hops, "every hop answers, no token: replaying along the route");
+        self.resyncs += 1;
+        self.replay_tokens().await;
+        for i in 0..self.hops.len().saturating_sub(1) {
+            let next = push_target(&self.hops[i + 1].route, self.hops[i + 1].session_id);
+            match self.retarget(i, Some(next), None, self.opts.replay.wire()).await {
+                Ok(()) => {}
+                Err(Trouble::Failed(peers)) => return Ok(peers),
+                Err(Trouble::CannotReplay(_)) => return Ok([self.hops[i + 1].route.peer].into()),
+                Err(Trouble::Fatal(e)) => return Err(e),
+            }
+        }
+        Ok(HashSet::new())
+    }
+
     /// Sends the new first hop every token fed so far: in the shapes the first hop ran
     /// them (exact), or joined into steps of up to 512 (fast).
     async fn replay_tokens(&mut self) {

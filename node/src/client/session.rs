@@ -89,6 +89,10 @@ pub struct RemoteSession {
     pub(super) stop_at: u32,
     /// The checks of the hops' receipts (a verified session).
     receipts: Option<ReceiptCheck>,
+    /// When the route last stalled with every hop answering.
+    stalled: Option<Instant>,
+    /// Resyncs of the route in this generation.
+    pub(super) resyncs: u32,
 }
 
 impl RemoteSession {
@@ -142,6 +146,8 @@ impl RemoteSession {
             context: Vec::new(),
             shapes: Vec::new(),
             stop_at: 0,
+            stalled: None,
+            resyncs: 0,
             receipts,
         };
         session.hops = session.open_hops(&route, 0..0, 0).await?;
@@ -351,6 +357,7 @@ impl RemoteSession {
             )));
         }
         self.generation += 1;
+        self.resyncs = 0;
         self.truncate(keep);
         let fresh = &tokens[keep..];
         self.stop_at = if self.ring() { (tokens.len() + max_tokens - 1) as u32 } else { 0 };
@@ -466,6 +473,7 @@ impl RemoteSession {
             cancelled,
             ended,
             failovers,
+            resyncs: self.resyncs,
             error,
             verification,
             discovery_ms: model.discovery_time().map(|d| d.as_secs_f64() * 1e3),
@@ -477,8 +485,10 @@ impl RemoteSession {
     /// moves on). When every hop answers, a ring is fed its newest step again: the token
     /// the last hop pushed to a first hop that was being replaced is lost when the
     /// client heard of it only after the repair (a first hop that has the step ignores
-    /// it). A route that answers probes but brings nothing for the session's timeout
-    /// since the last `progress` is an error.
+    /// it). A second such stall without progress resynchronises the route
+    /// ([`RemoteSession::resync`]): the first is often only a slow step (a prefill, a
+    /// stream to the next hop being opened). A route that answers probes but
+    /// brings nothing for the session's timeout since the last `progress` is an error.
     async fn next_event(&mut self, deadline: &mut Instant, progress: Instant) -> Result<Event, ClientError> {
         let Some((link, frame)) = self.links.next(*deadline).await else {
             let silent = self.probe().await;
@@ -491,8 +501,13 @@ impl RemoteSession {
                 tracing::warn!(mode = ?self.opts.mode, position = self.context.len(), ?hops, "every hop answers, no token");
                 return Err(ClientError::Timeout(self.opts.timeout));
             }
-            self.refeed_newest().await;
-            return Ok(Event::Nothing);
+            if self.stalled.is_none_or(|t| t < progress) {
+                self.stalled = Some(Instant::now());
+                self.refeed_newest().await;
+                return Ok(Event::Nothing);
+            }
+            let failed = self.resync().await?;
+            return Ok(if failed.is_empty() { Event::Nothing } else { Event::Failed(failed, "resync".into()) });
         };
         let Some(i) = self.hop_of(link) else { return Ok(Event::Nothing) }; // a hop no longer in the route
         match frame.kind {
