@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use nak_node::audit::{Auditor, LocalSpans, ProofBook};
-use nak_node::client::{RemoteGeneration, RemoteSession, SessionOptions, SwarmModel};
+use nak_node::client::{best_route, RemoteGeneration, RemoteSession, SessionOptions, SwarmModel};
 use nak_node::engine::SamplingParams;
 use nak_node::net::NetworkHandle;
 use nak_protocol::keys;
@@ -48,16 +48,21 @@ pub async fn auditor(
 }
 
 /// Asks the model's servers for the proofs they hold (a node that just joined learns
-/// who was caught before it came).
-pub async fn learn_proofs(auditor: &mut Auditor, model: &SwarmModel, wait: Duration) -> Result<()> {
+/// who was caught before it came); returns whether the servers it asked cover the
+/// whole model (a newcomer may know only a few of them yet).
+pub async fn learn_proofs(auditor: &mut Auditor, model: &SwarmModel, wait: Duration) -> Result<bool> {
     let servers = model.view(wait).await?;
     let peers: Vec<_> = servers.iter().map(|s| s.peer).collect();
     let convicted = auditor.learn_from(&peers).await + auditor.check_gossip().await;
     if convicted > 0 {
         eprintln!("[{convicted} server(s) banned on the fraud proofs the swarm holds]");
     }
-    Ok(())
+    Ok(best_route(&servers, model.n_layer(), &HashSet::new()).is_some())
 }
+
+/// How soon a server asks for proofs again while the servers it knows do not yet cover
+/// the model (a newcomer hears the others' announcements over its first seconds).
+const FIRST_SYNC_RETRY: Duration = Duration::from_secs(2);
 
 /// Audits a finished (verified) generation's hops and adds what was found to `out`.
 pub async fn audit_generation(auditor: &mut Auditor, session: &mut RemoteSession, out: &mut RemoteGeneration) {
@@ -76,6 +81,7 @@ pub async fn watch(auditor: Auditor, model: Arc<SwarmModel>, me: Range<u32>, rat
     let auditor = Arc::new(Mutex::new(auditor));
     let mut gossip = tokio::time::interval(Duration::from_millis(500));
     let mut sync = tokio::time::interval(Duration::from_secs(30));
+    let mut synced = false;
     let mut probe = tokio::time::interval(every);
     probe.tick().await; // the first probe after one interval, once the swarm has formed
     loop {
@@ -85,8 +91,12 @@ pub async fn watch(auditor: Auditor, model: Arc<SwarmModel>, me: Range<u32>, rat
             }
             _ = sync.tick() => {
                 let mut a = auditor.lock().await;
-                if let Err(e) = learn_proofs(&mut a, &model, Duration::ZERO).await {
-                    tracing::debug!(error = %e, "could not ask for proofs");
+                match learn_proofs(&mut a, &model, Duration::ZERO).await {
+                    Ok(covered) => synced |= covered,
+                    Err(e) => tracing::debug!(error = %e, "could not ask for proofs"),
+                }
+                if !synced {
+                    sync.reset_after(FIRST_SYNC_RETRY);
                 }
             }
             _ = probe.tick(), if rate > 0.0 => {
