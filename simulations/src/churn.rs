@@ -160,8 +160,8 @@ pub async fn run(cfg: &ChurnConfig, phases: Phases) -> Result<Report> {
     Ok(report)
 }
 
-/// Polls `done` every 100 ms until it holds (when) or `limit` passes.
-async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> Option<Instant> {
+/// Polls `done` every 100 ms until it holds (when) or `limit` (swarm time) passes.
+pub async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> Option<Instant> {
     let deadline = Instant::now() + clock::dilate(limit);
     while Instant::now() < deadline {
         if done() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nak_node::client::{DecodeMode, RemoteSession, SessionOptions};
-use nak_simulations::churn::connect_client;
+use nak_simulations::churn::{connect_client, wait_for};
 use nak_simulations::compute::{reference_tokens, FIRST_ORDINARY_TOKEN};
 use nak_simulations::latency::LatencyMatrix;
 use nak_simulations::swarm::{SimSwarm, SwarmConfig, N_VOCAB};
@@ -30,12 +30,7 @@ fn a_push_lost_between_live_hops_is_sent_again_and_the_tokens_stay_the_same() {
         let n_layer = cfg.n_layer;
         let swarm = SimSwarm::start(net.clone(), cfg, SEED).await.unwrap();
         swarm.populate().await.unwrap();
-        let covered = tokio::time::timeout(Duration::from_secs(60), async {
-            while !swarm.covered() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        covered.await.expect("every block served within a minute");
+        wait_for(Duration::from_secs(60), || swarm.covered()).await.expect("every block served within a minute");
         let (_, model) = connect_client(&swarm).await.unwrap();
         let prompt: Vec<i32> = (0..16).map(|i| FIRST_ORDINARY_TOKEN as i32 + 3 * i).collect();
         let want = reference_tokens(n_layer, N_VOCAB, &prompt, TOKENS);
