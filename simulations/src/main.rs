@@ -125,9 +125,12 @@ struct SwarmArgs {
     /// Layers one server can hold.
     #[arg(long, default_value_t = 8)]
     budget_layers: u32,
-    /// Seconds between a server's announcements.
+    /// Seconds between a server's announcements while the swarm is small.
     #[arg(long, default_value_t = 5)]
     announce_s: u64,
+    /// Keep that period fixed however many servers announce (the node stretches it past 64).
+    #[arg(long)]
+    fixed_announce_period: bool,
     /// Mean seconds between placement re-checks.
     #[arg(long, default_value_t = 30)]
     rebalance_s: u64,
@@ -150,6 +153,9 @@ impl SwarmArgs {
         cfg.swarm.n_layer = self.layers;
         cfg.swarm.budget_layers = self.budget_layers;
         cfg.swarm.announce_every = Duration::from_secs(self.announce_s);
+        if self.fixed_announce_period {
+            cfg.swarm.announce_stretch_after = None;
+        }
         cfg.swarm.rebalance_every = Duration::from_secs(self.rebalance_s);
         cfg.swarm.join_gap = Duration::from_millis(self.join_gap_ms);
         if let Some(max) = self.max_connections {

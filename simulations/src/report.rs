@@ -33,8 +33,11 @@ pub struct Report {
     pub lookup_failures: Option<serde_json::Value>,
     /// Median time to publish a provider record.
     pub provide_p50_ms: Option<f64>,
-    /// Traffic per node while nothing was asked of the swarm (routing upkeep).
+    /// Traffic per node per second of swarm time while nothing was asked of the swarm:
+    /// routing upkeep in `dht`; announcements, re-checks and any moves while placement
+    /// settles in the others.
     pub upkeep_bytes_per_node_s: Option<f64>,
+    /// Writes to links in the same time, per node per second.
     pub upkeep_writes_per_node_s: Option<f64>,
     /// Connections made over the run.
     pub connections: u64,

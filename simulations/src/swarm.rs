@@ -39,8 +39,11 @@ pub struct SwarmConfig {
     pub n_layer: u32,
     /// Layers one server can hold (its memory budget). Default 8.
     pub budget_layers: u32,
-    /// Time between a server's announcements. Default 5 s.
+    /// Time between a server's announcements in a small swarm. Default 5 s.
     pub announce_every: Duration,
+    /// Servers past which that time grows with the swarm
+    /// ([`ServerConfig::announce_stretch_after`]). Default the node's own, 64.
+    pub announce_stretch_after: Option<usize>,
     /// Mean time between placement re-checks. Default 30 s.
     pub rebalance_every: Duration,
     /// Mean time between two joins. Default 50 ms.
@@ -63,6 +66,7 @@ impl SwarmConfig {
             n_layer: 32,
             budget_layers: 8,
             announce_every: Duration::from_secs(5),
+            announce_stretch_after: ServerConfig::default().announce_stretch_after,
             rebalance_every: Duration::from_secs(30),
             join_gap: Duration::from_millis(50),
             max_connections: NetworkConfig::default().max_connections,
@@ -214,6 +218,7 @@ impl SimSwarm {
             max_memory: Some(self.budget),
             engine: EngineConfig { max_sessions: self.cfg.max_sessions, ctx_per_session: 512, ..Default::default() },
             announce_every: self.cfg.announce_every,
+            announce_stretch_after: self.cfg.announce_stretch_after,
             rebalance_every: self.cfg.rebalance_every,
             ..ServerConfig::default()
         };

@@ -38,6 +38,8 @@ use pb::inference_frame::Kind;
 pub const CLEAN_AUDITS: u32 = 3;
 /// How much more often a peer with fewer clean audits is audited.
 pub const NEW_PEER_FACTOR: f64 = 4.0;
+/// Peers asked for their proofs at once.
+const PROOF_ASKS_AT_ONCE: usize = 16;
 /// Longest wait for a hop's rows.
 const ROWS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -239,16 +241,23 @@ impl Auditor {
     /// Asks `peers` for the proofs they hold about the model and checks those it does
     /// not know; returns the convictions.
     pub async fn learn_from(&mut self, peers: &[PeerId]) -> usize {
+        use futures::StreamExt as _;
+        let request = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Proofs(self.model_id().to_vec())) };
+        // Asked a few at a time: one after another, a thousand servers take minutes.
+        let answers: Vec<_> = futures::stream::iter(peers.iter().copied())
+            .map(|peer| {
+                let (net, request) = (self.net.clone(), request.clone());
+                async move { (peer, net.request(peer, request).await) }
+            })
+            .buffer_unordered(PROOF_ASKS_AT_ONCE)
+            .collect()
+            .await;
         let mut n = 0;
-        for &peer in peers {
-            let request = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Proofs(self.model_id().to_vec())) };
-            let proofs = match self.net.request(peer, request).await {
-                Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::Proofs(bytes)) }) => {
-                    pb::FraudProofs::decode(bytes.as_slice()).map(|p| p.proofs).unwrap_or_default()
-                }
-                _ => continue,
+        for (peer, answer) in answers {
+            let Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::Proofs(bytes)) }) = answer else {
+                continue;
             };
-            for proof in proofs {
+            for proof in pb::FraudProofs::decode(bytes.as_slice()).map(|p| p.proofs).unwrap_or_default() {
                 n += usize::from(self.learn(proof, peer).await);
             }
         }

@@ -47,12 +47,15 @@ pub async fn auditor(
     Ok(auditor)
 }
 
-/// Asks the model's servers for the proofs they hold (a node that just joined learns
-/// who was caught before it came); returns whether the servers it asked cover the
-/// whole model (a newcomer may know only a few of them yet).
-pub async fn learn_proofs(auditor: &mut Auditor, model: &SwarmModel, wait: Duration) -> Result<bool> {
+/// Asks the model's servers for the proofs they hold, or `at_most` of them picked at
+/// random (a node that just joined learns who was caught before it came); returns whether
+/// the servers it knows cover the whole model (a newcomer may know only a few of them yet).
+pub async fn learn_proofs(auditor: &mut Auditor, model: &SwarmModel, wait: Duration, at_most: usize) -> Result<bool> {
+    use rand::seq::SliceRandom as _;
     let servers = model.view(wait).await?;
-    let peers: Vec<_> = servers.iter().map(|s| s.peer).collect();
+    let mut peers: Vec<_> = servers.iter().map(|s| s.peer).collect();
+    peers.shuffle(&mut rand::thread_rng());
+    peers.truncate(at_most);
     let convicted = auditor.learn_from(&peers).await + auditor.check_gossip().await;
     if convicted > 0 {
         eprintln!("[{convicted} server(s) banned on the fraud proofs the swarm holds]");
@@ -63,6 +66,11 @@ pub async fn learn_proofs(auditor: &mut Auditor, model: &SwarmModel, wait: Durat
 /// How soon a server asks for proofs again while the servers it knows do not yet cover
 /// the model (a newcomer hears the others' announcements over its first seconds).
 const FIRST_SYNC_RETRY: Duration = Duration::from_secs(2);
+
+/// Servers asked in each later sync. Proofs spread by gossip as they are made; the sync
+/// only catches what a node missed, and asking every server every round grows with the
+/// swarm on both sides.
+const RESYNC_SAMPLE: usize = 8;
 
 /// Audits a finished (verified) generation's hops and adds what was found to `out`.
 pub async fn audit_generation(auditor: &mut Auditor, session: &mut RemoteSession, out: &mut RemoteGeneration) {
@@ -91,7 +99,8 @@ pub async fn watch(auditor: Auditor, model: Arc<SwarmModel>, me: Range<u32>, rat
             }
             _ = sync.tick() => {
                 let mut a = auditor.lock().await;
-                match learn_proofs(&mut a, &model, Duration::ZERO).await {
+                let ask = if synced { RESYNC_SAMPLE } else { usize::MAX };
+                match learn_proofs(&mut a, &model, Duration::ZERO, ask).await {
                     Ok(covered) => synced |= covered,
                     Err(e) => tracing::debug!(error = %e, "could not ask for proofs"),
                 }

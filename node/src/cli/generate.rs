@@ -297,7 +297,7 @@ async fn connect(args: &RemoteArgs) -> Result<Joined> {
     let (model, scratch) = join_model(&args.join, args.data_dir.clone(), Some(&args.model)).await?;
     let data = open_store(args.data_dir.clone())?;
     let mut auditor = auditor(model.net(), &data, model.manifest(), args.audit_rate, args.threads).await?;
-    learn_proofs(&mut auditor, &model, ROUTE_WAIT).await?;
+    learn_proofs(&mut auditor, &model, ROUTE_WAIT, usize::MAX).await?;
     Ok(Joined { model, auditor, _scratch: scratch })
 }
 

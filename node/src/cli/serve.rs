@@ -42,7 +42,8 @@ pub struct RunArgs {
     /// Sessions this server holds at once (each with its own KV cache of 2048 positions).
     #[arg(long, default_value_t = 8)]
     max_sessions: u32,
-    /// Seconds between announcements.
+    /// Seconds between announcements while the model has at most 64 servers (past that,
+    /// in proportion to their number, at most 4×).
     #[arg(long, default_value_t = 10)]
     announce_interval: u64,
     /// With `--serve-layers auto`: mean seconds between placement re-checks (jittered ±50 %).

@@ -115,8 +115,13 @@ pub struct ServerConfig {
     pub max_memory: Option<u64>,
     /// Engine settings.
     pub engine: EngineConfig,
-    /// Time between announcements. Default 10 s.
+    /// Time between announcements in a small swarm. Default 10 s.
     pub announce_every: Duration,
+    /// Servers of the model (as the announcements held count them) past which the time
+    /// between announcements grows in proportion, up to [`MAX_ANNOUNCE_STRETCH`] times
+    /// `announce_every`: every announcement reaches every node, so a fixed period would
+    /// make each node's share grow with the swarm. `None` keeps it fixed. Default 64.
+    pub announce_stretch_after: Option<usize>,
     /// Mean time between placement re-checks (`auto`). Default 120 s.
     pub rebalance_every: Duration,
     /// How much a move must lift the weakest blocks (`auto`). Default 1.25.
@@ -132,6 +137,7 @@ impl Default for ServerConfig {
             max_memory: None,
             engine: EngineConfig::default(),
             announce_every: Duration::from_secs(10),
+            announce_stretch_after: Some(64),
             rebalance_every: Duration::from_secs(120),
             min_gain: 1.25,
             service: ServiceConfig::default(),
@@ -315,6 +321,21 @@ async fn publish_announcement(
 /// Time for the leaving announcement to go out before the network shuts down.
 const LEAVING_SENT: Duration = Duration::from_millis(300);
 
+/// Most times `announce_every` the period stretches to. An announcement is valid for three
+/// periods, and peers accept at most two minutes by default (`max_announcement_age`):
+/// 4 × 10 s × 3 meets it.
+pub const MAX_ANNOUNCE_STRETCH: f64 = 4.0;
+
+/// The time between announcements when `servers` announce the model: `base`, or, past
+/// `stretch_after` servers, `base` times their share of `stretch_after`, at most
+/// [`MAX_ANNOUNCE_STRETCH`] times `base`.
+fn stretched_period(base: Duration, stretch_after: Option<usize>, servers: usize) -> Duration {
+    match stretch_after {
+        Some(after) if after > 0 => base.mul_f64((servers as f64 / after as f64).clamp(1.0, MAX_ANNOUNCE_STRETCH)),
+        _ => base,
+    }
+}
+
 impl Server {
     /// Gets the model, chooses, fetches, loads and provides the span. `key` is the
     /// node's identity (the one `net` runs on), which signs the announcements.
@@ -400,7 +421,8 @@ impl Server {
         provide_span(&store, &net, &manifest, None, &serving.layers).await?;
         let mut server = Server { store, net, manifest, cfg, loader, auto, signer, sequence, serving, service, events };
         // Announced before it says it serves: a peer that asks from then on gets the answer.
-        server.announce(pb::ServerState::Online).await;
+        let period = server.announce_period().await;
+        server.announce(pb::ServerState::Online, period).await;
         let s = &server.serving;
         (server.events)(ServerEvent::Serving { model: id, layers: s.layers.clone(), throughput: s.throughput });
         Ok(server)
@@ -421,9 +443,10 @@ impl Server {
         self.serving.layers.clone()
     }
 
-    /// Announces the span in `state`. The last announcement says `Leaving`: peers drop
-    /// the server from their routes and placement at once instead of when it expires.
-    async fn announce(&mut self, state: pb::ServerState) {
+    /// Announces the span in `state`, valid for three `period`s. The last announcement
+    /// says `Leaving`: peers drop the server from their routes and placement at once
+    /// instead of when it expires.
+    async fn announce(&mut self, state: pb::ServerState, period: Duration) {
         self.sequence += 1;
         let s = &self.serving;
         let free = match state {
@@ -433,24 +456,35 @@ impl Server {
             }
             _ => 0,
         };
-        let valid = self.cfg.announce_every * 3;
+        let valid = period * 3;
         let (net, signer, id) = (&self.net, &self.signer, self.manifest.model_id());
         publish_announcement(net, signer, &id, &s.layers, s.throughput, free, self.sequence, valid, state).await;
+    }
+
+    /// The time between announcements for the swarm as this server sees it now.
+    async fn announce_period(&self) -> Duration {
+        let servers = others(&self.net, &self.manifest.model_id()).await.len() + 1;
+        stretched_period(self.cfg.announce_every, self.cfg.announce_stretch_after, servers)
     }
 
     /// Announces, re-checks placement (`auto`) and moves, until `shutdown` resolves; then
     /// stops providing and shuts the network down.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let id = self.manifest.model_id();
-        let mut announce_tick = tokio::time::interval(self.cfg.announce_every);
+        let mut next_announce = Instant::now() + self.cfg.announce_every;
         let mut next_check = Instant::now() + jitter(self.cfg.rebalance_every);
         // Polled here rather than spawned: the load is mostly blocking work on its own threads.
         let mut moving: Option<futures::future::LocalBoxFuture<'static, Result<Serving, ServeError>>> = None;
         tokio::pin!(shutdown);
         loop {
             let check_in = next_check.saturating_duration_since(Instant::now());
+            let announce_in = next_announce.saturating_duration_since(Instant::now());
             tokio::select! {
-                _ = announce_tick.tick() => self.announce(pb::ServerState::Online).await,
+                _ = tokio::time::sleep(announce_in) => {
+                    let period = self.announce_period().await;
+                    self.announce(pb::ServerState::Online, period).await;
+                    next_announce = Instant::now() + period;
+                }
                 _ = tokio::time::sleep(check_in), if self.auto.is_some() && moving.is_none() => {
                     next_check = Instant::now() + jitter(self.cfg.rebalance_every);
                     let Some(placer) = &self.auto else { continue };
@@ -473,14 +507,15 @@ impl Server {
                             self.serving = new;
                             let s = &self.serving;
                             (self.events)(ServerEvent::Serving { model: id, layers: s.layers.clone(), throughput: s.throughput });
-                            announce_tick.reset_immediately();
+                            next_announce = Instant::now();
                         }
                         Err(e) => tracing::warn!(error = %e, "could not move; staying"),
                     }
                 }
                 _ = &mut shutdown => {
                     self.service.stop_admitting();
-                    self.announce(pb::ServerState::Leaving).await;
+                    let period = self.announce_period().await;
+                    self.announce(pb::ServerState::Leaving, period).await;
                     // Gossip sends from the network task; a moment before the connections close.
                     tokio::time::sleep(dilate(LEAVING_SENT)).await;
                     self.net.shutdown().await?;
@@ -488,5 +523,33 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_announcement_period_grows_with_the_swarm_up_to_its_cap() {
+        let base = Duration::from_secs(10);
+        assert_eq!(stretched_period(base, Some(64), 1), base);
+        assert_eq!(stretched_period(base, Some(64), 64), base);
+        assert_eq!(stretched_period(base, Some(64), 128), base * 2);
+        assert_eq!(stretched_period(base, Some(64), 10_000), base.mul_f64(MAX_ANNOUNCE_STRETCH));
+        assert_eq!(stretched_period(base, None, 10_000), base);
+        assert_eq!(stretched_period(base, Some(0), 10_000), base);
+        // Below the cap, a node receives about `stretch_after` announcements per base period.
+        for servers in [64, 100, 200, 256] {
+            let per_base =
+                servers as f64 * base.as_secs_f64() / stretched_period(base, Some(64), servers).as_secs_f64();
+            assert!((per_base - 64.0).abs() < 1e-6, "{servers} servers: {per_base}");
+        }
+    }
+
+    #[test]
+    fn a_stretched_announcement_stays_within_the_age_peers_accept() {
+        let longest = ServerConfig::default().announce_every.mul_f64(MAX_ANNOUNCE_STRETCH) * 3;
+        assert!(longest <= crate::net::NetworkConfig::default().max_announcement_age);
     }
 }
