@@ -137,12 +137,9 @@ pub async fn run(cfg: &ChurnConfig, phases: Phases) -> Result<Report> {
         ..Report::default()
     };
     if covered_at.is_some() {
-        let (b0, w0) = net.traffic.totals();
-        clock::sleep(cfg.settle).await;
-        let (b1, w1) = net.traffic.totals();
-        let per_node_s = |d: u64| d as f64 / cfg.nodes as f64 / cfg.settle.as_secs_f64().max(1e-3);
-        report.upkeep_bytes_per_node_s = Some(per_node_s(b1 - b0));
-        report.upkeep_writes_per_node_s = Some(per_node_s(w1 - w0));
+        let (bytes, writes) = net.traffic.per_node_over(cfg.nodes, cfg.settle).await;
+        report.upkeep_bytes_per_node_s = Some(bytes);
+        report.upkeep_writes_per_node_s = Some(writes);
         report.balance_quality = Some(swarm.balance_quality());
         tracing::info!(blocks = ?swarm.block_throughput(), "block throughput once settled");
         let servers = swarm.serving();

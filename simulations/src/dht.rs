@@ -261,10 +261,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
     });
 
     // Upkeep while nobody asks anything.
-    let (b0, w0) = net.traffic.totals();
-    clock::sleep(cfg.quiet).await;
-    let (b1, w1) = net.traffic.totals();
-    let per_node_s = |d: u64| d as f64 / nodes.len() as f64 / cfg.quiet.as_secs_f64();
+    let (upkeep_bytes, upkeep_writes) = net.traffic.per_node_over(nodes.len(), cfg.quiet).await;
 
     let host = host.finish().await;
     let report = Report {
@@ -281,8 +278,8 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         lookup_success: Some(success),
         lookup_failures: Some(lookup_failures),
         provide_p50_ms: quantile_ms(&mut provide_times, 0.5),
-        upkeep_bytes_per_node_s: Some(per_node_s(b1 - b0)),
-        upkeep_writes_per_node_s: Some(per_node_s(w1 - w0)),
+        upkeep_bytes_per_node_s: Some(upkeep_bytes),
+        upkeep_writes_per_node_s: Some(upkeep_writes),
         connections: net.connections(),
         open_connections_per_node: net.open_connections() as f64 * 2.0 / nodes.len() as f64,
         memory_per_node_kib: host.rss_mib * 1024.0 / nodes.len() as f64,

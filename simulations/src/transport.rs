@@ -76,6 +76,16 @@ impl Traffic {
     pub fn totals(&self) -> (u64, u64) {
         (self.bytes.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
     }
+
+    /// Waits `window` (swarm time) and returns the bytes and writes per node per second
+    /// of swarm time that crossed the network meanwhile.
+    pub async fn per_node_over(&self, nodes: usize, window: Duration) -> (f64, f64) {
+        let (b0, w0) = self.totals();
+        crate::clock::sleep(window).await;
+        let (b1, w1) = self.totals();
+        let per_node_s = |d: u64| d as f64 / nodes.max(1) as f64 / window.as_secs_f64().max(1e-3);
+        (per_node_s(b1 - b0), per_node_s(w1 - w0))
+    }
 }
 
 type Incoming = (SimStream, u64);
