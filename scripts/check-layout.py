@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the workspace's layout rules (docs/ARCHITECTURE.md, "Invariants"):
 
-- no Rust source file over 700 lines, and node/src/main.rs under 150;
+- no Rust source file over 700 lines (third_party/ excepted: upstream code), and node/src/main.rs under 150;
 - no import cycle between sibling modules of any crate (a module's children may use
   each other one way only), with references through a parent's re-exports resolved to
   the child that defines the item;
@@ -164,7 +164,8 @@ def main():
     problems = []
     for file in sorted(ROOT.glob("*/**/*.rs")):
         rel = file.relative_to(ROOT)
-        if rel.parts[0] in ("target", "interop") or "node_modules" in rel.parts:
+        # third_party: upstream crates as published (plus a small patch), not our layout.
+        if rel.parts[0] in ("target", "interop", "third_party") or "node_modules" in rel.parts:
             continue
         lines = len(file.read_text().splitlines())
         if lines > MAX_LINES:

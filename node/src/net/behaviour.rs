@@ -37,6 +37,10 @@ use crate::dilation::dilate;
 /// Longest a connection's security and multiplexer handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Longest a dial may take, from the first byte to a multiplexed connection, on any
+/// transport (libp2p's default; the swarm builder applies it around every transport).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A transport handed to the node instead of TCP and QUIC: authenticated and multiplexed.
 pub type InjectedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
@@ -127,6 +131,10 @@ fn behaviour(
     kad_cfg.set_substreams_timeout(dilate(Duration::from_secs(10)));
     kad_cfg.set_periodic_bootstrap_interval(Some(dilate(Duration::from_secs(5 * 60))));
     kad_cfg.set_kbucket_pending_timeout(dilate(Duration::from_secs(60)));
+    // How long a walk waits on one peer before going on without it. Upstream it is fixed
+    // at 10 s of wall time (our patch of libp2p-kad makes it a setting): a dilated swarm
+    // would give up on a peer still being dialled after a few round trips.
+    kad_cfg.set_peer_timeout(dilate(Duration::from_secs(10)));
     let mut gossip_builder = gossipsub::ConfigBuilder::default();
     if let Some(prefix) = &protocols.gossip_prefix {
         gossip_builder.protocol_id_prefix(prefix.clone());
@@ -224,6 +232,10 @@ pub(super) fn build_swarm(
                 .with_behaviour(|key, relay| behaviour(key, relay, cfg, protocols, codec))
                 .map_err(|e| setup(&e))?
                 .with_swarm_config(idle)
+                // Left at the builder's default it is 10 s of wall time whatever the dilation:
+                // at 30× a dial of four round trips over 85 ms links timed out, and half a
+                // simulated swarm's dials failed.
+                .with_connection_timeout(dilate(CONNECTION_TIMEOUT))
                 .build()
         };
     }
