@@ -155,6 +155,7 @@ pub async fn run(cfg: &ChurnConfig, phases: Phases) -> Result<Report> {
     report.open_connections_per_node = net.open_connections() as f64 * 2.0 / total as f64;
     let host = host.finish().await;
     report.memory_per_node_kib = host.rss_mib * 1024.0 / total as f64;
+    report.peak_memory_per_node_kib = Some(host.peak_rss_mib * 1024.0 / total as f64);
     report.host_kept_up = host.kept_up;
     report.host = Some(host);
     report.wall_s = t0.elapsed().as_secs_f64();

@@ -121,6 +121,7 @@ async fn join(
             ..node::config(n, bootstrap)
         };
         handles.push(node::spawn(net, dir, seed, n, net_cfg).await?);
+        crate::host::join_progress(net, n + 1, nodes);
         // Exponential gaps: Poisson arrivals.
         let u: f64 = rng.gen_range(f64::EPSILON..1.0);
         clock::sleep(cfg.join_gap.mul_f64(-u.ln())).await;
@@ -283,6 +284,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         connections: net.connections(),
         open_connections_per_node: net.open_connections() as f64 * 2.0 / nodes.len() as f64,
         memory_per_node_kib: host.rss_mib * 1024.0 / nodes.len() as f64,
+        peak_memory_per_node_kib: Some(host.peak_rss_mib * 1024.0 / nodes.len() as f64),
         host_kept_up: host.kept_up,
         host: Some(host),
         wall_s: t0.elapsed().as_secs_f64(),

@@ -44,6 +44,9 @@ pub struct HostReport {
     pub host_cores: usize,
     /// Resident memory at the end, MiB.
     pub rss_mib: f64,
+    /// The most resident memory the process held at any moment, MiB (the joins' peak
+    /// is what decides whether a size fits the host).
+    pub peak_rss_mib: f64,
     /// Lag and CPU were within bounds: the run's timings mean something.
     pub kept_up: bool,
 }
@@ -89,6 +92,7 @@ impl HostWatch {
             cpu_cores: cpu,
             host_cores,
             rss_mib: rss_bytes() as f64 / (1 << 20) as f64,
+            peak_rss_mib: status_kib("VmHWM:") as f64 / 1024.0,
             kept_up: p99_swarm <= MAX_LAG_P99 && cpu <= MAX_CPU_SHARE * host_cores as f64,
         }
     }
@@ -107,14 +111,29 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Logs (at info) how far the joins are, every twentieth of them: open connections per
+/// node and resident memory, the figures that decide whether a size fits the host.
+pub fn join_progress(net: &crate::transport::SimNet, joined: usize, of: usize) {
+    if joined.is_multiple_of((of / 20).max(1)) || joined == of {
+        let per_node = net.open_connections() as f64 * 2.0 / joined.max(1) as f64;
+        let rss_mib = rss_bytes() >> 20;
+        tracing::info!(joined, of, open_connections_per_node = per_node, rss_mib, "joining");
+    }
+}
+
 /// The process's resident memory, from /proc/self/status.
 pub fn rss_bytes() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+/// One KiB figure of /proc/self/status (0 where it cannot be read).
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -132,5 +151,6 @@ mod tests {
         let used = process_cpu().saturating_sub(before);
         assert!(used >= Duration::from_millis(200), "{used:?} of CPU for 300 ms of spinning");
         assert!(rss_bytes() > 0);
+        assert!(status_kib("VmHWM:") * 1024 >= rss_bytes());
     }
 }

@@ -76,7 +76,9 @@ pub struct Report {
     pub recovery_p95_ms: Option<f64>,
     /// The first few session errors, when there were any.
     pub session_errors: Option<Vec<String>>,
+    /// Resident memory per node at the end, and at the process's peak.
     pub memory_per_node_kib: f64,
+    pub peak_memory_per_node_kib: Option<f64>,
     pub host: Option<HostReport>,
     /// The host kept up (see [`crate::host`]): the timings mean something.
     pub host_kept_up: bool,

@@ -292,8 +292,10 @@ impl SimSwarm {
             let u: f64 = Self::lock(&self.rng).gen_range(f64::EPSILON..1.0);
             gaps.push(self.cfg.join_gap.mul_f64(-u.ln()));
         }
-        for gap in gaps {
+        let of = gaps.len() + 1;
+        for (n, gap) in gaps.into_iter().enumerate() {
             self.clone().spawn_server(Some(model)).await?;
+            crate::host::join_progress(&self.net, n + 2, of);
             crate::clock::sleep(gap).await;
         }
         Ok(())

@@ -493,6 +493,8 @@ impl Task {
                 if step.last {
                     let ms = stats.duration().map(|d| d.as_millis() as u64);
                     tracing::debug!(
+                        kind = query_kind(&result),
+                        steps = step.count.get(),
                         requests = stats.num_requests(),
                         failed = stats.num_failures(),
                         ?ms,
@@ -677,4 +679,18 @@ fn dial_unless_connected(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<
 
 fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// What kind of Kademlia query a result is of, for the logs.
+fn query_kind(result: &QueryResult) -> &'static str {
+    match result {
+        QueryResult::Bootstrap(_) => "bootstrap",
+        QueryResult::GetClosestPeers(_) => "closest peers",
+        QueryResult::GetProviders(_) => "providers",
+        QueryResult::StartProviding(_) => "provide",
+        QueryResult::RepublishProvider(_) => "republish provider",
+        QueryResult::GetRecord(_) => "record",
+        QueryResult::PutRecord(_) => "put record",
+        QueryResult::RepublishRecord(_) => "republish record",
+    }
 }

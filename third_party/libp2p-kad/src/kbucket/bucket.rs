@@ -161,7 +161,8 @@ pub(crate) struct AppliedPending<TKey, TVal> {
 impl<TKey, TVal> Default for KBucket<TKey, TVal> {
     fn default() -> Self {
         KBucket {
-            nodes: Vec::with_capacity(K_VALUE.get()),
+            // Allocated on the first insert: most of a table's 256 buckets stay empty.
+            nodes: Vec::new(),
             capacity: K_VALUE.get(),
             first_connected_pos: None,
             pending: None,
@@ -178,7 +179,8 @@ where
     /// Creates a new `KBucket` with the given configuration.
     pub(crate) fn new(config: KBucketConfig) -> Self {
         KBucket {
-            nodes: Vec::with_capacity(config.bucket_size),
+            // Allocated on the first insert: most of a table's 256 buckets stay empty.
+            nodes: Vec::new(),
             capacity: config.bucket_size,
             first_connected_pos: None,
             pending: None,
