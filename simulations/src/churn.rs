@@ -152,7 +152,7 @@ pub async fn run(cfg: &ChurnConfig, phases: Phases) -> Result<Report> {
     }
     report.scenario = format!("{phases:?}").to_lowercase();
     report.connections = net.connections();
-    report.open_connections_per_node = net.open_connections() as f64 * 2.0 / total as f64;
+    report.open_connections_per_node = net.open_connections_per_node(total);
     let host = host.finish().await;
     report.memory_per_node_kib = host.rss_mib * 1024.0 / total as f64;
     report.peak_memory_per_node_kib = Some(host.peak_rss_mib * 1024.0 / total as f64);

@@ -282,7 +282,7 @@ pub async fn run(cfg: &DhtConfig) -> Result<Report> {
         upkeep_bytes_per_node_s: Some(upkeep_bytes),
         upkeep_writes_per_node_s: Some(upkeep_writes),
         connections: net.connections(),
-        open_connections_per_node: net.open_connections() as f64 * 2.0 / nodes.len() as f64,
+        open_connections_per_node: net.open_connections_per_node(nodes.len()),
         memory_per_node_kib: host.rss_mib * 1024.0 / nodes.len() as f64,
         peak_memory_per_node_kib: Some(host.peak_rss_mib * 1024.0 / nodes.len() as f64),
         host_kept_up: host.kept_up,

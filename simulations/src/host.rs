@@ -115,7 +115,7 @@ fn process_cpu() -> Duration {
 /// node and resident memory, the figures that decide whether a size fits the host.
 pub fn join_progress(net: &crate::transport::SimNet, joined: usize, of: usize) {
     if joined.is_multiple_of((of / 20).max(1)) || joined == of {
-        let per_node = net.open_connections() as f64 * 2.0 / joined.max(1) as f64;
+        let per_node = net.open_connections_per_node(joined);
         let rss_mib = rss_bytes() >> 20;
         tracing::info!(joined, of, open_connections_per_node = per_node, rss_mib, "joining");
     }

@@ -209,6 +209,11 @@ impl SimNet {
         pipes / 4
     }
 
+    /// Open connections per node, for `nodes` nodes (each connection has two ends).
+    pub fn open_connections_per_node(&self, nodes: usize) -> f64 {
+        self.open_connections() as f64 * 2.0 / nodes.max(1) as f64
+    }
+
     /// Whether `a` can reach `b` now: both alive and on the same side of any partition.
     fn reachable(state: &State, a: usize, b: usize) -> Result<(), Death> {
         if let Some(d) = state.dead.get(&b).or(state.dead.get(&a)) {
