@@ -324,6 +324,7 @@ async fn client_loop(
         let prompt: Vec<i32> =
             (0..cfg.prompt_tokens).map(|_| rng.gen_range(FIRST_ORDINARY_TOKEN..N_VOCAB) as i32).collect();
         // Every step is bounded: a session that hangs is an error of the run, not a hang of it.
+        let opened = Instant::now();
         let start = RemoteSession::start(&model, opts.clone(), Duration::from_secs(10));
         let mut session = match tokio::time::timeout(clock::dilate(STEP_LIMIT), start)
             .await
@@ -332,12 +333,15 @@ async fn client_loop(
             Ok(s) => s,
             Err(e) => {
                 tally.open_failures.fetch_add(1, Ordering::Relaxed);
+                let known = model.net().announcements().await.map_or(0, |a| a.len());
+                tracing::debug!(?mode, known, error = %e, "a session did not open");
                 error(format!("open: {e}"));
                 clock::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
         tally.started.fetch_add(1, Ordering::Relaxed);
+        let open_s = clock::since(opened).as_secs_f64();
         let mut tokens = Vec::new();
         let generated = session.generate(&model, &prompt, cfg.max_tokens, |t| {
             tokens.push(t.token);
@@ -345,6 +349,17 @@ async fn client_loop(
         });
         let generated = tokio::time::timeout(clock::dilate(STEP_LIMIT), generated).await;
         let _ = tokio::time::timeout(clock::dilate(STEP_LIMIT), session.close()).await;
+        // What the tail of a run (its slowest sessions) is made of.
+        let known = model.net().announcements().await.map_or(0, |a| a.len());
+        tracing::debug!(
+            ?mode,
+            known,
+            open_s,
+            session_s = clock::since(opened).as_secs_f64(),
+            tokens = tokens.len(),
+            outcome = ?generated.as_ref().map(|g| g.as_ref().map(|g| (g.failovers.len(), g.resyncs)).map_err(|e| e.to_string())),
+            "a session ended"
+        );
         let generated = match generated {
             Ok(g) => g,
             Err(_) => {

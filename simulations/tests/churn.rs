@@ -8,7 +8,7 @@
 //! timer, latency and compute stretched alike, see `nak_node::dilation`): what two cores
 //! keep up with in this test build. Joins come 25 ms apart on average, the workload
 //! starts as soon as every block is served (the balance is not what this test checks)
-//! and lasts 16 s, so the run takes under 10 minutes.
+//! and lasts 16 s; sessions generate 12 tokens, so the last ones end sooner.
 //! `NAK_SIM_NODES`, `NAK_SIM_DILATION` and `NAK_SIM_SEED` change size, dilation and seed; `nak-sim churn` runs
 //! the full scenario (docs/SIMULATIONS.md).
 
@@ -35,6 +35,7 @@ fn a_churning_swarm_completes_sessions_with_the_failure_free_tokens() {
     nak_node::dilation::set_factor(env_or("NAK_SIM_DILATION", 8.0)).unwrap();
     let mut cfg = ChurnConfig::new(env_or("NAK_SIM_NODES", 200), env_or("NAK_SIM_SEED", 7));
     cfg.workload = Duration::from_secs(16);
+    cfg.max_tokens = 12;
     cfg.hour = cfg.workload;
     cfg.swarm.rebalance_every = Duration::from_secs(10);
     cfg.swarm.join_gap = Duration::from_millis(25);

@@ -154,7 +154,7 @@ impl RemoteSession {
                 }
             })?;
             let emit_from = if b + 1 == self.hops.len() { self.context.len() as u32 } else { 0 };
-            let new_hops = match self.open_hops(&new_route, a..b + 1, emit_from).await {
+            let new_hops = match self.open_hops(model, &new_route, a..b + 1, emit_from).await {
                 Ok(hops) => hops,
                 Err(e) => match refused(&e) {
                     Some(peer) => {

@@ -102,9 +102,13 @@ impl RemoteSession {
     pub async fn start(model: &SwarmModel, opts: SessionOptions, wait: Duration) -> Result<Self, ClientError> {
         let mut avoid = HashSet::new();
         let mut last = None;
-        for _ in 0..OPEN_ATTEMPTS {
+        for attempt in 0..OPEN_ATTEMPTS {
+            let asked = Instant::now();
             let route = model.route(wait, &avoid).await?;
-            match Self::open(model, route, opts.clone()).await {
+            let routed = asked.elapsed();
+            let opened = Self::open(model, route, opts.clone()).await;
+            tracing::debug!(attempt, ?routed, took = ?asked.elapsed(), ok = opened.is_ok(), "a try at opening a session");
+            match opened {
                 Ok(session) => return Ok(session),
                 Err(e) => match refused(&e) {
                     Some(peer) => {
@@ -150,7 +154,7 @@ impl RemoteSession {
             resyncs: 0,
             receipts,
         };
-        session.hops = session.open_hops(&route, 0..0, 0).await?;
+        session.hops = session.open_hops(model, &route, 0..0, 0).await?;
         Ok(session)
     }
 
@@ -171,9 +175,13 @@ impl RemoteSession {
     /// Opens sessions on `new`, the hops that will stand at `replace` of the route (all
     /// of it for a new session), wired to their neighbours in the route as it will be. A
     /// new last hop emits tokens from position `emit_from`. Returns them once every one
-    /// has answered; a refusal is an error naming the server.
+    /// has answered; a refusal is an error naming the server. Of the servers whose stream
+    /// could not be opened, all but the one the error names are banned here: the streams
+    /// open at once, so the error hides the others that failed beside it, and each would
+    /// otherwise cost a later route its own wait.
     pub(super) async fn open_hops(
         &mut self,
+        model: &SwarmModel,
         new: &[RouteHop],
         replace: std::ops::Range<usize>,
         emit_from: u32,
@@ -191,6 +199,13 @@ impl RemoteSession {
             links.open(h.peer, &h.addrs).await.map_err(|e| hop_error(h, pb::ErrorCode::Closed, e))
         }))
         .await;
+        let failed = streams.iter().filter_map(|s| s.as_ref().err());
+        for e in failed.skip(1) {
+            if let ClientError::Hop { peer, .. } = e {
+                let ban = model.ban(*peer);
+                tracing::info!(%peer, error = %e, ban_s = ban.as_secs(), "a new hop is unreachable");
+            }
+        }
         let mut opened = Vec::new();
         for (k, (hop, stream)) in new.iter().zip(streams).enumerate() {
             let link = stream?;

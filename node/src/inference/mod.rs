@@ -263,18 +263,19 @@ impl RateLimit {
 const OPEN_ATTEMPTS: u32 = 5;
 /// Longest wait for the other side's hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest one try at opening the stream may wait for the peer. A peer that vanished
-/// without closing (a dead host, a blackhole) leaves a dial hanging until the transport
-/// gives up, three times over (a stream, a dial, a stream); trying again would wait
-/// again, so a try that runs out of time ends the opening. A try that fails fast (a
-/// relayed peer's first stream while hole punching) is tried again.
+/// Longest all the tries at opening the stream may wait for the peer together. A peer
+/// that vanished without closing (a dead host, a blackhole) leaves a dial hanging until
+/// the transport gives up, which may end the try with an error just before this bound;
+/// trying again would wait as long again. A try that fails fast (a relayed peer's first
+/// stream while hole punching) is tried again within it.
 const OPEN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Opens an inference stream to `peer` (dialling `addrs` if not connected) and waits for
 /// the peer's hello. libp2p-stream hands inbound streams to the service through a
 /// channel with room for one and drops any that arrive while it is full, which happens
-/// when many sessions open at once; such a stream is reset, the hello never comes, and
-/// we open another after a short random pause.
+/// when many sessions open at once; such a stream is reset before the hello, and we
+/// open another after a short random pause. The tries share one [`OPEN_LIMIT`], and a
+/// peer that opens the stream but sends no hello in time is not tried again.
 pub(crate) async fn connect(
     net: &NetworkHandle,
     peer: PeerId,
@@ -282,19 +283,23 @@ pub(crate) async fn connect(
 ) -> Result<crate::net::Stream, String> {
     let hello = pb::InferenceFrame { kind: Some(Kind::Hello(pb::Hello {})) };
     let mut last = String::new();
+    // One budget for every try: a dial that fails only when the transport gives up (a
+    // host gone silent) must not be tried again, each time as slowly.
+    let deadline = tokio::time::Instant::now() + dilate(OPEN_LIMIT);
+    let out_of_time = || format!("{peer} did not answer within {} s", OPEN_LIMIT.as_secs());
     for attempt in 0..OPEN_ATTEMPTS {
         if attempt > 0 {
             let pause = rand::random::<u64>() % (20 << attempt);
             tokio::time::sleep(dilate(Duration::from_millis(pause))).await;
         }
-        let opened = tokio::time::timeout(dilate(OPEN_LIMIT), net.open_stream(peer, addrs, net.inference_protocol()));
+        let opened = tokio::time::timeout_at(deadline, net.open_stream(peer, addrs, net.inference_protocol()));
         let mut stream = match opened.await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 last = e.to_string();
                 continue;
             }
-            Err(_) => return Err(format!("{peer} did not answer within {} s", OPEN_LIMIT.as_secs())),
+            Err(_) => return Err(out_of_time()),
         };
         let exchange = async {
             write_frame(&mut stream, &hello, MAX_INFERENCE_FRAME).await?;
@@ -304,7 +309,9 @@ pub(crate) async fn connect(
             Ok(Ok(pb::InferenceFrame { kind: Some(Kind::Hello(_)) })) => return Ok(stream),
             Ok(Ok(_)) => return Err(format!("{peer} answered the hello with another frame")),
             Ok(Err(e)) => last = format!("the stream was closed before the hello: {e}"),
-            Err(_) => last = format!("no hello within {} s", HELLO_TIMEOUT.as_secs_f64()),
+            // A dropped stream is reset and shows above; silence is the peer's, and trying
+            // again would only wait as long again (a server gone silently costs one wait).
+            Err(_) => return Err(format!("{peer} sent no hello within {} s", HELLO_TIMEOUT.as_secs_f64())),
         }
         tracing::debug!(%peer, attempt, error = %last, "inference stream not taken; opening another");
     }
