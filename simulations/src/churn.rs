@@ -305,6 +305,15 @@ async fn churn(
     Ok(())
 }
 
+/// Announcements the client holds, for its debug logs; asked of the network only when
+/// they are on.
+async fn known_servers(model: &SwarmModel) -> usize {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return 0;
+    }
+    model.net().announcements().await.map_or(0, |a| a.len())
+}
+
 /// Longest a session may take to open, to generate, or to close.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
 
@@ -333,7 +342,7 @@ async fn client_loop(
             Ok(s) => s,
             Err(e) => {
                 tally.open_failures.fetch_add(1, Ordering::Relaxed);
-                let known = model.net().announcements().await.map_or(0, |a| a.len());
+                let known = known_servers(&model).await;
                 tracing::debug!(?mode, known, error = %e, "a session did not open");
                 error(format!("open: {e}"));
                 clock::sleep(Duration::from_millis(500)).await;
@@ -350,7 +359,7 @@ async fn client_loop(
         let generated = tokio::time::timeout(clock::dilate(STEP_LIMIT), generated).await;
         let _ = tokio::time::timeout(clock::dilate(STEP_LIMIT), session.close()).await;
         // What the tail of a run (its slowest sessions) is made of.
-        let known = model.net().announcements().await.map_or(0, |a| a.len());
+        let known = known_servers(&model).await;
         tracing::debug!(
             ?mode,
             known,

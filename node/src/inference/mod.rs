@@ -283,10 +283,7 @@ pub(crate) async fn connect(
 ) -> Result<crate::net::Stream, String> {
     let hello = pb::InferenceFrame { kind: Some(Kind::Hello(pb::Hello {})) };
     let mut last = String::new();
-    // One budget for every try: a dial that fails only when the transport gives up (a
-    // host gone silent) must not be tried again, each time as slowly.
     let deadline = tokio::time::Instant::now() + dilate(OPEN_LIMIT);
-    let out_of_time = || format!("{peer} did not answer within {} s", OPEN_LIMIT.as_secs());
     for attempt in 0..OPEN_ATTEMPTS {
         if attempt > 0 {
             let pause = rand::random::<u64>() % (20 << attempt);
@@ -299,7 +296,7 @@ pub(crate) async fn connect(
                 last = e.to_string();
                 continue;
             }
-            Err(_) => return Err(out_of_time()),
+            Err(_) => return Err(format!("{peer} did not answer within {} s", OPEN_LIMIT.as_secs())),
         };
         let exchange = async {
             write_frame(&mut stream, &hello, MAX_INFERENCE_FRAME).await?;
