@@ -176,6 +176,54 @@ async fn forged_announcements_are_rejected_and_honest_ones_arrive() {
     assert!(a.providers(keys::blob_key(&[1; 32])).await.is_ok());
 }
 
+/// Whether `net` holds an announcement of `peer`: (among the current ones, set aside as
+/// disconnected).
+async fn holds(net: &NetworkHandle, peer: libp2p::PeerId) -> (bool, bool) {
+    let has = |all: Vec<pb::ServerAnnouncement>| all.iter().any(|a| a.peer_id == peer.to_bytes());
+    (has(net.announcements().await.unwrap()), has(net.disconnected_announcements().await.unwrap()))
+}
+
+/// A closed connection looks the same whether the server crashed or closed it for room:
+/// its announcement is set aside, taken back when the server connects again, and dropped
+/// when a dial to it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_server_is_set_aside_until_it_returns_or_a_dial_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = start(&dir.path().join("a"), vec![]).await;
+    let a_addr = first_addr(&a).await;
+    let b_dir = dir.path().join("b");
+    let (b, _, _) = start(&b_dir, vec![a_addr.clone()]).await;
+    let peer = b.peer_id();
+    let ann = pb::ServerAnnouncement {
+        peer_id: peer.to_bytes(),
+        model_id: vec![5; 32],
+        end_layer: 2,
+        block_throughput: 1.0,
+        free_sessions: 1,
+        timestamp_ms: announce::now_ms(),
+        sequence: 1,
+        ..Default::default()
+    };
+    b.set_announcement(ann).await.unwrap();
+    eventually("B's announcement", async || a.ask_announcement(peer, &[5; 32]).await.ok()).await;
+    assert_eq!(holds(&a, peer).await, (true, false));
+
+    b.shutdown().await.unwrap();
+    eventually("B set aside", async || (holds(&a, peer).await == (false, true)).then_some(())).await;
+
+    // The same server back (same key), on a new port: it connects, and is taken back.
+    let (b, _, _) = start(&b_dir, vec![a_addr]).await;
+    assert_eq!(b.peer_id(), peer);
+    let b_addr = first_addr(&b).await;
+    eventually("B taken back", async || (holds(&a, peer).await == (true, false)).then_some(())).await;
+
+    b.shutdown().await.unwrap();
+    eventually("B set aside again", async || (holds(&a, peer).await == (false, true)).then_some(())).await;
+    assert!(a.connect(peer, vec![b_addr]).await.is_err(), "dialled a node that has stopped");
+    assert_eq!(holds(&a, peer).await, (false, false), "the announcement of a server that cannot be dialled");
+    a.shutdown().await.unwrap();
+}
+
 /// A bare libp2p peer that writes raw bytes on the blob protocol, whatever they are.
 #[derive(Clone, Copy, Default)]
 struct RawCodec;

@@ -183,11 +183,10 @@ impl SwarmModel {
     pub async fn view(&self, wait: Duration) -> Result<Vec<ServerInfo>, ClientError> {
         let deadline = tokio::time::Instant::now() + dilate(wait);
         loop {
-            let servers = self.servers().await?;
+            let servers = self.servers(false).await?;
             let covered = best_route(&servers, self.n_layer(), &HashSet::new()).is_some();
             if covered {
-                let mut discovery = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
-                discovery.get_or_insert_with(|| self.joined.elapsed());
+                self.note_discovery();
             }
             if covered || tokio::time::Instant::now() >= deadline {
                 return Ok(servers);
@@ -196,6 +195,11 @@ impl SwarmModel {
                 tokio::time::sleep(dilate(Duration::from_millis(100))).await;
             }
         }
+    }
+
+    fn note_discovery(&self) {
+        let mut discovery = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        discovery.get_or_insert_with(|| self.joined.elapsed());
     }
 
     /// How long after joining the first full route was known (None before that).
@@ -219,12 +223,16 @@ impl SwarmModel {
         true
     }
 
-    async fn servers(&self) -> Result<Vec<ServerInfo>, ClientError> {
+    /// The online servers of this model that the network holds announcements of: those
+    /// of servers it set aside as disconnected when `disconnected`, the others when not.
+    async fn servers(&self, disconnected: bool) -> Result<Vec<ServerInfo>, ClientError> {
         let rtts = self.net.rtts().await?;
         let me = self.net.peer_id();
         let model = self.id();
+        let announcements =
+            if disconnected { self.net.disconnected_announcements().await? } else { self.net.announcements().await? };
         let mut out = Vec::new();
-        for a in self.net.announcements().await? {
+        for a in announcements {
             let Ok(peer) = PeerId::from_bytes(&a.peer_id) else { continue };
             let online = a.state() == pb::ServerState::Online;
             if peer == me || a.model_id != model.0 || !online || a.first_layer >= a.end_layer {
@@ -246,16 +254,18 @@ impl SwarmModel {
     /// The best route now, avoiding banned peers and `avoid`, waiting up to `wait` for
     /// the swarm's announcements.
     pub async fn route(&self, wait: Duration, avoid: &HashSet<PeerId>) -> Result<Vec<RouteHop>, ClientError> {
-        let servers = self.view(wait).await?;
-        let excluded: HashSet<PeerId> = self.banned().union(avoid).copied().collect();
-        best_route(&servers, self.n_layer(), &excluded).map(|(r, _)| r).ok_or_else(|| {
-            ClientError::NoRoute(format!("{} layers; servers hold [{}]", self.n_layer(), held(&servers, &excluded)))
-        })
+        let route = self.route_between(0..self.n_layer(), avoid, wait).await;
+        route.map_err(|held| ClientError::NoRoute(format!("{} layers; servers hold [{held}]", self.n_layer())))
     }
 
     /// The best route through `layers` avoiding banned peers and `avoid`, waiting up to
     /// `wait` for a server that can take them to be announced (a client that has just
-    /// joined may not have heard every server yet); the error says what the swarm offers.
+    /// joined may not have heard every server yet); the error lists the spans of the
+    /// usable servers.
+    ///
+    /// Servers set aside as disconnected ([`NetworkHandle::disconnected_announcements`])
+    /// are used only when no route avoids them, once the DHT has been asked or the wait
+    /// is over: a dial to one that has gone fails, which drops it.
     pub async fn route_between(
         &self,
         layers: Range<u32>,
@@ -263,16 +273,28 @@ impl SwarmModel {
         wait: Duration,
     ) -> Result<Vec<RouteHop>, String> {
         let deadline = tokio::time::Instant::now() + dilate(wait);
+        let mut asked = false;
         loop {
-            let servers = self.servers().await.map_err(|e| e.to_string())?;
             let excluded: HashSet<PeerId> = self.banned().union(avoid).copied().collect();
-            if let Some((route, _)) = best_route_between(&servers, layers.clone(), &excluded) {
+            let mut servers = self.servers(false).await.map_err(|e| e.to_string())?;
+            let mut route = best_route_between(&servers, layers.clone(), &excluded);
+            let over = tokio::time::Instant::now() >= deadline;
+            if route.is_none() && (asked || over) {
+                servers.extend(self.servers(true).await.map_err(|e| e.to_string())?);
+                route = best_route_between(&servers, layers.clone(), &excluded);
+            }
+            if let Some((route, _)) = route {
+                if layers == (0..self.n_layer()) {
+                    self.note_discovery();
+                }
                 return Ok(route);
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!("usable servers hold [{}]", held(&servers, &excluded)));
+            if over {
+                return Err(held(&servers, &excluded));
             }
-            if !self.ask_servers_if_due().await {
+            if self.ask_servers_if_due().await {
+                asked = true;
+            } else {
                 tokio::time::sleep(dilate(Duration::from_millis(100))).await;
             }
         }

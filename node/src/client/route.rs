@@ -5,8 +5,8 @@
 //! within its span (a route may enter and leave a span anywhere). An edge costs what
 //! the client expects one token to take there: `(b - a)` layers at the server's
 //! measured per-layer speed, slowed by how busy it is, plus half the ping round trip
-//! to it (the link into that hop) and a fixed per-hop overhead, so fewer hops win a
-//! tie. The route is the cheapest path from `0` to `n` (Dijkstra). Backups are found
+//! to it (the link into that hop; the median of the known ones for a server not yet
+//! pinged) and a fixed per-hop overhead, so fewer hops win a tie. The route is the cheapest path from `0` to `n` (Dijkstra). Backups are found
 //! the same way without the servers of the routes before them, so they are disjoint.
 
 use std::collections::{BinaryHeap, HashSet};
@@ -57,11 +57,21 @@ pub struct RouteHop {
     pub expected_s: f64,
 }
 
-/// Expected seconds per token through `layers` of `server`.
-fn edge_cost(server: &ServerInfo, layers: u32) -> f64 {
+/// Expected seconds per token through `layers` of `server`, taking `assumed_rtt` for a
+/// server never pinged.
+fn edge_cost(server: &ServerInfo, layers: u32, assumed_rtt: Duration) -> f64 {
     let compute = layers as f64 / server.block_throughput.max(1e-9);
     let busy = if server.free_sessions == 0 { FULL_PENALTY } else { 1.0 };
-    compute * busy + server.rtt.map_or(0.0, |r| r.as_secs_f64() / 2.0) + HOP_OVERHEAD_S
+    compute * busy + server.rtt.unwrap_or(assumed_rtt).as_secs_f64() / 2.0 + HOP_OVERHEAD_S
+}
+
+/// The round trip assumed to a server the client has not pinged: the median of those it
+/// has (zero when it has none). Taken as zero, a server never reached, which may well
+/// have gone, would look closer than every server the client knows to be there.
+fn assumed_rtt(servers: &[ServerInfo]) -> Duration {
+    let mut known: Vec<Duration> = servers.iter().filter_map(|s| s.rtt).collect();
+    known.sort();
+    known.get(known.len() / 2).copied().unwrap_or_default()
 }
 
 /// The cheapest route through all `n_layer` layers, avoiding `excluded` peers, and its
@@ -84,6 +94,7 @@ pub fn best_route_between(
     // For each boundary: (server index, boundary we came from).
     let mut prev: Vec<Option<(usize, usize)>> = vec![None; n + 1];
     dist[from] = 0.0;
+    let rtt = assumed_rtt(servers);
     let mut heap = BinaryHeap::new();
     heap.push(Visit { cost: 0.0, at: from });
     while let Some(Visit { cost, at }) = heap.pop() {
@@ -96,7 +107,7 @@ pub fn best_route_between(
                 continue;
             }
             for b in at + 1..=end {
-                let c = cost + edge_cost(s, (b - at) as u32);
+                let c = cost + edge_cost(s, (b - at) as u32, rtt);
                 if c < dist[b] {
                     dist[b] = c;
                     prev[b] = Some((i, at));
@@ -204,6 +215,17 @@ mod tests {
         far.rtt = Some(Duration::from_millis(80));
         let (route, _) = best_route(&[far, free.clone()], 30, &HashSet::new()).unwrap();
         assert_eq!(route[0].peer, free.peer);
+    }
+
+    #[test]
+    fn a_server_never_pinged_is_costed_at_the_median_known_round_trip() {
+        let (mut near, mut far, mut unknown) = (server(0..30, 1000.0), server(0..30, 1000.0), server(0..30, 1000.0));
+        (near.rtt, far.rtt, unknown.rtt) = (Some(Duration::from_millis(10)), Some(Duration::from_millis(90)), None);
+        let (route, cost) = best_route(&[unknown.clone(), far.clone(), near.clone()], 30, &HashSet::new()).unwrap();
+        assert_eq!(route[0].peer, near.peer);
+        // Without the near one, the unknown one is costed as the far one (the median).
+        let (_, tie) = best_route(&[unknown, far], 30, &HashSet::new()).unwrap();
+        assert!((tie - cost - 0.040).abs() < 1e-9, "{tie} vs {cost}");
     }
 
     #[test]

@@ -209,8 +209,9 @@ pub enum Command {
     Subscribe(String, oneshot::Sender<Result<(), NetworkError>>),
     /// Publish bytes on a topic.
     Publish(String, Vec<u8>, oneshot::Sender<Result<(), NetworkError>>),
-    /// The latest announcement of each peer, while it holds (see [`NetworkHandle::announcements`]).
-    Announcements(oneshot::Sender<Vec<pb::ServerAnnouncement>>),
+    /// The latest announcement of each peer, while it holds: those of disconnected servers
+    /// or the others (see [`NetworkHandle::announcements`]).
+    Announcements { disconnected: bool, reply: oneshot::Sender<Vec<pb::ServerAnnouncement>> },
     /// The latest ping round-trip time to each connected peer.
     Rtts(oneshot::Sender<HashMap<PeerId, Duration>>),
     /// Gossip topics that connected peers subscribe to.
@@ -443,9 +444,18 @@ impl NetworkHandle {
 
     /// The latest announcement of each peer that still holds: younger than its own
     /// `valid_for_ms` (or the configured maximum age when it gives none), from a peer
-    /// whose connection has not closed since.
+    /// that has not disconnected since (see [`NetworkHandle::disconnected_announcements`]).
     pub async fn announcements(&self) -> Result<Vec<pb::ServerAnnouncement>, NetworkError> {
-        self.ask(Command::Announcements).await
+        self.ask(|reply| Command::Announcements { disconnected: false, reply }).await
+    }
+
+    /// The announcements that still hold of servers whose last connection closed without
+    /// this node closing it (a crash and a connection the server closed for room look the
+    /// same), since when they have neither connected nor announced again. Each is dropped
+    /// when a dial to its server fails; until then a route may use them when no route
+    /// through [`NetworkHandle::announcements`] exists.
+    pub async fn disconnected_announcements(&self) -> Result<Vec<pb::ServerAnnouncement>, NetworkError> {
+        self.ask(|reply| Command::Announcements { disconnected: true, reply }).await
     }
 
     /// Sets what this node answers peers that ask for its announcement of the model

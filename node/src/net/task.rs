@@ -25,7 +25,7 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
-use nak_protocol::{announce, keys, pb};
+use nak_protocol::{keys, pb};
 use nak_shard_store::transfer::StoreProvider;
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,6 +62,9 @@ pub(super) struct Task {
     pending_dials: HashMap<PeerId, Vec<Reply<()>>>,
     provided: Vec<RecordKey>,
     announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
+    /// Servers (of `announcements`) set aside since their last connection closed, with
+    /// when (Unix ms); see [`announcements`].
+    disconnected: HashMap<Vec<u8>, u64>,
     rtts: HashMap<PeerId, Duration>,
     stats: NetworkStats,
     max_age: Duration,
@@ -139,6 +142,7 @@ impl Task {
             pending_dials: HashMap::new(),
             provided: Vec::new(),
             announcements: HashMap::new(),
+            disconnected: HashMap::new(),
             rtts: HashMap::new(),
             stats: NetworkStats::default(),
             max_age: dilate(cfg.max_announcement_age),
@@ -281,13 +285,8 @@ impl Task {
                 let r = behaviour.gossipsub.publish(IdentTopic::new(topic), data).map(|_| ());
                 let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
             }
-            Command::Announcements(reply) => {
-                let (now, default) = (announce::now_ms(), self.max_age.as_millis() as u64);
-                self.announcements.retain(|_, a| {
-                    let valid = if a.valid_for_ms > 0 { a.valid_for_ms.min(default) } else { default };
-                    now.saturating_sub(a.timestamp_ms) <= valid
-                });
-                let _ = reply.send(self.announcements.values().cloned().collect());
+            Command::Announcements { disconnected, reply } => {
+                let _ = reply.send(self.held_announcements(disconnected));
             }
             Command::Rtts(reply) => {
                 let _ = reply.send(self.rtts.clone());
@@ -302,6 +301,7 @@ impl Task {
             Command::Block(peer) => {
                 behaviour.blocked.block_peer(peer);
                 self.announcements.remove(&peer.to_bytes());
+                self.disconnected.remove(&peer.to_bytes());
                 self.blocked.insert(peer);
                 self.met.forget(&peer);
             }
@@ -362,6 +362,7 @@ impl Task {
                 let since = std::time::Instant::now();
                 self.connections.insert(connection_id, OpenConnection { peer: peer_id, addr, dialer, since });
                 self.trimmed.remove(&peer_id);
+                self.disconnected.remove(&peer_id.to_bytes());
                 self.trim_connections();
                 if endpoint.is_relayed() {
                     tracing::info!(peer = %peer_id, dialer = endpoint.is_dialer(), "connected through a relay");
@@ -379,27 +380,19 @@ impl Task {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
             }
-            // A server that went away no longer serves, whatever its last announcement said.
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 self.connections.remove(&connection_id);
-                if num_established > 0 {
-                    return;
-                }
-                self.last_used.remove(&peer_id);
-                // Closed because we had too many, or because nobody used it: not gone.
-                let idle = matches!(cause, Some(libp2p::swarm::ConnectionError::KeepAliveTimeout));
-                if self.trimmed.remove(&peer_id) || idle {
-                    return;
-                }
-                self.rtts.remove(&peer_id);
-                if self.announcements.remove(&peer_id.to_bytes()).is_some() {
-                    tracing::info!(peer = %peer_id, "dropped the announcement of a disconnected server");
+                if num_established == 0 {
+                    self.on_last_connection_closed(peer_id, cause.as_ref());
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 self.rtts.insert(peer, rtt);
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                if matches!(error, DialError::Transport(_) | DialError::WrongPeerId { .. }) {
+                    self.on_dial_failed(peer);
+                }
                 for reply in self.pending_dials.remove(&peer).into_iter().flatten() {
                     let _ = reply.send(Err(NetworkError::Failed(error.to_string())));
                 }
