@@ -145,12 +145,12 @@ impl RemoteSession {
             let layers = self.hops[a].route.start..self.hops[b].route.end;
             let exclude: HashSet<PeerId> =
                 avoid.iter().copied().chain(self.hops.iter().map(|h| h.route.peer)).collect();
-            let new_route = model.route_between(layers.clone(), &exclude, BACKUP_WAIT).await.map_err(|detail| {
+            let new_route = model.route_between(layers.clone(), &exclude, BACKUP_WAIT).await.map_err(|held| {
                 ClientError::NoBackup {
                     start: layers.start,
                     end: layers.end,
                     failed: failed_all.iter().map(PeerId::to_string).collect::<Vec<_>>().join(", "),
-                    detail,
+                    detail: format!("usable servers hold [{held}]"),
                 }
             })?;
             let emit_from = if b + 1 == self.hops.len() { self.context.len() as u32 } else { 0 };
