@@ -166,6 +166,16 @@ impl SwarmArgs {
     }
 }
 
+/// Runs a scenario until it ends or the user interrupts it (Ctrl-C). An interrupted run
+/// is dropped, and with it, as the runtime shuts down, the nodes and their stores on
+/// tmpfs, which would otherwise stay in memory after the process ends.
+async fn or_interrupted<T>(run: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        result = run => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; the run's stores are removed")),
+    }
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -199,20 +209,22 @@ fn main() -> Result<()> {
                 max_connections,
                 ..defaults
             };
-            (runtime.block_on(dht::run(&cfg))?, common.json)
+            (runtime.block_on(or_interrupted(dht::run(&cfg)))?, common.json)
         }
-        Scenario::Placement { common, swarm } => {
-            (local.block_on(&runtime, churn::run(&swarm.config(&common), Phases::Placement))?, common.json)
-        }
-        Scenario::Routing { common, swarm } => {
-            (local.block_on(&runtime, churn::run(&swarm.config(&common), Phases::Routing))?, common.json)
-        }
+        Scenario::Placement { common, swarm } => (
+            local.block_on(&runtime, or_interrupted(churn::run(&swarm.config(&common), Phases::Placement)))?,
+            common.json,
+        ),
+        Scenario::Routing { common, swarm } => (
+            local.block_on(&runtime, or_interrupted(churn::run(&swarm.config(&common), Phases::Routing)))?,
+            common.json,
+        ),
         Scenario::Churn { common, swarm, workload_s, churn_per_hour, hour_s } => {
             let mut cfg = swarm.config(&common);
             cfg.workload = Duration::from_secs(workload_s);
             cfg.churn_per_hour = churn_per_hour;
             cfg.hour = Duration::from_secs(hour_s.unwrap_or(workload_s));
-            (local.block_on(&runtime, churn::run(&cfg, Phases::Churn))?, common.json)
+            (local.block_on(&runtime, or_interrupted(churn::run(&cfg, Phases::Churn)))?, common.json)
         }
     };
     if json {
