@@ -6,8 +6,9 @@
 //! the client expects one token to take there: `(b - a)` layers at the server's
 //! measured per-layer speed, slowed by how busy it is, plus half the ping round trip
 //! to it (the link into that hop; the median of the known ones for a server not yet
-//! pinged) and a fixed per-hop overhead, so fewer hops win a tie. The route is the cheapest path from `0` to `n` (Dijkstra). Backups are found
-//! the same way without the servers of the routes before them, so they are disjoint.
+//! pinged) and a fixed per-hop overhead, so fewer hops win a tie. The route is the
+//! cheapest path from `0` to `n` (Dijkstra). Backups are found the same way without the
+//! servers of the routes before them, so they are disjoint.
 
 use std::collections::{BinaryHeap, HashSet};
 use std::ops::Range;
