@@ -5,10 +5,11 @@
 //! every block to be served (time to full coverage) and for placement to settle, and
 //! reads the god view's balance. `routing`: each client asks for a route and its cost
 //! is compared with the best route a god view allows (every live server, true round
-//! trips, announced speeds). `churn`: clients generate continuously (seeded prompts,
-//! greedy, ring or client-sampled mode by turns) while servers leave, crash or vanish
-//! silently and replacements join; every completed session's tokens are checked
-//! against the modelled model run in one piece ([`crate::compute::reference_tokens`]).
+//! trips, announced speeds). `churn`: each client's first route is costed the same way;
+//! then clients generate continuously (seeded prompts, greedy, ring or client-sampled
+//! mode by turns) while servers leave, crash or vanish silently and replacements join;
+//! every completed session's tokens are checked against the modelled model run in one
+//! piece ([`crate::compute::reference_tokens`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,8 @@ pub enum Phases {
     Placement,
     /// Join, cover; then every client's route against the god view's best.
     Routing,
-    /// Join, cover; then clients generate while servers are replaced.
+    /// Join, cover; cost each client's first route; then clients generate while servers
+    /// are replaced.
     Churn,
 }
 
@@ -207,50 +209,58 @@ pub async fn connect_client(swarm: &Arc<SimSwarm>) -> Result<(usize, SwarmModel)
 
 /// Every client's chosen route, costed under the god view, over the god view's best.
 async fn routing(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, report: &mut Report) -> Result<()> {
-    let n_layer = cfg.swarm.n_layer;
     let mut ratios = Vec::new();
     for _ in 0..cfg.clients {
         let (n, model) = connect_client(swarm).await?;
-        let route = match model.route(Duration::from_secs(10), &HashSet::new()).await {
-            Ok(route) => route,
-            Err(e) => {
-                tracing::info!(error = %e, "a client found no route");
-                continue;
-            }
-        };
-        let god: Vec<ServerInfo> = swarm
-            .serving()
-            .into_iter()
-            .map(|s| ServerInfo {
-                peer: s.peer,
-                addrs: vec![],
-                layers: s.layers.unwrap_or(0..0),
-                block_throughput: s.throughput,
-                free_sessions: 1,
-                // In wall time, as the client measures it and as the announced speeds are.
-                rtt: Some(clock::dilate(swarm.net.latency().rtt(n, s.node))),
-            })
-            .collect();
-        let none = HashSet::new();
-        let Some((_, best)) = best_route_between(&god, 0..n_layer, &none) else { continue };
-        // The chosen hops, each costed alone under the god view.
-        let chosen: Option<f64> = route
-            .iter()
-            .map(|hop| {
-                let server: Vec<ServerInfo> = god.iter().filter(|s| s.peer == hop.peer).cloned().collect();
-                best_route_between(&server, hop.start..hop.end, &none).map(|(_, c)| c)
-            })
-            .sum();
-        if let Some(c) = chosen {
-            ratios.push(c / best);
-        }
+        ratios.extend(route_cost(swarm, cfg, n, &model).await);
         let _ = model.net().shutdown().await;
     }
+    record_route_costs(report, ratios);
+    Ok(())
+}
+
+/// The route client `n` chooses now, costed under the god view (every live server, true
+/// round trips, announced speeds), over the best route that view allows.
+async fn route_cost(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, n: usize, model: &SwarmModel) -> Option<f64> {
+    let route = match model.route(Duration::from_secs(10), &HashSet::new()).await {
+        Ok(route) => route,
+        Err(e) => {
+            tracing::info!(error = %e, "a client found no route");
+            return None;
+        }
+    };
+    let god: Vec<ServerInfo> = swarm
+        .serving()
+        .into_iter()
+        .map(|s| ServerInfo {
+            peer: s.peer,
+            addrs: vec![],
+            layers: s.layers.unwrap_or(0..0),
+            block_throughput: s.throughput,
+            free_sessions: 1,
+            // In wall time, as the client measures it and as the announced speeds are.
+            rtt: Some(clock::dilate(swarm.net.latency().rtt(n, s.node))),
+        })
+        .collect();
+    let none = HashSet::new();
+    let (_, best) = best_route_between(&god, 0..cfg.swarm.n_layer, &none)?;
+    // The chosen hops, each costed alone under the god view.
+    let chosen: f64 = route
+        .iter()
+        .map(|hop| {
+            let server: Vec<ServerInfo> = god.iter().filter(|s| s.peer == hop.peer).cloned().collect();
+            best_route_between(&server, hop.start..hop.end, &none).map(|(_, c)| c)
+        })
+        .sum::<Option<f64>>()?;
+    Some(chosen / best)
+}
+
+/// The route cost ratios' count, median and 95th percentile into the report.
+fn record_route_costs(report: &mut Report, mut ratios: Vec<f64>) {
     ratios.sort_by(f64::total_cmp);
     report.routes = Some(ratios.len());
     report.route_cost_ratio_p50 = ratios.get(ratios.len() / 2).copied();
     report.route_cost_ratio_p95 = ratios.get((ratios.len() * 95 / 100).min(ratios.len().saturating_sub(1))).copied();
-    Ok(())
 }
 
 /// Clients generate while servers are replaced.
@@ -263,11 +273,14 @@ async fn churn(
 ) -> Result<()> {
     let tally = Arc::new(Tally::default());
     let models = futures::future::join_all((0..cfg.clients).map(|_| connect_client(swarm))).await;
+    let models: Vec<(usize, SwarmModel)> = models.into_iter().collect::<Result<_>>()?;
+    // Each client's first route, as the `routing` scenario costs it.
+    let costs = futures::future::join_all(models.iter().map(|(n, model)| route_cost(swarm, cfg, *n, model))).await;
+    record_route_costs(report, costs.into_iter().flatten().collect());
     let until = Instant::now() + clock::dilate(cfg.workload);
     tracing::info!(clients = models.len(), "clients connected; the workload starts");
     let mut clients = Vec::new();
-    for (c, model) in models.into_iter().enumerate() {
-        let (_, model) = model?;
+    for (c, (_, model)) in models.into_iter().enumerate() {
         let seed = rng.gen();
         let mode = if c % 2 == 0 { DecodeMode::Ring } else { DecodeMode::Client };
         clients.push(tokio::spawn(client_loop(model, cfg.clone(), seed, mode, until, tally.clone())));

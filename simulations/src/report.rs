@@ -55,7 +55,8 @@ pub struct Report {
     /// servers left, and the balance after that.
     pub recoverage_s: Option<f64>,
     pub balance_quality_after_leaving: Option<f64>,
-    /// `routing`: routes compared, and the chosen route's cost ÷ the god view's best.
+    /// `routing` and `churn`: routes compared (a `churn` client's first), and the chosen
+    /// route's cost ÷ the god view's best.
     pub routes: Option<usize>,
     pub route_cost_ratio_p50: Option<f64>,
     pub route_cost_ratio_p95: Option<f64>,

@@ -49,7 +49,8 @@ pub struct RunArgs {
     /// With `--serve-layers auto`: mean seconds between placement re-checks (jittered ±50 %).
     #[arg(long, default_value_t = 120)]
     rebalance_interval: u64,
-    /// With `--serve-layers auto`: how much a move must lift the weakest blocks' throughput.
+    /// With `--serve-layers auto`: a move must lift the weakest blocks' throughput by more than
+    /// (this − 1) × the node's own throughput.
     #[arg(long, default_value_t = 1.25)]
     min_gain: f64,
     /// Relay connections for peers that cannot be dialled directly (run this on a public node).

@@ -41,10 +41,16 @@ pub async fn others(net: &NetworkHandle, model: &ModelId) -> Vec<Placement> {
 
 /// `mean` scaled by a random factor in [0.5, 1.5).
 pub fn jitter(mean: Duration) -> Duration {
+    mean.mul_f64(0.5 + uniform())
+}
+
+/// A random number in [0, 1).
+fn uniform() -> f64 {
     use std::hash::{BuildHasher, Hasher};
-    // std seeds every `RandomState` from the OS's randomness: enough for spreading timers.
+    // std seeds every `RandomState` from the OS's randomness: enough for spreading timers
+    // and moves.
     let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    mean.mul_f64(0.5 + (bits >> 11) as f64 / (1u64 << 53) as f64)
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Placement policy of an `auto` server.
@@ -107,11 +113,13 @@ impl AutoPlacer {
             .unwrap_or_else(|| self.candidates[0].clone())
     }
 
-    /// Where to move from `current`, if moving clearly helps.
+    /// Where to move from `current`, if moving clearly helps and this server drew the move
+    /// ([`placement::move_chance`]).
     pub fn recheck(&self, others: &[Placement], current: &Range<u32>, throughput: f64) -> Option<Range<u32>> {
         let loads = placement::block_loads(self.n_layer, others);
         let best = self.best_for(&loads, throughput);
-        placement::should_move(&loads, current, &best, throughput, self.min_gain).then_some(best)
+        let helps = placement::should_move(&loads, current, &best, throughput, self.min_gain);
+        (helps && uniform() < placement::move_chance(&loads, current, throughput, others.len() + 1)).then_some(best)
     }
 }
 

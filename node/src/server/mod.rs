@@ -124,7 +124,8 @@ pub struct ServerConfig {
     pub announce_stretch_after: Option<usize>,
     /// Mean time between placement re-checks (`auto`). Default 120 s.
     pub rebalance_every: Duration,
-    /// How much a move must lift the weakest blocks (`auto`). Default 1.25.
+    /// A move must lift the weakest blocks by more than (this − 1) × the server's own
+    /// throughput (`auto`, see [`crate::placement`]). Default 1.25.
     pub min_gain: f64,
     /// Limits of the inference service.
     pub service: ServiceConfig,
