@@ -74,27 +74,27 @@ pub async fn fetch_manifest(store: &Store, net: &NetworkHandle, id: ModelId) -> 
     if let Ok(m) = store.manifest(&id) {
         return Ok(m);
     }
-    let providers = retry(PROVIDER_WAIT, async || {
-        let p = net.providers(keys::manifest_key(&id.0)).await.ok()?;
-        (!p.is_empty()).then_some(p)
-    })
-    .await
-    .ok_or_else(|| FetchError::NoProvider(format!("the manifest of {id}")))?;
-    for peer in providers {
-        let req = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) };
-        if let Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::Manifest(bytes)) }) =
-            net.request(peer, req).await
-        {
-            match Manifest::from_canonical(&bytes) {
-                Ok(m) if m.model_id() == id => {
-                    store.put_manifest(&m)?;
-                    return Ok(m);
+    // The DHT is asked again until a provider answers: while a swarm's servers join, the
+    // providers it names can all be too busy to answer at first (lesson 28 of the
+    // simulations: four of 900 joining servers gave up after one round).
+    let manifest = retry(PROVIDER_WAIT, async || {
+        for peer in net.providers(keys::manifest_key(&id.0)).await.ok()? {
+            let req = pb::BlobRequest { kind: Some(pb::blob_request::Kind::Manifest(id.0.to_vec())) };
+            if let Ok(pb::BlobResponse { result: Some(pb::blob_response::Result::Manifest(bytes)) }) =
+                net.request(peer, req).await
+            {
+                match Manifest::from_canonical(&bytes) {
+                    Ok(m) if m.model_id() == id => return Some(m),
+                    _ => tracing::warn!(%peer, "sent a manifest that does not match the model id"),
                 }
-                _ => tracing::warn!(%peer, "sent a manifest that does not match the model id"),
             }
         }
-    }
-    Err(FetchError::NoProvider(format!("a valid manifest of {id}")))
+        None
+    })
+    .await
+    .ok_or_else(|| FetchError::NoProvider(format!("a valid manifest of {id}")))?;
+    store.put_manifest(&manifest)?;
+    Ok(manifest)
 }
 
 /// Fetches every blob of `layers` (and the metadata) that the store lacks, from the

@@ -104,6 +104,16 @@ pub enum ActivationError {
         /// Column of the first bad value.
         col: u32,
     },
+    /// A finite value too large for the encoding (f16 holds at most 65504).
+    #[error("hidden state value at row {row}, column {col} is out of {dtype}'s range")]
+    OutOfRange {
+        /// Row of the first such value.
+        row: u32,
+        /// Column of the first such value.
+        col: u32,
+        /// The encoding.
+        dtype: ActivationDtype,
+    },
     /// The frame header is short or names an unknown dtype.
     #[error("malformed hidden-state frame: {0}")]
     Frame(String),
@@ -144,10 +154,27 @@ impl Activation {
         }
         check_finite(values, width)?;
         let mut data = Vec::with_capacity(values.len() * dtype.size());
+        // A value that rounds to infinity in a narrower encoding is refused here, where it
+        // was made, rather than by the hop that decodes it.
+        let out_of_range = |i: usize| ActivationError::OutOfRange {
+            row: (i / width as usize) as u32,
+            col: (i % width as usize) as u32,
+            dtype,
+        };
         match dtype {
             ActivationDtype::F32 => data.extend(values.iter().flat_map(|v| v.to_le_bytes())),
-            ActivationDtype::F16 => data.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes())),
-            ActivationDtype::Bf16 => data.extend(values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes())),
+            ActivationDtype::F16 => {
+                for (i, v) in values.iter().enumerate() {
+                    let h = f16::from_f32(*v);
+                    data.extend(h.is_finite().then_some(h).ok_or_else(|| out_of_range(i))?.to_le_bytes());
+                }
+            }
+            ActivationDtype::Bf16 => {
+                for (i, v) in values.iter().enumerate() {
+                    let h = bf16::from_f32(*v);
+                    data.extend(h.is_finite().then_some(h).ok_or_else(|| out_of_range(i))?.to_le_bytes());
+                }
+            }
         }
         Ok(Activation { dtype, n_rows: (values.len() / width as usize) as u32, width, data })
     }
@@ -183,7 +210,8 @@ impl Activation {
 
     /// Checks that the payload holds exactly `n_rows` rows (decoding checks values too).
     fn check_length(&self) -> Result<(), ActivationError> {
-        let expected = self.n_rows as usize * self.row_len();
+        // Rows × width × element size can pass 2^64 with the header's two u32s.
+        let expected = (self.n_rows as usize).saturating_mul(self.row_len());
         if self.data.len() != expected {
             return Err(ActivationError::Length {
                 got: self.data.len(),
@@ -246,6 +274,10 @@ impl Activation {
         }
         let dtype = ActivationDtype::from_tag(bytes[0])
             .ok_or_else(|| ActivationError::Frame(format!("unknown dtype tag {}", bytes[0])))?;
+        // Reserved: zero now, so that a later meaning cannot be mistaken for this one.
+        if bytes[1..4] != [0, 0, 0] {
+            return Err(ActivationError::Frame("reserved header bytes are not zero".into()));
+        }
         let n_rows = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         let width = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         Ok(Activation { dtype, n_rows, width, data: bytes[HEADER_LEN..].to_vec() })
@@ -318,6 +350,15 @@ mod tests {
         let mut poisoned = a.clone();
         poisoned.data[4..8].copy_from_slice(&f32::INFINITY.to_le_bytes());
         assert_eq!(poisoned.decode(4), Err(ActivationError::NonFinite { row: 0, col: 1 }));
+        assert_eq!(
+            Activation::encode(&[1.0, 2.0, 7e4, 0.0], 2, ActivationDtype::F16),
+            Err(ActivationError::OutOfRange { row: 1, col: 0, dtype: ActivationDtype::F16 })
+        );
+        assert!(Activation::encode(&[65504.0, -65504.0], 2, ActivationDtype::F16).is_ok());
+        assert!(matches!(
+            Activation::encode(&[f32::MAX; 2], 2, ActivationDtype::Bf16),
+            Err(ActivationError::OutOfRange { .. })
+        ));
         assert!(matches!(Activation::from_bytes(&[9; 12]), Err(ActivationError::Frame(_))));
         assert!(matches!(Activation::from_bytes(&[0; 5]), Err(ActivationError::Frame(_))));
     }

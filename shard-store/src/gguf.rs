@@ -181,14 +181,19 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Number of elements.
+    /// Number of elements, or `None` if it does not fit in a u64 (a malformed shape).
+    pub fn checked_n_elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, d| n.checked_mul(*d))
+    }
+
+    /// Number of elements (of a shape [`TensorInfo::n_bytes`] accepted).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.checked_n_elements().unwrap_or(u64::MAX)
     }
 
     /// Size of the tensor's data in bytes, or `None` if the shape does not fit the type's blocks.
     pub fn n_bytes(&self) -> Option<u64> {
-        self.ty.n_bytes(self.n_elements(), self.dims.first().copied().unwrap_or(1))
+        self.ty.n_bytes(self.checked_n_elements()?, self.dims.first().copied().unwrap_or(1))
     }
 }
 
@@ -306,7 +311,7 @@ impl<R: Read> Reader<R> {
                 if n > self.remaining {
                     return Err(self.invalid(format!("array of {n} elements runs past the end of the file")));
                 }
-                let mut items = Vec::with_capacity(n as usize);
+                let mut items = Vec::with_capacity((n as usize).min(MAX_RESERVED));
                 for _ in 0..n {
                     items.push(self.value(elem, depth + 1)?);
                 }
@@ -316,16 +321,31 @@ impl<R: Read> Reader<R> {
     }
 }
 
-impl GgufFile {
-    /// Opens and parses a GGUF file's header.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io { path: path.clone(), source };
-        let file = File::open(&path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let mut r =
-            Reader { inner: BufReader::new(file.try_clone().map_err(io)?), path: path.clone(), remaining: file_len };
+/// What a GGUF header says: everything but the tensor data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufHeader {
+    /// GGUF version of the file.
+    pub version: u32,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, Value)>,
+    /// Tensor table in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// Absolute offset of the data section.
+    pub data_offset: u64,
+    /// Alignment of tensor data.
+    pub alignment: u64,
+}
 
+/// Most entries reserved ahead of reading them: a count is only checked against the bytes
+/// left, and each entry decoded takes many times the bytes it was read from, so a count
+/// in a multi-gigabyte file could otherwise reserve more memory than the host has.
+const MAX_RESERVED: usize = 1024;
+
+impl GgufHeader {
+    /// Parses the header of a GGUF file `file_len` bytes long from `inner`, positioned at
+    /// its start; `origin` names the file in errors. Every tensor must lie inside the file.
+    pub fn parse(inner: impl Read, file_len: u64, origin: &Path) -> Result<Self> {
+        let mut r = Reader { inner, path: origin.to_path_buf(), remaining: file_len };
         if &r.array::<4>()? != MAGIC {
             return Err(r.invalid("bad magic"));
         }
@@ -339,12 +359,12 @@ impl GgufFile {
             return Err(r.invalid("tensor or key count larger than the file"));
         }
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity((n_kv as usize).min(MAX_RESERVED));
         for _ in 0..n_kv {
             metadata.push(r.key_value()?);
         }
 
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity((n_tensors as usize).min(MAX_RESERVED));
         for _ in 0..n_tensors {
             tensors.push(r.tensor_info()?);
         }
@@ -367,7 +387,19 @@ impl GgufFile {
                 return Err(r.invalid(format!("tensor `{}` lies outside the file or is misaligned", t.name)));
             }
         }
+        Ok(GgufHeader { version, metadata, tensors, data_offset, alignment })
+    }
+}
 
+impl GgufFile {
+    /// Opens and parses a GGUF file's header.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| GgufError::Io { path: path.clone(), source };
+        let file = File::open(&path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let header = GgufHeader::parse(BufReader::new(file.try_clone().map_err(io)?), file_len, &path)?;
+        let GgufHeader { version, metadata, tensors, data_offset, alignment } = header;
         Ok(GgufFile { path, file, file_len, version, metadata, tensors, data_offset, alignment })
     }
 
@@ -451,7 +483,7 @@ pub fn decode_metadata(bytes: &[u8], origin: &Path) -> Result<Vec<(String, Value
     if n > r.remaining / 8 {
         return Err(r.invalid("key count larger than the data"));
     }
-    let mut out = Vec::with_capacity(n as usize);
+    let mut out = Vec::with_capacity((n as usize).min(MAX_RESERVED));
     for _ in 0..n {
         out.push(r.key_value()?);
     }
@@ -478,7 +510,7 @@ pub fn decode_tensor_table(bytes: &[u8], origin: &Path) -> Result<Vec<TensorInfo
     if n > r.remaining / 8 {
         return Err(r.invalid("tensor count larger than the data"));
     }
-    let mut out = Vec::with_capacity(n as usize);
+    let mut out = Vec::with_capacity((n as usize).min(MAX_RESERVED));
     for _ in 0..n {
         let t = r.tensor_info()?;
         if t.n_bytes().is_none() {

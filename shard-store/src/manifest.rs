@@ -190,6 +190,9 @@ impl Manifest {
         if count(BlobRole::Shared) > 1 {
             return bad("at most one shared blob");
         }
+        if self.blobs.iter().any(|b| (b.role == BlobRole::Block) != b.layer.is_some()) {
+            return bad("block blobs, and only they, name a layer");
+        }
         let layers: Vec<Option<u32>> =
             self.blobs.iter().filter(|b| b.role == BlobRole::Block).map(|b| b.layer).collect();
         if layers != (0..self.n_layer).map(Some).collect::<Vec<_>>() {
@@ -251,4 +254,36 @@ pub fn tensor_blob_table_len(prefix: &[u8]) -> Result<u64, ManifestError> {
 /// Parses a tensor blob's table.
 pub fn parse_tensor_table(table: &[u8]) -> Result<Vec<TensorInfo>, ManifestError> {
     Ok(decode_tensor_table(table, Path::new("<tensor blob>"))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(n_layer: u32) -> Manifest {
+        let blob = |role, layer| BlobRef { role, layer, size: 1, hash: Hash::of(&[]) };
+        let mut blobs = vec![blob(BlobRole::Meta, None), blob(BlobRole::Embd, None)];
+        blobs.extend((0..n_layer).map(|i| blob(BlobRole::Block, Some(i))));
+        blobs.push(blob(BlobRole::Head, None));
+        Manifest {
+            format: MANIFEST_FORMAT,
+            name: "m".into(),
+            architecture: "llama".into(),
+            n_layer,
+            tied_embedding: false,
+            blobs,
+        }
+    }
+
+    #[test]
+    fn a_manifest_round_trips_and_only_block_blobs_name_a_layer() {
+        let good = manifest(2);
+        assert_eq!(Manifest::from_canonical(&good.canonical_bytes()).unwrap(), good);
+        let mut stray = good.clone();
+        stray.blobs[0].layer = Some(1);
+        assert!(matches!(Manifest::from_canonical(&stray.canonical_bytes()), Err(ManifestError::Inconsistent(_))));
+        let mut gap = good;
+        gap.blobs[3].layer = Some(5);
+        assert!(Manifest::from_canonical(&gap.canonical_bytes()).is_err());
+    }
 }

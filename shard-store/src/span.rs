@@ -156,14 +156,23 @@ impl SpanPosition {
 
     /// Reads the position of a GGUF: a span's keys, or the whole model for a plain file.
     pub fn of(file: &GgufFile) -> Result<Self, GgufError> {
-        let arch = file.architecture()?;
-        let n_layer = as_u32(file.get_u64(&format!("{arch}.block_count"))?, "block_count")?;
+        Self::of_metadata(&file.metadata)
+    }
+
+    /// Reads the position from a GGUF's metadata (see [`SpanPosition::of`]).
+    pub fn of_metadata(metadata: &[(String, Value)]) -> Result<Self, GgufError> {
+        let get = |k: &str| metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let missing = |k: &str| GgufError::MissingKey(k.into());
+        let arch =
+            get("general.architecture").and_then(Value::as_str).ok_or_else(|| missing("general.architecture"))?;
+        let block_count = format!("{arch}.block_count");
+        let n_layer =
+            as_u32(get(&block_count).and_then(Value::as_u64).ok_or_else(|| missing(&block_count))?, "block_count")?;
         let u = |k: &str, default: u32| -> Result<u32, GgufError> {
-            file.get(k).map_or(Ok(default), |v| as_u32(v.as_u64().ok_or_else(|| GgufError::MissingKey(k.into()))?, k))
+            get(k).map_or(Ok(default), |v| as_u32(v.as_u64().ok_or_else(|| missing(k))?, k))
         };
-        let b = |k: &str| -> Result<bool, GgufError> {
-            file.get(k).map_or(Ok(true), |v| v.as_bool().ok_or_else(|| GgufError::MissingKey(k.into())))
-        };
+        let b =
+            |k: &str| -> Result<bool, GgufError> { get(k).map_or(Ok(true), |v| v.as_bool().ok_or_else(|| missing(k))) };
         let pos = SpanPosition {
             first: u(KEY_FIRST_LAYER, 0)?,
             n_layer,
@@ -215,8 +224,9 @@ pub fn plan_span(
         .and_then(|v| u32::try_from(v).ok())
         .ok_or_else(|| GgufError::MissingKey(block_count_key.clone()))?;
     if let Some(first) = get(KEY_FIRST_LAYER).and_then(Value::as_u64) {
-        let total = get(KEY_TOTAL_LAYERS).and_then(Value::as_u64).unwrap_or(0) as u32;
-        return Err(SpanError::AlreadySpan { first: first as u32, end: first as u32 + n_layer, total });
+        let total = get(KEY_TOTAL_LAYERS).and_then(Value::as_u64).unwrap_or(0);
+        let (first, total) = (first.min(u32::MAX.into()) as u32, total.min(u32::MAX.into()) as u32);
+        return Err(SpanError::AlreadySpan { first, end: first.saturating_add(n_layer), total });
     }
     if range.start >= range.end || range.end > n_layer {
         return Err(SpanError::BadRange { start: range.start, end: range.end, n_layer });

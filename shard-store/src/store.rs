@@ -101,6 +101,7 @@ impl Store {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
+        remove_orphaned_temp_files(&root.join("tmp"));
         Ok(Store { root })
     }
 
@@ -137,7 +138,8 @@ impl Store {
         }
     }
 
-    /// A fresh path under `tmp/`.
+    /// A fresh path under `tmp/`: `<what>.<pid>.<n>`, so that a file left by a process
+    /// that died is known as one ([`Store::open`] removes them).
     pub fn temp_path(&self, what: &str) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root.join("tmp").join(format!("{what}.{}.{n}", std::process::id()))
@@ -329,6 +331,27 @@ impl Store {
     /// Where the cached span `[a, b)` of a model lives.
     pub fn span_cache_path(&self, id: &ModelId, a: u32, b: u32) -> PathBuf {
         self.root.join("spans").join(format!("{}-{a}-{b}.gguf", id.to_hex()))
+    }
+}
+
+/// Removes the temp files ([`Store::temp_path`]) of processes that no longer run: what a
+/// crash or `kill -9` left half written. Resumable downloads (`partial-*`) and the files
+/// of live processes stay. Where `/proc` does not exist, nothing is removed.
+fn remove_orphaned_temp_files(tmp: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.rsplit('.').nth(1)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::debug!(path = %entry.path().display(), error = %e, "could not remove an orphaned temp file");
+            }
+        }
     }
 }
 

@@ -236,7 +236,6 @@ pub fn fetch_blob(
     });
     let wake = Condvar::new();
     let tree = BaoTree::new(size, BLOCK_SIZE);
-    let root: blake3::Hash = (*hash).into();
 
     std::thread::scope(|scope| {
         for (pi, provider) in providers.iter().enumerate() {
@@ -263,7 +262,7 @@ pub fn fetch_blob(
                 };
                 let start = piece as u64 * cfg.piece_bytes;
                 let end = (start + cfg.piece_bytes).min(size);
-                let result = fetch_piece(provider.as_ref(), hash, root, tree, start, end, file);
+                let result = fetch_piece(provider.as_ref(), hash, tree, start, end, file);
                 let Ok(mut s) = state.lock() else { return };
                 s.in_flight -= 1;
                 match result {
@@ -317,30 +316,59 @@ pub fn fetch_blob(
     Ok(FetchReport { pieces, resumed, delivered, dropped: s.dropped, already_present: false })
 }
 
+/// Why a piece was not delivered.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-enum PieceError {
+pub enum PieceError {
+    /// The provider did not answer.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The answer is not the verified encoding of the piece.
     #[error("sent data that failed verification: {0}")]
     Invalid(String),
+    /// A verified chunk could not be written.
     #[error("local write failed: {0}")]
     Write(String),
+}
+
+/// The chunk ranges that cover bytes `[start, end)`.
+fn piece_ranges(start: u64, end: u64) -> ChunkRanges {
+    ChunkRanges::from(ChunkNum(start / CHUNK)..ChunkNum(end.div_ceil(CHUNK).max(start / CHUNK + 1)))
 }
 
 /// Fetches bytes `[start, end)` from one provider, verifying before writing.
 fn fetch_piece(
     provider: &dyn BlobProvider,
     hash: &Hash,
-    root: blake3::Hash,
     tree: BaoTree,
     start: u64,
     end: u64,
     file: &File,
 ) -> Result<(), PieceError> {
-    let ranges = ChunkRanges::from(ChunkNum(start / CHUNK)..ChunkNum(end.div_ceil(CHUNK).max(start / CHUNK + 1)));
-    let encoded = provider.fetch(hash, tree.size(), &ranges)?;
+    let encoded = provider.fetch(hash, tree.size(), &piece_ranges(start, end))?;
+    verify_piece(hash, tree.size(), start..end, &encoded, |offset, data| file.write_all_at(data, offset))
+}
+
+/// Checks a provider's answer for bytes `range` of blob `hash` (`size` bytes long): the
+/// bao-tree encoding of the chunks that cover them. Each chunk is handed to `write` (its
+/// offset in the blob, its bytes) only once it has been verified against the hash, so a
+/// forged answer can make `write` see nothing but the blob's own bytes; the answer must
+/// cover the whole range and nothing outside it.
+pub fn verify_piece(
+    hash: &Hash,
+    size: u64,
+    range: std::ops::Range<u64>,
+    encoded: &[u8],
+    mut write: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> Result<(), PieceError> {
+    let (start, end) = (range.start, range.end);
+    // An empty blob is one empty piece; any other piece holds at least a byte.
+    if start > end || end > size || (start == end && size > 0) {
+        return Err(PieceError::Invalid(format!("bytes {start}..{end} of a {size}-byte blob")));
+    }
+    let ranges = piece_ranges(start, end);
+    let tree = BaoTree::new(size, BLOCK_SIZE);
     let mut covered = 0u64;
-    for item in DecodeResponseIter::new(root, tree, Cursor::new(encoded), &ranges) {
+    for item in DecodeResponseIter::new((*hash).into(), tree, Cursor::new(encoded), &ranges) {
         match item.map_err(|e| PieceError::Invalid(e.to_string()))? {
             BaoContentItem::Parent(_) => {}
             BaoContentItem::Leaf(leaf) => {
@@ -348,7 +376,7 @@ fn fetch_piece(
                 if leaf.offset < start || leaf_end > end {
                     return Err(PieceError::Invalid("a chunk outside the requested piece".into()));
                 }
-                file.write_all_at(&leaf.data, leaf.offset).map_err(|e| PieceError::Write(e.to_string()))?;
+                write(leaf.offset, &leaf.data).map_err(|e| PieceError::Write(e.to_string()))?;
                 covered += leaf.data.len() as u64;
             }
         }

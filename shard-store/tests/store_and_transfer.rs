@@ -229,3 +229,20 @@ fn a_blob_nobody_has_is_a_clear_error() {
         Err(TransferError::NoProvider(_))
     ));
 }
+
+#[test]
+fn opening_the_store_removes_what_dead_processes_left_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let tmp = dir.path().join("tmp");
+    // Above Linux's largest pid: no process has it.
+    let orphan = tmp.join("blob.4194999.0");
+    let live = store.temp_path("blob");
+    let resumable = tmp.join("partial-00ff");
+    for f in [&orphan, &live, &resumable] {
+        std::fs::write(f, b"half").unwrap();
+    }
+    Store::open(dir.path()).unwrap();
+    assert!(!orphan.exists(), "a dead process's temp file stays");
+    assert!(live.exists() && resumable.exists(), "a live process's file or a resumable download was removed");
+}

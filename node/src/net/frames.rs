@@ -38,8 +38,16 @@ pub async fn read_frame<M: Message + Default, T: AsyncRead + Unpin>(io: &mut T, 
             format!("frame of {len} bytes exceeds the limit of {max}"),
         ));
     }
-    let mut body = vec![0u8; len as usize];
-    io.read_exact(&mut body).await?;
+    // Grown as bytes arrive, not reserved at the declared length: a peer that sends a
+    // length and then nothing holds no more of our memory than it sent.
+    let mut body = Vec::new();
+    (&mut *io).take(len).read_to_end(&mut body).await?;
+    if body.len() as u64 != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("a frame cut off after {} of {len} bytes", body.len()),
+        ));
+    }
     M::decode(body.as_slice()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

@@ -21,7 +21,7 @@ use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::kad::store::RecordStore as _;
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
@@ -58,7 +58,9 @@ pub(super) struct Task {
     codec: BlobCodec,
     pending_providers: HashMap<kad::QueryId, ProviderQuery>,
     pending_provide: HashMap<kad::QueryId, Reply<()>>,
-    pending_requests: HashMap<OutboundRequestId, Reply<pb::BlobResponse>>,
+    /// Blob requests in flight each way, with their peers (the connection bound keeps those).
+    pending_requests: HashMap<OutboundRequestId, (PeerId, Reply<pb::BlobResponse>)>,
+    serving: HashMap<InboundRequestId, PeerId>,
     pending_dials: HashMap<PeerId, Vec<Reply<()>>>,
     provided: Vec<RecordKey>,
     announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
@@ -139,6 +141,7 @@ impl Task {
             pending_providers: HashMap::new(),
             pending_provide: HashMap::new(),
             pending_requests: HashMap::new(),
+            serving: HashMap::new(),
             pending_dials: HashMap::new(),
             provided: Vec::new(),
             announcements: HashMap::new(),
@@ -275,7 +278,7 @@ impl Task {
             Command::Request(peer, req, reply) => {
                 self.last_used.insert(peer, std::time::Instant::now());
                 let id = behaviour.blobs.send_request(&peer, req);
-                self.pending_requests.insert(id, reply);
+                self.pending_requests.insert(id, (peer, reply));
             }
             Command::Subscribe(topic, reply) => {
                 let r = behaviour.gossipsub.subscribe(&IdentTopic::new(topic)).map(|_| ());
@@ -614,7 +617,7 @@ impl Task {
             self.last_used.insert(*peer, std::time::Instant::now());
         }
         match event {
-            request_response::Event::Message { message, .. } => match message {
+            request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request: pb::BlobRequest { kind: Some(pb::blob_request::Kind::Announcement(model_id)) },
                     channel,
@@ -625,7 +628,8 @@ impl Task {
                         tracing::debug!("a peer asking for our announcement went away before its answer");
                     }
                 }
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request { request_id, request, channel } => {
+                    self.serving.insert(request_id, peer);
                     let provider = self.provider.clone();
                     let tx = self.served_tx.clone();
                     tokio::task::spawn_blocking(move || {
@@ -634,21 +638,24 @@ impl Task {
                     });
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
                 }
             },
             request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(NetworkError::Failed(error.to_string())));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
+                self.serving.remove(&request_id);
                 tracing::warn!(%peer, %error, "a blob request could not be read or answered");
                 self.stats.failed_blob_requests += 1;
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.serving.remove(&request_id);
+            }
         }
     }
 }

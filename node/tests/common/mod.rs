@@ -173,6 +173,11 @@ impl Node {
         self.child.id()
     }
 
+    /// Whether the process has not ended yet.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Kills the process at once (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -101,6 +101,7 @@ impl Task {
     /// it, the peer's announcement is set aside (see the module doc).
     pub(super) fn on_last_connection_closed(&mut self, peer: PeerId, cause: Option<&ConnectionError>) {
         self.last_used.remove(&peer);
+        self.serving.retain(|_, p| *p != peer);
         let idle = matches!(cause, Some(ConnectionError::KeepAliveTimeout));
         if self.trimmed.remove(&peer) || idle {
             return;

@@ -7,14 +7,16 @@
 //! When a connection takes the count over the bound, and every [`GRACE`] while it stays
 //! over, the task closes connections down to three quarters of it. It never closes one
 //! to a peer of its gossip mesh, one that carries a stream of the node's own protocols
-//! (a session, a push), one to a relay it holds a reservation with, or one opened, or
+//! (a session, a push) or a blob request either way that has not been answered yet (a
+//! piece of a span can take longer than the grace over a slow link), one to a relay it
+//! holds a reservation with, or one opened, or
 //! used for a blob request, a DHT message or one of the node's streams, less than
 //! [`GRACE`] ago; of the rest, those to the peers used least recently go first. A
 //! server whose connection was closed this way keeps its announcement: it has not gone.
 //!
 //! [`NetworkConfig::max_connections`]: super::super::NetworkConfig::max_connections
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::swarm::ConnectionId;
@@ -57,12 +59,14 @@ impl Task {
         if let Some(long_ago) = now.checked_sub(dilate(STREAMS_FORGOTTEN)) {
             self.streams_in_use.forget_idle(long_ago);
         }
-        let mesh: std::collections::HashSet<PeerId> =
-            self.swarm.behaviour().gossipsub.all_mesh_peers().copied().collect();
+        let mesh: HashSet<PeerId> = self.swarm.behaviour().gossipsub.all_mesh_peers().copied().collect();
+        let requesting: HashSet<PeerId> =
+            self.pending_requests.values().map(|(peer, _)| *peer).chain(self.serving.values().copied()).collect();
         // Per peer: its connections and when it was last used.
         let mut peers: HashMap<PeerId, (Vec<ConnectionId>, Instant, bool)> = HashMap::new();
         for (id, c) in &self.connections {
-            let (busy, streamed) = self.streams_in_use.of(&c.peer);
+            let (streaming, streamed) = self.streams_in_use.of(&c.peer);
+            let busy = streaming || requesting.contains(&c.peer);
             let entry = peers.entry(c.peer).or_insert((Vec::new(), c.since, busy));
             entry.0.push(*id);
             let blobs = self.last_used.get(&c.peer).copied().unwrap_or(c.since);
