@@ -4,19 +4,17 @@
 
 use bao_tree::io::outboard::PreOrderMemOutboard;
 use bao_tree::io::sync::encode_ranges_validated;
-use bao_tree::{ChunkNum, ChunkRanges};
-use ed25519_dalek::SigningKey;
 use nak_protocol::announce::{self, peer_id_of_ed25519};
 use nak_protocol::frame::FrameCodec;
 use nak_protocol::receipt::{self, rows_hash, Receipt};
 use nak_protocol::{pb, Activation, ActivationDtype};
 use nak_shard_store::gguf::{encode_metadata, GgufFile};
 use nak_shard_store::manifest::{tensor_blob_header, BlobRole, MANIFEST_FORMAT};
-use nak_shard_store::transfer::BLOCK_SIZE;
+use nak_shard_store::transfer::{piece_ranges, BLOCK_SIZE};
 use nak_shard_store::{write_synthetic, BlobRef, Hash, Manifest, SynthArch, SynthConfig};
 use prost::Message;
 
-use crate::targets::{stream_blob, stream_range};
+use crate::targets::{key, stream_blob, stream_range, NOW_MS};
 
 /// The valid inputs of target `name` (none for an unknown name).
 pub fn seeds(name: &str) -> Vec<Vec<u8>> {
@@ -45,13 +43,6 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         _ => Vec::new(),
     }
 }
-
-/// The key the seeds are signed with: the one the signed targets sign fuzzed bodies with.
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[42; 32])
-}
-
-const NOW_MS: u64 = 1_800_000_000_000;
 
 fn announcement() -> pb::ServerAnnouncement {
     pb::ServerAnnouncement {
@@ -258,14 +249,13 @@ fn manifest(n_layer: u32) -> Manifest {
 /// Answers for pieces of the stream target's blob: two range bytes, then the encoding.
 fn blob_answers() -> Vec<Vec<u8>> {
     let blob = stream_blob();
-    let outboard = PreOrderMemOutboard::create(&blob, BLOCK_SIZE);
+    let outboard = PreOrderMemOutboard::create(blob, BLOCK_SIZE);
     [[0u8, 0], [0, 2], [1, 0], [2, 0], [1, 1]]
         .into_iter()
         .filter_map(|pick| {
             let (start, end) = stream_range(&pick, blob.len() as u64);
-            let ranges = ChunkRanges::from(ChunkNum(start / 1024)..ChunkNum(end.div_ceil(1024)));
             let mut out = pick.to_vec();
-            encode_ranges_validated(blob.as_slice(), &outboard, &ranges, &mut out).ok()?;
+            encode_ranges_validated(blob, &outboard, &piece_ranges(start, end), &mut out).ok()?;
             Some(out)
         })
         .collect()

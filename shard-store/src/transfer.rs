@@ -330,8 +330,8 @@ pub enum PieceError {
     Write(String),
 }
 
-/// The chunk ranges that cover bytes `[start, end)`.
-fn piece_ranges(start: u64, end: u64) -> ChunkRanges {
+/// The chunk ranges that cover bytes `[start, end)`: what a piece is asked for.
+pub fn piece_ranges(start: u64, end: u64) -> ChunkRanges {
     ChunkRanges::from(ChunkNum(start / CHUNK)..ChunkNum(end.div_ceil(CHUNK).max(start / CHUNK + 1)))
 }
 

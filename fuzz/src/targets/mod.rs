@@ -10,6 +10,7 @@ mod store;
 
 use nak_protocol::pb;
 
+pub(crate) use protocol::{key, NOW_MS};
 pub use store::{stream_blob, stream_range};
 
 /// What a target made of one input: accepted, or refused with a reason.

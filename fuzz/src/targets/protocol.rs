@@ -16,8 +16,8 @@ use prost::Message;
 
 use super::{refused, Outcome};
 
-/// The key fuzzed bodies are signed with.
-fn key() -> SigningKey {
+/// The key fuzzed bodies (and the seeds) are signed with.
+pub(crate) fn key() -> SigningKey {
     SigningKey::from_bytes(&[42; 32])
 }
 
@@ -26,7 +26,7 @@ fn peer_id() -> Vec<u8> {
 }
 
 /// Time the announcement targets check ages against.
-const NOW_MS: u64 = 1_800_000_000_000;
+pub(crate) const NOW_MS: u64 = 1_800_000_000_000;
 
 /// Decodes a protobuf message; if accepted, its encoding decodes to the same encoding.
 pub fn message<M: Message + Default>(data: &[u8]) -> Outcome {

@@ -7,6 +7,7 @@
 //! blob stream that verifies delivers nothing but the blob's own bytes.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use nak_shard_store::gguf::{decode_metadata, decode_tensor_table, encode_metadata, encode_tensor_table, GgufHeader};
 use nak_shard_store::manifest::{parse_tensor_table, tensor_blob_table_len, TENSOR_BLOB_PREFIX};
@@ -75,9 +76,18 @@ pub fn manifest(data: &[u8]) -> Outcome {
 }
 
 /// The blob the stream target's answers are for: 40 KiB (three 16 KiB chunk groups, the
-/// last partial), the same in every run.
-pub fn stream_blob() -> Vec<u8> {
-    (0..40 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+/// last partial), the same in every run, made once.
+pub fn stream_blob() -> &'static [u8] {
+    &stream_blob_and_hash().0
+}
+
+fn stream_blob_and_hash() -> &'static (Vec<u8>, Hash) {
+    static BLOB: OnceLock<(Vec<u8>, Hash)> = OnceLock::new();
+    BLOB.get_or_init(|| {
+        let blob: Vec<u8> = (0..40 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let hash = Hash::of(&blob);
+        (blob, hash)
+    })
 }
 
 /// Bytes `[start, end)` a stream answer is asked for, picked by the input's first two
@@ -92,13 +102,12 @@ pub fn stream_range(data: &[u8], size: u64) -> (u64, u64) {
 /// A provider's answer for a piece of [`stream_blob`] (after the two range bytes): if it
 /// verifies, every byte handed on is the blob's own, and the whole piece was covered.
 pub fn blob_stream(data: &[u8]) -> Outcome {
-    let blob = stream_blob();
-    let hash = Hash::of(&blob);
+    let (blob, hash) = stream_blob_and_hash();
     let size = blob.len() as u64;
     let (start, end) = stream_range(data, size);
     let mut written = 0u64;
     let answer = data.get(2..).unwrap_or_default();
-    verify_piece(&hash, size, start..end, answer, |offset, bytes| {
+    verify_piece(hash, size, start..end, answer, |offset, bytes| {
         let at = offset as usize;
         assert_eq!(Some(bytes), blob.get(at..at + bytes.len()), "unverified bytes at {offset} were handed on");
         written += bytes.len() as u64;
