@@ -43,6 +43,8 @@ enum Command {
     BenchBatch(benchmarks::BenchBatchArgs),
     BenchDht(benchmarks::BenchDhtArgs),
     BenchFailover(benchmarks::BenchFailoverArgs),
+    BenchFlood(benchmarks::BenchFloodArgs),
+    BenchLoad(benchmarks::BenchLoadArgs),
     BenchStore(benchmarks::BenchStoreArgs),
     #[command(hide = true)]
     DhtPeer(benchmarks::DhtPeerArgs),
@@ -72,6 +74,8 @@ fn main() -> Result<()> {
         Command::BenchBatch(args) => benchmarks::batch(args),
         Command::BenchDht(args) => benchmarks::dht(args),
         Command::BenchFailover(args) => benchmarks::failover(args),
+        Command::BenchFlood(args) => benchmarks::flood(args),
+        Command::BenchLoad(args) => benchmarks::load(args),
         Command::BenchStore(args) => benchmarks::store(args),
         Command::DhtPeer(args) => benchmarks::dht_peer(args),
     }

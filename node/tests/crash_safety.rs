@@ -136,3 +136,53 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Runs `script` (with `args`) as root of a mount namespace of its own, where it may mount a
+/// small tmpfs; None where this machine allows no such namespace.
+fn in_mount_namespace(script: &str, args: &[&Path]) -> Option<Output> {
+    let probe = std::process::Command::new("unshare").args(["-rm", "true"]).output().ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-rm", "sh", "-c", script, "sh"]).args(args);
+    Some(cmd.output().expect("unshare runs"))
+}
+
+#[test]
+fn a_full_disk_fails_an_import_with_a_clear_error_and_corrupts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, model) = (dir.path().join("data"), smollm_path());
+    let nak = std::path::PathBuf::from(env!("CARGO_BIN_EXE_nak-node"));
+    let size = std::fs::metadata(&model).unwrap().len();
+    std::fs::create_dir(&data).unwrap();
+    // A tmpfs a third the model's size: the import runs out of room part way. Then the
+    // same tmpfs made large enough: the import is done again and completes.
+    let script = format!(
+        r#"set -u
+        mount -t tmpfs -o size={small} tmpfs "$1" || exit 77
+        "$2" --data-dir "$1" import "$3" > "$4/import-full.out" 2> "$4/import-full.err"; echo $? > "$4/import-full.rc"
+        "$2" --data-dir "$1" store verify --json > "$4/verify-full.json" 2>&1
+        ls -A "$1/tmp" > "$4/tmp-full.txt" 2>&1
+        mount -o remount,size={large} "$1" || exit 78
+        "$2" --data-dir "$1" import "$3" > "$4/import.out" 2>&1; echo $? > "$4/import.rc"
+        "$2" --data-dir "$1" store verify --json > "$4/verify.json" 2>&1; echo $? > "$4/verify.rc"
+        "#,
+        small = size / 3,
+        large = size * 3,
+    );
+    let Some(out) = in_mount_namespace(&script, &[&data, &nak, &model, dir.path()]) else {
+        eprintln!("SKIPPED: no mount namespace can be made here (unshare -rm failed)");
+        return;
+    };
+    assert!(out.status.success(), "the script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_ne!(read("import-full.rc").trim(), "0", "an import onto a full disk reported success");
+    let err = read("import-full.err");
+    assert!(err.contains("No space left on device"), "the error does not say the disk is full: {err}");
+    let verify: serde_json::Value = serde_json::from_str(&read("verify-full.json")).unwrap();
+    assert_eq!(verify["corrupt"], serde_json::json!([]), "a full disk left a corrupt blob: {verify}");
+    assert_eq!(read("tmp-full.txt").trim(), "", "a failed import left temp files");
+    assert_eq!(read("import.rc").trim(), "0", "the import failed once there was room: {}", read("import.out"));
+    assert_eq!(read("verify.rc").trim(), "0", "the store does not verify: {}", read("verify.json"));
+}

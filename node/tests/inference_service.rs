@@ -9,7 +9,7 @@ use std::time::Duration;
 use nak_node::engine::{ComputeLoader, EngineWorker, LlamaLoader, SessionConfig, StepInput, StepOutput};
 use nak_node::inference::{InferenceService, ServiceConfig};
 use nak_node::net::frames::{read_frame, write_frame, INFERENCE_PROTOCOL, MAX_INFERENCE_FRAME};
-use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle};
+use nak_node::net::{identity, Network, NetworkConfig, NetworkHandle, ResourceLimits};
 use nak_protocol::{pb, Activation};
 use nak_shard_store::{import_gguf, Store};
 use pb::inference_frame::Kind;
@@ -184,4 +184,82 @@ async fn sessions_over_a_stream_match_the_engine_and_bad_input_gets_error_frames
     assert!(r.has_token);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// A stream from `from` to `to` that answers a hello, or why not.
+async fn hello(from: &NetworkHandle, to: libp2p::PeerId) -> Result<(), String> {
+    let mut stream = from.streams().open_stream(to, INFERENCE_PROTOCOL).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), ask_fallibly(&mut stream, Kind::Hello(pb::Hello {}))).await {
+        Ok(Ok(Kind::Hello(_))) => Ok(()),
+        Ok(Ok(other)) => Err(format!("answered {other:?}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("no answer in 5 s".into()),
+    }
+}
+
+async fn ask_fallibly(stream: &mut libp2p::Stream, kind: Kind) -> Result<Kind, String> {
+    write_frame(stream, &pb::InferenceFrame { kind: Some(kind) }, MAX_INFERENCE_FRAME)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply: pb::InferenceFrame = read_frame(stream, MAX_INFERENCE_FRAME).await.map_err(|e| e.to_string())?;
+    reply.kind.ok_or_else(|| "an empty frame".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_frames_are_refused_is_cut_off_then_banned_for_a_while_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("a")).unwrap();
+    let key = identity::load_or_create(&dir.path().join("a")).unwrap();
+    let limits = ResourceLimits {
+        strikes_to_disconnect: 3,
+        strikes_to_ban: 5,
+        ban_duration: Duration::from_secs(2),
+        ..ResourceLimits::default()
+    };
+    let listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    let (a, _) = Network::spawn(key, store, NetworkConfig { listen, limits, ..Default::default() }).await.unwrap();
+    let _service = InferenceService::spawn(&a, ServiceConfig::default()).unwrap();
+    let a_addr = a.wait_for_listen_addrs(Duration::from_secs(2)).await.unwrap();
+    let (bad, _) = node(&dir.path().join("bad"), a_addr.clone()).await;
+    let (good, _) = node(&dir.path().join("good"), a_addr).await;
+    hello(&bad, a.peer_id()).await.expect("served before it misbehaves");
+
+    // Each stream sends a length prefix over the frame bound and is refused.
+    let mut refused = 0;
+    let banned_after = loop {
+        assert!(refused < 20, "still served after {refused} refused frames");
+        let Ok(mut stream) = bad.streams().open_stream(a.peer_id(), INFERENCE_PROTOCOL).await else {
+            break refused;
+        };
+        futures::AsyncWriteExt::write_all(&mut stream, &[0x80, 0x80, 0x80, 0x80, 0x04]).await.unwrap();
+        let _ = futures::AsyncWriteExt::flush(&mut stream).await;
+        if let Ok(Ok(reply)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_frame::<pb::InferenceFrame, _>(&mut stream, MAX_INFERENCE_FRAME),
+        )
+        .await
+        {
+            assert_eq!(code(&reply.kind.unwrap()), ErrorCode::BadFrame);
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(banned_after >= 5, "banned after {banned_after} refused frames, before the 5 strikes it takes");
+    let stats = a.stats().await.unwrap();
+    assert_eq!(stats.bans, 1);
+    assert!(stats.strikes >= 5, "{stats:?}");
+    assert!(!a.connected_peers().await.unwrap().contains(&bad.peer_id()));
+    assert!(hello(&bad, a.peer_id()).await.is_err(), "a banned peer is refused");
+    // Everyone else is served meanwhile.
+    hello(&good, a.peer_id()).await.expect("an honest peer is served during the ban");
+
+    // The ban ends (lifted at the next check, every 3 s) and the peer is served again.
+    let t0 = std::time::Instant::now();
+    while let Err(e) = hello(&bad, a.peer_id()).await {
+        assert!(t0.elapsed() < Duration::from_secs(15), "still banned after 15 s: {e}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for n in [a, bad, good] {
+        n.shutdown().await.unwrap();
+    }
 }

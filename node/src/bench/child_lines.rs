@@ -15,10 +15,11 @@ pub fn spawn(cmd: &mut Command) -> Result<(Child, Receiver<String>)> {
     // Bounded: a child that prints faster than the bench reads waits on its pipe.
     let (tx, rx) = std::sync::mpsc::sync_channel(256);
     std::thread::spawn(move || {
+        // Once nobody listens, lines are read and dropped: a child writing to a closed
+        // pipe would fail.
+        let mut listening = true;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
+            listening = listening && tx.send(line).is_ok();
         }
     });
     Ok((child, rx))

@@ -10,62 +10,18 @@
 //! carries over. History is made of generated tokens, each of which the first hop ran
 //! as a one-row step: the slowest case for an exact replay.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use libp2p::PeerId;
 use nak_node::client::{RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
 use nak_node::net::{Network, NetworkConfig};
 use nak_shard_store::{ModelId, Store};
 
-use super::{child_lines, median};
+use super::median;
+use super::servers::{self, Server};
 
 const PROMPT: &str = "Once upon a time, in a small village by the sea,";
-
-/// A `nak-node run` child, killed when dropped.
-struct Server {
-    dir: PathBuf,
-    span: &'static str,
-    child: Option<Child>,
-    peer: Option<PeerId>,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-impl Server {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts (or restarts) the server and waits until it serves.
-    fn start(&mut self, model: &str, bootstrap: Option<&str>, threads: u32) -> Result<()> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("--data-dir").arg(&self.dir).args(["run", "--model", model, "--serve-layers", self.span]);
-        cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--announce-interval", "1", "--threads"]);
-        cmd.arg(threads.to_string());
-        if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        let (child, lines) = child_lines::spawn(&mut cmd)?;
-        self.child = Some(child);
-        let listening = child_lines::wait_line(&lines, "listening ", Duration::from_secs(30))?;
-        self.addr = listening["listening ".len()..].to_string();
-        self.peer = self.addr.rsplit('/').next().and_then(|p| p.parse().ok());
-        child_lines::wait_line(&lines, "serving ", Duration::from_secs(90))?;
-        Ok(())
-    }
-}
 
 /// One measured repair.
 struct Sample {
@@ -80,26 +36,10 @@ struct Sample {
 pub async fn run(model: &Path, histories: &[usize], reps: usize, threads: u32) -> Result<String> {
     let work = tempfile::tempdir()?;
     let spans = ["0:15", "15:30", "0:15", "15:30"];
-    let mut servers: Vec<Server> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, span)| Server {
-            dir: work.path().join(format!("s{i}")),
-            span,
-            child: None,
-            peer: None,
-            addr: String::new(),
-        })
-        .collect();
-    let model_path = model.to_str().context("model path is not UTF-8")?;
-    servers[0].start(model_path, None, threads)?;
-    let id =
-        Store::open(&servers[0].dir)?.model_ids()?.into_iter().next().context("the first server imported no model")?;
+    let mut servers: Vec<Server> =
+        spans.iter().enumerate().map(|(i, span)| Server::new(work.path().join(format!("s{i}")), span)).collect();
+    let id = servers::start_all(&mut servers, model, threads)?;
     let id_hex = id.to_hex();
-    for i in 1..servers.len() {
-        let boot = servers[0].addr.clone();
-        servers[i].start(&id_hex, Some(&boot), threads)?;
-    }
     let mut samples = Vec::new();
     for policy in [ReplayPolicy::Fast, ReplayPolicy::Exact] {
         for &history in histories {
@@ -119,8 +59,8 @@ pub async fn run(model: &Path, histories: &[usize], reps: usize, threads: u32) -
 
 fn restart_dead(servers: &mut [Server], id: &str, threads: u32) -> Result<()> {
     for i in 0..servers.len() {
-        if servers[i].child.is_none() {
-            let boot = servers.iter().find(|s| s.child.is_some()).map(|s| s.addr.clone());
+        if !servers[i].running() {
+            let boot = servers.iter().find(|s| s.running()).map(|s| s.addr.clone());
             servers[i].start(id, boot.as_deref(), threads)?;
         }
     }

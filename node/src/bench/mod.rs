@@ -8,6 +8,8 @@
 //! - [`batch`]: concurrent sessions on one engine worker (continuous batching).
 //! - [`dht`]: provider lookups in a swarm of peer processes.
 //! - [`failover`]: recovery from a hop killed mid-generation.
+//! - [`flood`]: a generation while idle and garbage TCP connections flood the server.
+//! - [`load`]: many concurrent clients through a 2-server chain for minutes (a soak).
 //! - [`store`]: import and verify throughput.
 
 pub mod batch;
@@ -15,6 +17,9 @@ pub mod chain;
 mod child_lines;
 pub mod dht;
 pub mod failover;
+pub mod flood;
+pub mod load;
+mod servers;
 pub mod store;
 
 /// The median of `values` (the upper one of an even count); NaN when there are none.
@@ -30,15 +35,16 @@ pub fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
 
 /// Peak resident memory of this process in KiB (Linux), if it can be read.
 pub fn peak_rss_kib() -> Option<u64> {
-    proc_status_kib("VmHWM:")
+    proc_status_kib("/proc/self/status", "VmHWM:")
 }
 
 /// Current resident memory of this process in KiB (Linux), if it can be read.
 pub fn rss_kib() -> Option<u64> {
-    proc_status_kib("VmRSS:")
+    proc_status_kib("/proc/self/status", "VmRSS:")
 }
 
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A field in KiB of a process's status file (`/proc/<pid>/status`).
+fn proc_status_kib(path: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }

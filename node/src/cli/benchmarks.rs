@@ -87,6 +87,63 @@ pub struct BenchFailoverArgs {
     threads: u32,
 }
 
+/// A generation's speed while idle and garbage TCP connections flood its server (one
+/// `run` process serving the whole model on loopback).
+#[derive(clap::Args)]
+pub struct BenchFloodArgs {
+    /// Model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// Idle TCP connections held open (reopened a second after the server closes one).
+    #[arg(long, default_value_t = 2000)]
+    idle: usize,
+    /// TCP connections that send random bytes.
+    #[arg(long, default_value_t = 200)]
+    garbage: usize,
+    /// Tokens per generation.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Rounds, each an unloaded and a flooded generation (medians reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// CPU threads of the server.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A soak: concurrent clients generating for minutes through a chain of two `run`
+/// servers on loopback; throughput, latency, errors and the servers' memory over time.
+#[derive(clap::Args)]
+pub struct BenchLoadArgs {
+    /// Model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// Concurrent clients (each a node of its own).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Seconds of warm-up: the servers' memory growth is counted from there.
+    #[arg(long, default_value_t = 60)]
+    warmup: u64,
+    /// Tokens per generation.
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    /// Seconds between readings of the servers' memory.
+    #[arg(long, default_value_t = 10)]
+    sample_every: u64,
+    /// CPU threads of each server.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Measure import and verify throughput beside raw blake3 hashing and raw disk writes.
 #[derive(clap::Args)]
 pub struct BenchStoreArgs {
@@ -143,4 +200,38 @@ pub fn failover(args: BenchFailoverArgs) -> Result<()> {
 pub fn store(args: BenchStoreArgs) -> Result<()> {
     print!("{}", bench::store::run(&args.dir, args.model.as_deref(), args.synth_gib)?);
     Ok(())
+}
+
+/// Prints `report` as text, or as JSON when `json`.
+fn print_report<R: std::fmt::Display + serde::Serialize>(report: &R, json: bool) -> Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string(report)?),
+        false => print!("{report}"),
+    }
+    Ok(())
+}
+
+/// `nak-node bench-flood`.
+pub fn flood(args: BenchFloodArgs) -> Result<()> {
+    let opts = bench::flood::FloodOptions {
+        idle: args.idle,
+        garbage: args.garbage,
+        tokens: args.tokens.max(2),
+        rounds: args.rounds.max(1),
+        threads: args.threads.max(1),
+    };
+    print_report(&block_on(bench::flood::run(&args.model, &opts))?, args.json)
+}
+
+/// `nak-node bench-load`.
+pub fn load(args: BenchLoadArgs) -> Result<()> {
+    let opts = bench::load::LoadOptions {
+        clients: args.clients.max(1),
+        duration: std::time::Duration::from_secs(args.seconds),
+        tokens: args.tokens.max(2),
+        warmup: std::time::Duration::from_secs(args.warmup),
+        sample_every: std::time::Duration::from_secs(args.sample_every.max(1)),
+        threads: args.threads.max(1),
+    };
+    print_report(&block_on(bench::load::run(&args.model, &opts))?, args.json)
 }

@@ -339,12 +339,14 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: crate::net::Str
             Ok(frame) => frame,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::warn!(%peer, error = %e, "refused an inference frame; closing the stream");
+                shared.net.report(peer, "a malformed or oversized inference frame");
                 let _ = out.send(error(0, ErrorCode::BadFrame, e.to_string())).await;
                 break;
             }
             Err(_) => break, // the peer went away
         };
         if !rate.allow() {
+            shared.net.report(peer, "inference frames over the rate");
             let msg = format!("over {} frames per second", shared.cfg.max_frames_per_sec);
             let _ = out.send(error(0, ErrorCode::Overloaded, msg)).await;
             continue;
@@ -371,6 +373,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: crate::net::Str
                 None
             }
             _ => {
+                shared.net.report(peer, "an inference frame a client does not send");
                 let msg = "a client sends hello, open, step, retarget, close and audit frames only";
                 Some(error(0, ErrorCode::BadFrame, msg))
             }

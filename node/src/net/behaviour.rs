@@ -25,21 +25,22 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, PeerId, Swarm, Transport,
+    allow_block_list, autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, PeerId, Swarm,
+    Transport,
 };
 use nak_protocol::announce::MAX_ANNOUNCEMENT_BYTES;
 use nak_protocol::proof::MAX_PROOF_BYTES;
 
 use super::activity::ActivityTracked;
+use super::limits::{self, MAX_STREAMS_PER_CONNECTION};
+use super::per_ip::PerIpLimits;
 use super::{BlobCodec, NetworkConfig, NetworkError, SwarmProtocols};
 use crate::dilation::dilate;
 
-/// Longest a connection's security and multiplexer handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Longest a dial may take, from the first byte to a multiplexed connection, on any
-/// transport (libp2p's default; the swarm builder applies it around every transport).
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection's security and multiplexer handshake may take on a transport
+/// built here (on TCP and QUIC the swarm applies [`super::ResourceLimits::handshake_timeout`]
+/// around every transport as well).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A transport handed to the node instead of TCP and QUIC: authenticated and multiplexed.
 pub type InjectedTransport = Boxed<(PeerId, StreamMuxerBox)>;
@@ -47,7 +48,13 @@ pub type InjectedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 /// Every protocol a node speaks.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
-    /// Peers banned for proven fraud: no connection to or from them.
+    /// Bounds on pending and established connections: first, so a refused connection
+    /// costs the other protocols nothing.
+    pub limits: connection_limits::Behaviour,
+    /// Bounds on incoming connections per remote IP.
+    pub per_ip: PerIpLimits,
+    /// Banned peers (for proven fraud, or for a while for refused frames): no connection
+    /// to or from them.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -80,12 +87,7 @@ where
     T::ListenerUpgrade: Send + 'static,
 {
     let noise = noise::Config::new(keypair).map_err(|e| NetworkError::Setup(e.to_string()))?;
-    Ok(transport
-        .upgrade(Version::V1)
-        .authenticate(noise)
-        .multiplex(yamux::Config::default())
-        .timeout(dilate(HANDSHAKE_TIMEOUT))
-        .boxed())
+    Ok(transport.upgrade(Version::V1).authenticate(noise).multiplex(muxer()).timeout(dilate(HANDSHAKE_TIMEOUT)).boxed())
 }
 
 /// TCP with the pre-shared key's encryption under noise and yamux: a private swarm's
@@ -100,9 +102,16 @@ pub fn private_tcp_transport(
         .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
         .upgrade(Version::V1)
         .authenticate(noise)
-        .multiplex(yamux::Config::default())
+        .multiplex(muxer())
         .timeout(dilate(HANDSHAKE_TIMEOUT))
         .boxed())
+}
+
+/// yamux with at most [`MAX_STREAMS_PER_CONNECTION`] streams.
+fn muxer() -> yamux::Config {
+    let mut cfg = yamux::Config::default();
+    cfg.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    cfg
 }
 
 /// A gossip message's id: the hash of its topic and data (unsigned messages carry no
@@ -162,7 +171,12 @@ fn behaviour(
         .publish_queue_duration(dilate(Duration::from_secs(5)))
         .forward_queue_duration(dilate(Duration::from_secs(1)))
         .build()?;
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)?;
+    let (score, thresholds) = limits::gossip_scoring();
+    gossipsub.with_peer_score(score, thresholds)?;
     Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(cfg.limits.connections()),
+        per_ip: PerIpLimits::new(cfg.limits.max_pending_incoming_per_ip, cfg.limits.max_established_incoming_per_ip),
         blocked: allow_block_list::Behaviour::default(),
         // Peers learn at once of an address gained later (a relay reservation).
         identify: identify::Behaviour::new(
@@ -175,8 +189,12 @@ fn behaviour(
                 .with_interval(dilate(Duration::from_secs(15)))
                 .with_timeout(dilate(Duration::from_secs(20))),
         ),
-        kad: ActivityTracked::new(kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg)),
-        gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)?,
+        kad: ActivityTracked::new(kad::Behaviour::with_config(
+            peer_id,
+            MemoryStore::with_config(peer_id, cfg.limits.dht_store()),
+            kad_cfg,
+        )),
+        gossipsub,
         blobs: request_response::Behaviour::with_codec(
             codec,
             [(protocols.blobs.clone(), ProtocolSupport::Full)],
@@ -227,25 +245,21 @@ pub(super) fn build_swarm(
     macro_rules! finish {
         ($after_transport:expr) => {
             $after_transport
-                .with_relay_client(|key: &Keypair| protocols.noise(key), yamux::Config::default)
+                .with_relay_client(|key: &Keypair| protocols.noise(key), muxer)
                 .map_err(|e| setup(&e))?
                 .with_behaviour(|key, relay| behaviour(key, relay, cfg, protocols, codec))
                 .map_err(|e| setup(&e))?
                 .with_swarm_config(idle)
-                // Left at the builder's default it is 10 s of wall time whatever the dilation:
-                // at 30× a dial of four round trips over 85 ms links timed out, and half a
-                // simulated swarm's dials failed.
-                .with_connection_timeout(dilate(CONNECTION_TIMEOUT))
+                // Every connection's handshake, either way. Left at the builder's default it is
+                // 10 s of wall time whatever the dilation: at 30× a dial of four round trips
+                // over 85 ms links timed out, and half a simulated swarm's dials failed.
+                .with_connection_timeout(dilate(cfg.limits.handshake_timeout))
                 .build()
         };
     }
     let mut swarm = match transport {
         None => finish!(builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                |key: &Keypair| protocols.noise(key),
-                yamux::Config::default
-            )
+            .with_tcp(tcp::Config::default().nodelay(true), |key: &Keypair| protocols.noise(key), muxer)
             .map_err(|e| setup(&e))?
             .with_quic()),
         Some(transport) => finish!(builder.with_other_transport(|_| transport).map_err(|e| setup(&e))?),

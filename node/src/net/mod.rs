@@ -24,6 +24,10 @@
 //!   file ([`peers`]) that the command line reads back as bootstrap peers;
 //! - the swarm's name sets every protocol id ([`namespace`]), and a private swarm's
 //!   key wraps TCP in pnet.
+//! - every connection passes the bounds of [`ResourceLimits`] (in all, per peer, per
+//!   remote IP: [`per_ip`]); a peer whose frames are refused (the blob codec's, or the
+//!   inference service's through [`NetworkHandle::report`]) earns strikes, and is cut
+//!   off, then banned for a while ([`limits`]).
 
 mod activity;
 mod answers;
@@ -32,8 +36,10 @@ mod codec;
 mod delay;
 pub mod frames;
 pub mod identity;
+mod limits;
 mod namespace;
 mod peers;
+mod per_ip;
 mod provider;
 mod scope;
 mod streams;
@@ -53,8 +59,10 @@ use task::Task;
 pub use behaviour::{memory_transport, private_tcp_transport, secured_transport, InjectedTransport, HANDSHAKE_TIMEOUT};
 pub use codec::{BlobCodec, BLOB_PROTOCOL};
 pub use delay::delayed_tcp_transport;
+pub use limits::{ResourceLimits, MAX_STREAMS_PER_CONNECTION};
 pub use namespace::{read_swarm_key, SwarmProtocols, PUBLIC_SWARM};
 pub use peers::{bootstrap_file_peers, read_peers_file, BOOTSTRAP_ENV, BOOTSTRAP_FILE, PEERS_FILE};
+pub use per_ip::PerIpLimitExceeded;
 pub use provider::RemoteProvider;
 pub use streams::Stream;
 
@@ -120,6 +128,9 @@ pub struct NetworkConfig {
     /// empty. These count as confirmed from the start, before AutoNAT has probed (or
     /// where it is off). Default none.
     pub external_addresses: Vec<Multiaddr>,
+    /// What peers may make this node hold, and what happens to those that misbehave.
+    /// Default [`ResourceLimits::default`].
+    pub limits: ResourceLimits,
 }
 
 impl Default for NetworkConfig {
@@ -146,6 +157,7 @@ impl Default for NetworkConfig {
             autonat: true,
             max_connections: 128,
             external_addresses: Vec::new(),
+            limits: ResourceLimits::default(),
         }
     }
 }
@@ -219,6 +231,9 @@ pub enum Command {
     /// Ban a peer: close and refuse its connections, ignore its announcements and its
     /// provider records.
     Block(PeerId),
+    /// A peer sent something refused (a malformed or oversized frame, frames over the
+    /// rate): a strike against it ([`ResourceLimits`]).
+    Report(PeerId, String),
     /// This node's current announcement of a model, which it signs afresh for each peer
     /// that asks for it.
     SetAnnouncement(pb::ServerAnnouncement),
@@ -254,6 +269,10 @@ pub struct NetworkStats {
     pub rejected_proofs: u64,
     /// Connections closed because there were more than [`NetworkConfig::max_connections`].
     pub trimmed_connections: u64,
+    /// Strikes against peers for refused frames ([`ResourceLimits`]).
+    pub strikes: u64,
+    /// Peers banned for a while for their strikes.
+    pub bans: u64,
 }
 
 /// The word for a reachability (`public`, `relayed`, `private`, `unknown`), as `run`
@@ -507,6 +526,16 @@ impl NetworkHandle {
     /// longer name it.
     pub async fn block(&self, peer: PeerId) -> Result<(), NetworkError> {
         self.tx.send(Command::Block(peer)).await.map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Counts a strike against `peer`, which sent something refused (`why`); enough of them
+    /// close its connections, then ban it for a while ([`ResourceLimits`]). Never waits: a
+    /// report that finds the command queue full is dropped (a flood of refusals is the very
+    /// moment the queue must stay free for the node's own work).
+    pub fn report(&self, peer: PeerId, why: impl Into<String>) {
+        if self.tx.try_send(Command::Report(peer, why.into())).is_err() {
+            tracing::debug!(%peer, "a strike was not counted: the network task is busy");
+        }
     }
 
     /// Fraud proofs received on gossip since the last call, each with the peer it came from.

@@ -30,10 +30,12 @@ use nak_shard_store::transfer::StoreProvider;
 use tokio::sync::{mpsc, oneshot};
 
 mod announcements;
+mod blobs;
+mod penalties;
 mod trim;
 
-use super::answers;
 use super::behaviour::{self, Behaviour, BehaviourEvent};
+use super::limits::{self, Penalties, ResourceLimits};
 use super::peers::{MetPeers, SAVE_EVERY};
 use super::scope;
 use super::streams::StreamsInUse;
@@ -93,8 +95,11 @@ pub(super) struct Task {
     /// Fraud proofs received on gossip that passed the model-free checks, with the peer
     /// that published each, until the node takes them ([`Command::TakeProofs`]).
     proofs: std::collections::VecDeque<(PeerId, pb::FraudProof)>,
-    /// Banned peers.
+    /// Peers banned for proven fraud (for good).
     blocked: HashSet<PeerId>,
+    /// Peers' strikes and timed bans, and the bounds they are held to.
+    penalties: Penalties,
+    limits: ResourceLimits,
     /// This node's own current announcement of each model it serves (by model id),
     /// signed afresh whenever a peer asks for it.
     own_announcements: HashMap<Vec<u8>, pb::ServerAnnouncement>,
@@ -113,9 +118,6 @@ pub(super) struct Task {
     /// Our swarm's DHT protocol: only peers that serve it enter the routing table.
     kad_protocol: libp2p::StreamProtocol,
 }
-
-/// Why an announcement of a banned server is not used (it is not the forwarder's fault).
-const BANNED: &str = "the announcing server is banned";
 
 /// Fraud proofs held for the node to take; more are dropped (and not forwarded).
 const PROOF_QUEUE: usize = 64;
@@ -162,6 +164,8 @@ impl Task {
             republish_at: None,
             proofs: std::collections::VecDeque::new(),
             blocked: HashSet::new(),
+            penalties: Penalties::default(),
+            limits: cfg.limits.clone(),
             own_announcements: HashMap::new(),
             signer,
             nat: autonat::NatStatus::Unknown,
@@ -189,7 +193,10 @@ impl Task {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = save.tick() => self.save_peers(),
-                _ = trim.tick() => self.trim_connections(),
+                _ = trim.tick() => {
+                    self.trim_connections();
+                    self.lift_bans();
+                }
                 _ = tokio::time::sleep_until(republish_at.unwrap_or_else(tokio::time::Instant::now)), if republish_at.is_some() => {
                     self.republish_at = None;
                     for key in self.provided.clone() {
@@ -281,7 +288,10 @@ impl Task {
                 self.pending_requests.insert(id, (peer, reply));
             }
             Command::Subscribe(topic, reply) => {
-                let r = behaviour.gossipsub.subscribe(&IdentTopic::new(topic)).map(|_| ());
+                let topic = IdentTopic::new(topic);
+                // Scoring is on from the start (`behaviour`), so this cannot fail.
+                let _ = behaviour.gossipsub.set_topic_params(topic.clone(), limits::gossip_topic_scoring());
+                let r = behaviour.gossipsub.subscribe(&topic).map(|_| ());
                 let _ = reply.send(r.map_err(|e| NetworkError::Failed(e.to_string())));
             }
             Command::Publish(topic, data, reply) => {
@@ -311,8 +321,9 @@ impl Task {
             Command::SetAnnouncement(ann) => {
                 self.own_announcements.insert(ann.model_id.clone(), ann);
             }
+            Command::Report(peer, why) => self.strike(peer, &why),
             Command::AddAnnouncement(data, reply) => {
-                let _ = reply.send(self.accept_announcement(&data).map_err(NetworkError::Failed));
+                let _ = reply.send(self.accept_announcement(&data).map_err(|e| NetworkError::Failed(e.to_string())));
             }
             Command::TakeProofs(reply) => {
                 let _ = reply.send(self.proofs.drain(..).collect());
@@ -609,53 +620,6 @@ impl Task {
                 }
             }
             _ => {}
-        }
-    }
-
-    fn on_blobs(&mut self, event: request_response::Event<pb::BlobRequest, pb::BlobResponse>) {
-        if let request_response::Event::Message { peer, .. } = &event {
-            self.last_used.insert(*peer, std::time::Instant::now());
-        }
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request: pb::BlobRequest { kind: Some(pb::blob_request::Kind::Announcement(model_id)) },
-                    channel,
-                    ..
-                } => {
-                    let response = pb::BlobResponse { result: Some(self.own_announcement(&model_id)) };
-                    if self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err() {
-                        tracing::debug!("a peer asking for our announcement went away before its answer");
-                    }
-                }
-                request_response::Message::Request { request_id, request, channel } => {
-                    self.serving.insert(request_id, peer);
-                    let provider = self.provider.clone();
-                    let tx = self.served_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let response = answers::answer(&provider, request);
-                        let _ = tx.blocking_send((channel, response));
-                    });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
-                    let _ = reply.send(Err(NetworkError::Failed(error.to_string())));
-                }
-            }
-            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
-                self.serving.remove(&request_id);
-                tracing::warn!(%peer, %error, "a blob request could not be read or answered");
-                self.stats.failed_blob_requests += 1;
-            }
-            request_response::Event::ResponseSent { request_id, .. } => {
-                self.serving.remove(&request_id);
-            }
         }
     }
 }

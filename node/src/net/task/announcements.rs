@@ -13,7 +13,18 @@ use libp2p::PeerId;
 use nak_protocol::{announce, pb, proof};
 use prost::Message;
 
-use super::{Task, BANNED, PROOF_QUEUE};
+use super::{Task, PROOF_QUEUE};
+
+/// Why an announcement was not taken.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refused {
+    /// The announcing server is banned.
+    #[error("the announcing server is banned")]
+    Banned,
+    /// It failed its checks.
+    #[error(transparent)]
+    Checks(#[from] announce::AnnounceError),
+}
 
 impl Task {
     /// Checks a fraud proof from gossip as far as it can be without the model, and keeps
@@ -44,8 +55,12 @@ impl Task {
     pub(super) fn on_announcement(&mut self, data: &[u8], propagation_source: PeerId) -> MessageAcceptance {
         match self.accept_announcement(data) {
             Ok(_) => MessageAcceptance::Accept,
-            // A banned server's word, forwarded by an honest peer: not used, not blamed on the forwarder.
-            Err(e) if e == BANNED => MessageAcceptance::Ignore,
+            // A banned server's word, or one grown stale on its way, forwarded by an honest
+            // peer: not used, not blamed on the forwarder (rejects count in its gossip score).
+            Err(e @ (Refused::Banned | Refused::Checks(announce::AnnounceError::Stale { .. }))) => {
+                tracing::debug!(from = %propagation_source, error = %e, "ignored an announcement");
+                MessageAcceptance::Ignore
+            }
             Err(e) => {
                 tracing::warn!(from = %propagation_source, error = %e, "rejected an announcement");
                 MessageAcceptance::Reject
@@ -55,16 +70,16 @@ impl Task {
 
     /// Checks a signed announcement (from gossip or asked for) and keeps it when it is
     /// the newest of its server.
-    pub(super) fn accept_announcement(&mut self, data: &[u8]) -> Result<pb::ServerAnnouncement, String> {
+    pub(super) fn accept_announcement(&mut self, data: &[u8]) -> Result<pb::ServerAnnouncement, Refused> {
         let ann = match announce::verify(data, announce::now_ms(), self.max_age.as_millis() as u64) {
             Ok(ann) => ann,
             Err(e) => {
                 self.stats.rejected_announcements += 1;
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         if PeerId::from_bytes(&ann.peer_id).is_ok_and(|p| self.blocked.contains(&p)) {
-            return Err(BANNED.into());
+            return Err(Refused::Banned);
         }
         // A server re-signs its current announcement when asked, under the same sequence
         // number: the later timestamp wins a tie.
