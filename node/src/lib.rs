@@ -21,6 +21,8 @@
 //! - [`server`]: a swarm server: gets a span, serves it, announces it, moves it.
 //! - [`client`]: routing, sessions through a chain of servers, ring and client-sampled
 //!   decoding, and failover.
+//! - [`speculative`]: drafting tokens (prompt lookup), deciding which stand, and how many
+//!   to draft a trip (pure logic; wiring it into sessions is under way).
 //! - [`api`]: an OpenAI-compatible HTTP API on a client's sessions, with the swarm
 //!   monitor page.
 //! - [`metrics`]: the Prometheus metrics every part counts into.
@@ -43,3 +45,4 @@ pub mod net;
 pub mod placement;
 pub mod reference;
 pub mod server;
+pub mod speculative;

@@ -1,0 +1,164 @@
+//! How many tokens to draft for the next trip: as many as pay for themselves.
+//!
+//! If each drafted token stands with probability `a` (given the ones before it stood), a
+//! trip that drafts `k` yields `1 + a + … + a^k` tokens on average and costs the trip's
+//! fixed part (links, one row of compute on every hop) plus `k` extra rows. The length
+//! chosen is the `k` (0 ≤ k ≤ max) with the most expected tokens per second; `k = 0` is
+//! decoding without speculation, so a drafter that is rarely right, or rows that cost
+//! as much as trips, bring the length down to none. Both `a` and the costs are moving
+//! averages of what trips measured; while speculation is off, every
+//! [`PROBE_EVERY`]th trip drafts one token to notice when the text turns predictable.
+
+use std::time::Duration;
+
+/// While the chosen length is 0, one trip in this many drafts a token anyway.
+pub const PROBE_EVERY: u32 = 16;
+/// Weight of the newest measurement in the moving averages.
+const NEWEST: f64 = 0.2;
+/// The acceptance assumed before any trip has measured it.
+const PRIOR_ACCEPTANCE: f64 = 0.5;
+/// An extra row's cost, as a share of a one-row trip, before any trip has measured it.
+const PRIOR_ROW_SHARE: f64 = 0.1;
+
+/// The draft-length controller of one generation.
+#[derive(Debug, Clone)]
+pub struct DraftLength {
+    max: usize,
+    /// Moving sums of drafted tokens that stood, and of tries (each trip's run of
+    /// accepted drafts ends in one rejection unless every draft stood).
+    stood: f64,
+    tries: f64,
+    /// Seconds of a trip that drafts nothing, and of each extra row.
+    trip_s: Option<f64>,
+    row_s: Option<f64>,
+    /// Trips since the last one that drafted, while the chosen length is 0.
+    idle_trips: u32,
+}
+
+impl DraftLength {
+    /// A controller that drafts at most `max` tokens a trip.
+    pub fn new(max: usize) -> Self {
+        DraftLength { max, stood: PRIOR_ACCEPTANCE, tries: 1.0, trip_s: None, row_s: None, idle_trips: 0 }
+    }
+
+    /// The measured chance that a drafted token stands.
+    pub fn acceptance(&self) -> f64 {
+        self.stood / self.tries.max(1e-9)
+    }
+
+    /// Expected tokens of a trip that drafts `k`: 1 + a + … + a^k.
+    fn expected_tokens(&self, k: usize) -> f64 {
+        let a = self.acceptance().clamp(0.0, 1.0);
+        (0..=k).map(|i| a.powi(i as i32)).sum()
+    }
+
+    /// The length with the most expected tokens per second.
+    fn best(&self) -> usize {
+        let trip = self.trip_s.unwrap_or(1.0);
+        let row = self.row_s.unwrap_or(trip * PRIOR_ROW_SHARE);
+        let rate = |k: usize| self.expected_tokens(k) / (trip + row * k as f64);
+        (0..=self.max).fold(0, |best, k| if rate(k) > rate(best) { k } else { best })
+    }
+
+    /// How many tokens to draft next.
+    pub fn choose(&mut self) -> usize {
+        let best = self.best();
+        if best > 0 || self.max == 0 {
+            self.idle_trips = 0;
+            return best;
+        }
+        self.idle_trips += 1;
+        if self.idle_trips >= PROBE_EVERY {
+            self.idle_trips = 0;
+            return 1;
+        }
+        0
+    }
+
+    /// What a trip measured: it drafted `drafted` tokens, `stood` of them stood, and it
+    /// took `trip` from sending the step to the result.
+    pub fn record(&mut self, drafted: usize, stood: usize, trip: Duration) {
+        let secs = trip.as_secs_f64();
+        if drafted == 0 {
+            self.trip_s = Some(self.trip_s.map_or(secs, |t| t + NEWEST * (secs - t)));
+            return;
+        }
+        let stood = stood.min(drafted);
+        let tries = stood + usize::from(stood < drafted);
+        self.stood = (1.0 - NEWEST) * self.stood + stood as f64;
+        self.tries = (1.0 - NEWEST) * self.tries + tries as f64;
+        if let Some(base) = self.trip_s {
+            let per_row = ((secs - base) / drafted as f64).max(0.0);
+            self.row_s = Some(self.row_s.map_or(per_row, |r| r + NEWEST * (per_row - r)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRIP: Duration = Duration::from_millis(46);
+
+    /// Feeds `trips` trips whose drafts stand with probability `a` (every `1/(1-a)`th
+    /// one is rejected, deterministically) and whose extra rows cost `row` each.
+    fn run(ctl: &mut DraftLength, trips: usize, a: f64, row: Duration) -> Vec<usize> {
+        let mut chosen = Vec::new();
+        let mut debt = 0.0;
+        for _ in 0..trips {
+            let k = ctl.choose();
+            chosen.push(k);
+            let mut stood = 0;
+            while stood < k {
+                debt += 1.0 - a;
+                if debt >= 1.0 {
+                    debt -= 1.0;
+                    break;
+                }
+                stood += 1;
+            }
+            ctl.record(k, stood, TRIP + row * k as u32);
+        }
+        chosen
+    }
+
+    #[test]
+    fn a_drafter_that_is_mostly_right_with_cheap_rows_drafts_the_most() {
+        let mut ctl = DraftLength::new(8);
+        ctl.record(0, 0, TRIP);
+        let chosen = run(&mut ctl, 200, 0.9, Duration::from_millis(2));
+        assert!((ctl.acceptance() - 0.9).abs() < 0.1, "acceptance {}", ctl.acceptance());
+        assert!(chosen[150..].iter().all(|&k| k >= 6), "{:?}", &chosen[150..]);
+    }
+
+    #[test]
+    fn a_drafter_that_is_never_right_stops_drafting_but_for_rare_probes() {
+        let mut ctl = DraftLength::new(8);
+        ctl.record(0, 0, TRIP);
+        let chosen = run(&mut ctl, 200, 0.0, Duration::from_millis(2));
+        let late = &chosen[100..];
+        let drafting = late.iter().filter(|&&k| k > 0).count();
+        assert!(drafting <= late.len() / PROBE_EVERY as usize + 1, "{late:?}");
+        assert!(late.iter().all(|&k| k <= 1));
+        assert!(ctl.acceptance() < 0.05);
+    }
+
+    #[test]
+    fn rows_as_dear_as_a_trip_are_not_worth_a_coin_flip() {
+        let mut ctl = DraftLength::new(8);
+        ctl.record(0, 0, TRIP);
+        let chosen = run(&mut ctl, 200, 0.5, TRIP);
+        assert!(chosen[100..].iter().filter(|&&k| k > 0).count() <= 100 / PROBE_EVERY as usize + 1);
+        // With cheap rows the same drafter is worth a few tokens a trip.
+        let mut ctl = DraftLength::new(8);
+        ctl.record(0, 0, TRIP);
+        let chosen = run(&mut ctl, 200, 0.5, Duration::from_millis(1));
+        assert!(chosen[100..].iter().all(|&k| (2..=6).contains(&k)), "{:?}", &chosen[100..]);
+    }
+
+    #[test]
+    fn no_drafting_when_the_limit_is_zero() {
+        let mut ctl = DraftLength::new(0);
+        assert!((0..100).all(|_| ctl.choose() == 0));
+    }
+}
