@@ -201,13 +201,11 @@ pub async fn run(model_path: &Path, opts: &FloodOptions) -> Result<FloodReport> 
 
         let flood = Flood::start(tcp, opts.idle, opts.garbage);
         let (peak_tx, peak_rx) = watch::channel((0usize, 0u64));
-        let (pid_fds, pid_rss) = (server.pid(), server.pid());
+        let pid = server.pid();
         let sampler = tokio::spawn(async move {
             loop {
-                let fds =
-                    pid_fds.and_then(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok()).map_or(0, |d| d.count());
-                let rss =
-                    pid_rss.and_then(|p| super::proc_status_kib(&format!("/proc/{p}/status"), "VmRSS:")).unwrap_or(0);
+                let (fds, rss) = (pid.and_then(servers::open_fds_of), pid.and_then(servers::rss_kib_of));
+                let (fds, rss) = (fds.unwrap_or(0), rss.unwrap_or(0));
                 peak_tx.send_modify(|(f, r)| (*f, *r) = ((*f).max(fds), (*r).max(rss)));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -97,13 +97,23 @@ impl Server {
 
     /// Its resident memory in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        super::proc_status_kib(&format!("/proc/{}/status", self.pid()?), "VmRSS:")
+        rss_kib_of(self.pid()?)
     }
 
     /// Its open file descriptors (sockets among them).
     pub fn open_fds(&self) -> Option<usize> {
-        Some(std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?.count())
+        open_fds_of(self.pid()?)
     }
+}
+
+/// Resident memory of process `pid` in KiB.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    super::proc_status_kib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds_of(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 /// Starts `servers` in order, the first importing `model` (a GGUF) and the others
