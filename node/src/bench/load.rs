@@ -166,18 +166,19 @@ pub async fn run(model_path: &Path, opts: &LoadOptions) -> Result<LoadReport> {
         }
     });
     let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); servers.len()];
+    let sample = |samples: &mut Vec<Vec<(f64, f64)>>| {
+        for (s, series) in servers.iter().zip(samples) {
+            series.push((t0.elapsed().as_secs_f64(), s.rss_kib().unwrap_or(0) as f64 / 1024.0));
+        }
+    };
     let sampler = async {
         while Instant::now() < deadline {
-            for (s, series) in servers.iter().zip(&mut samples) {
-                series.push((t0.elapsed().as_secs_f64(), s.rss_kib().unwrap_or(0) as f64 / 1024.0));
-            }
+            sample(&mut samples);
             tokio::time::sleep(opts.sample_every.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     };
     tokio::join!(futures::future::join_all(clients), sampler);
-    for (s, series) in servers.iter().zip(&mut samples) {
-        series.push((t0.elapsed().as_secs_f64(), s.rss_kib().unwrap_or(0) as f64 / 1024.0));
-    }
+    sample(&mut samples);
     let elapsed = t0.elapsed().as_secs_f64();
     let mut t = tally.into_inner().unwrap_or_else(|p| p.into_inner());
     let warm = opts.warmup.as_secs_f64();

@@ -170,9 +170,8 @@ pub(super) struct Penalties {
 impl Penalties {
     /// Counts one strike against `peer` at `now`.
     pub(super) fn strike(&mut self, limits: &ResourceLimits, peer: PeerId, now: Instant) -> Verdict {
-        let per_sec = f64::from(limits.forgive_per_minute) / 60.0;
         let (count, at) = self.strikes.entry(peer).or_insert((0.0, now));
-        *count = (*count - now.saturating_duration_since(*at).as_secs_f64() * per_sec).max(0.0) + 1.0;
+        *count = (*count - forgiven(limits, *at, now)).max(0.0) + 1.0;
         *at = now;
         if *count >= f64::from(limits.strikes_to_ban) {
             self.strikes.remove(&peer);
@@ -189,14 +188,18 @@ impl Penalties {
     /// Ends the bans that are over at `now` and forgets strikes forgiven in full; returns
     /// the peers whose bans ended.
     pub(super) fn expire(&mut self, limits: &ResourceLimits, now: Instant) -> Vec<PeerId> {
-        let per_sec = f64::from(limits.forgive_per_minute) / 60.0;
-        self.strikes.retain(|_, (count, at)| *count > now.saturating_duration_since(*at).as_secs_f64() * per_sec);
+        self.strikes.retain(|_, (count, at)| *count > forgiven(limits, *at, now));
         let over: Vec<PeerId> = self.bans.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
         for peer in &over {
             self.bans.remove(peer);
         }
         over
     }
+}
+
+/// Strikes forgiven between `since` and `now`.
+fn forgiven(limits: &ResourceLimits, since: Instant, now: Instant) -> f64 {
+    now.saturating_duration_since(since).as_secs_f64() * f64::from(limits.forgive_per_minute) / 60.0
 }
 
 #[cfg(test)]
