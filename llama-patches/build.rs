@@ -202,6 +202,14 @@ fn build_with_cmake(src: &Path) {
     if feature("metal") {
         cfg.define("GGML_METAL_EMBED_LIBRARY", "ON");
     }
+    if native && target.starts_with("x86_64") {
+        // ggml's AMX kernels stopped the process with SIGILL (at `tileloadd`) on a VM whose
+        // CPU reports AMX, at the first prompt of some dozens of tokens. Explicit ISA flags
+        // override those -march=native implies.
+        for flag in ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"] {
+            cfg.cflag(flag).cxxflag(flag);
+        }
+    }
     let dst = cfg.build();
 
     for lib_dir in ["lib", "lib64"] {

@@ -226,7 +226,7 @@ impl LocalChain {
                     input = StepInput::Hidden(Activation::from_bytes(&a.to_bytes()).map_err(EngineError::from)?)
                 }
                 StepOutput::Token { token, .. } => return Ok(token),
-                StepOutput::Cached => return Err(EngineError::NoOutput("token").into()),
+                StepOutput::Cached | StepOutput::Rows(_) => return Err(EngineError::NoOutput("token").into()),
             }
         }
         Err(ChainError::Gap("the last span returned a hidden state".into()))

@@ -18,12 +18,31 @@ use std::time::{Duration, Instant};
 
 use common::{log_tails, run_node, smollm_path, test_model, Node, GEMMA3};
 use libp2p::PeerId;
-use nak_node::client::{DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel};
+use nak_node::client::{
+    DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, Speculation, SwarmModel,
+};
 use nak_node::net::{identity, Network, NetworkConfig};
 use nak_shard_store::{ModelId, Store};
 use rand::Rng;
 
 const PROMPT: &str = "Once upon a time, in a small village by the sea,";
+/// For drafted trips: an answer that copies the prompt, where drafts stand.
+const COPY: &str =
+    "<|im_start|>user\nCopy this text exactly, word for word, twice: The old lighthouse stood on the edge \
+of the cliff, its white paint peeling in the salt wind. Every night the keeper climbed the hundred and twelve steps to \
+light the lamp, and every morning he climbed down again to make his tea.<|im_end|>\n<|im_start|>assistant\n";
+
+/// Tokens of the whole model's greedy answer to [`COPY`] (it copies the text once and ends).
+const COPY_ANSWER: usize = 47;
+
+/// The prompt of a session with `opts`.
+fn prompt_of(opts: &SessionOptions) -> &'static str {
+    if opts.speculation.is_some() {
+        COPY
+    } else {
+        PROMPT
+    }
+}
 const TOKENS: usize = 200;
 
 /// One scenario at a time: each runs four servers on two cores.
@@ -73,9 +92,9 @@ impl Cluster {
 }
 
 /// The whole model's greedy tokens, in one process.
-fn reference(model: &std::path::Path) -> Vec<i64> {
+fn reference(model: &std::path::Path, prompt: &str) -> Vec<i64> {
     let out = common::nak_command()
-        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", PROMPT, "--max-tokens"])
+        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens"])
         .arg(TOKENS.to_string())
         .args(["--json", "--threads", "1"])
         .output()
@@ -115,6 +134,8 @@ async fn generate_with_faults(
 ) -> (RemoteGeneration, Vec<Node>, Vec<usize>, Vec<Duration>) {
     let scratch = tempfile::tempdir().unwrap();
     let model = client(cluster, scratch.path()).await;
+    let prompt = prompt_of(&opts);
+    let answer = if prompt == COPY { COPY_ANSWER } else { TOKENS };
     let mut session = RemoteSession::start(&model, opts, Duration::from_secs(20)).await.unwrap();
     let route = session.route();
     // NAK_FAILOVER_STEPS=a,b reproduces a run: the steps are in every failure message.
@@ -123,13 +144,13 @@ async fn generate_with_faults(
         .map(|v| v.split(',').map(|s| s.trim().parse().expect("NAK_FAILOVER_STEPS: numbers")).collect());
     let mut rng = rand::thread_rng();
     let mut steps: Vec<usize> =
-        fixed.unwrap_or_else(|| faults.iter().map(|_| rng.gen_range(10..TOKENS - 20)).collect());
+        fixed.unwrap_or_else(|| faults.iter().map(|_| rng.gen_range(10..answer - 20)).collect());
     steps.sort_unstable();
     if steps.len() == 2 && steps[1] - steps[0] < 20 {
         steps[1] = steps[0] + 20; // let the first repair finish before the second fault
     }
     let mut victims: Vec<(Node, Fault)> = faults.into_iter().map(|(i, f)| (cluster.take(route[i].peer), f)).collect();
-    let tokens = model.vocab().tokenize(PROMPT, true).unwrap();
+    let tokens = model.vocab().tokenize(prompt, true).unwrap();
     let (mut count, mut next) = (0, 0);
     let mut gaps = Vec::new();
     let mut at = Instant::now();
@@ -164,16 +185,19 @@ fn exact(mode: DecodeMode) -> SessionOptions {
 /// Kills hop `hop` of the route in use in `spans` and checks that the generation goes
 /// on to the whole model's tokens.
 fn one_kill(spans: &[&str], hop: usize, mode: DecodeMode) {
-    one_kill_of(&smollm_path(), spans, hop, mode)
+    one_kill_of(&smollm_path(), spans, hop, exact(mode))
 }
 
-/// [`one_kill`] with another model.
-fn one_kill_of(model: &std::path::Path, spans: &[&str], hop: usize, mode: DecodeMode) {
+/// [`one_kill`] with another model and options.
+fn one_kill_of(model: &std::path::Path, spans: &[&str], hop: usize, opts: SessionOptions) {
+    let mode = opts.mode;
+    // A trip of drafts may bring several tokens past the kill before the failure shows.
+    let slack = 2 + opts.speculation.map_or(0, |s| s.draft_max as usize);
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference(model);
+    let want = reference(model, prompt_of(&opts));
     let mut cluster = Cluster::start_model(model, spans);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (out, _dead, steps, _) = rt.block_on(generate_with_faults(&mut cluster, exact(mode), vec![(hop, Fault::Kill)]));
+    let (out, _dead, steps, _) = rt.block_on(generate_with_faults(&mut cluster, opts, vec![(hop, Fault::Kill)]));
     let got: Vec<i64> = out.generation.tokens.iter().map(|&t| t as i64).collect();
     assert_eq!(
         got,
@@ -186,8 +210,17 @@ fn one_kill_of(model: &std::path::Path, spans: &[&str], hop: usize, mode: Decode
     assert_eq!(out.failovers.len(), 1, "{:?}", out.failovers);
     let f = &out.failovers[0];
     // The hop may finish the step in hand before it dies.
-    assert!((steps[0]..=steps[0] + 2).contains(&f.step), "detected after {} tokens, killed after {}", f.step, steps[0]);
+    assert!(
+        (steps[0]..=steps[0] + slack).contains(&f.step),
+        "detected after {} tokens, killed after {}",
+        f.step,
+        steps[0]
+    );
     assert!(f.recovery_ms.is_some(), "a token came after the repair");
+    if let Some(spec) = out.speculation {
+        assert!(spec.accepted > 0, "drafts stood: {spec:?}");
+        eprintln!("{mode:?} mode, drafted: {spec:?}");
+    }
     let replaced: HashSet<(u32, u32)> = f.replacement.iter().map(|h| (h.start, h.end)).collect();
     let route: Vec<(u32, u32)> = out.route.iter().map(|h| (h.start, h.end)).collect();
     assert!(replaced.iter().all(|r| route.contains(r)), "the replacement is in the final route");
@@ -217,7 +250,17 @@ fn the_last_hop_dies_in_client_sampled_mode_and_the_replacement_sends_logits_fro
 #[test]
 fn a_gemma3_hop_dies_and_exact_replay_keeps_the_tokens() {
     // Sliding-window layers on both sides of the cut, and a tied head on the last span.
-    one_kill_of(&test_model(GEMMA3), &["0:9", "9:18", "0:9", "9:18"], 1, DecodeMode::Ring);
+    one_kill_of(&test_model(GEMMA3), &["0:9", "9:18", "0:9", "9:18"], 1, exact(DecodeMode::Ring));
+}
+
+#[test]
+fn drafted_trips_survive_a_dead_hop_in_both_modes() {
+    // Ring mode: the last hop drafted and verified, and its replacement goes on drafting;
+    // a first hop is rebuilt from the client's tokens, in the shapes of the steps it ran.
+    for (mode, hop) in [(DecodeMode::Ring, 1), (DecodeMode::Client, 1), (DecodeMode::Ring, 0)] {
+        let opts = SessionOptions { speculation: Some(Speculation::default()), ..exact(mode) };
+        one_kill_of(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], hop, opts);
+    }
 }
 
 #[test]
@@ -228,7 +271,7 @@ fn the_middle_hop_of_three_dies_and_exact_replay_keeps_the_tokens() {
 #[test]
 fn two_failures_in_one_generation() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference(&smollm_path());
+    let want = reference(&smollm_path(), PROMPT);
     let mut cluster = Cluster::start(&["0:15", "15:30", "0:15", "15:30"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let faults = vec![(0, Fault::Kill), (1, Fault::Kill)];
@@ -253,7 +296,7 @@ fn two_failures_in_one_generation() {
 #[test]
 fn a_stalled_hop_is_detected_and_routed_around() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference(&smollm_path());
+    let want = reference(&smollm_path(), PROMPT);
     let mut cluster = Cluster::start(&["0:15", "15:30", "0:15", "15:30"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (out, stopped, steps, gaps) =
@@ -284,7 +327,7 @@ fn a_stalled_hop_is_detected_and_routed_around() {
 #[test]
 fn with_no_backup_the_client_says_so_and_keeps_the_tokens_so_far() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let want = reference(&smollm_path());
+    let want = reference(&smollm_path(), PROMPT);
     let mut cluster = Cluster::start(&["0:15", "15:30"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (out, _dead, steps, _) =

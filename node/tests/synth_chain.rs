@@ -113,7 +113,7 @@ fn run_batched(
                         out[i].push(token);
                         inputs.push(StepInput::Tokens(vec![token]));
                     }
-                    StepOutput::Cached => panic!("a step that samples returned no token"),
+                    StepOutput::Cached | StepOutput::Rows(_) => panic!("a one-row step returned no token"),
                 }
             }
         }

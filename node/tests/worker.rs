@@ -17,7 +17,7 @@ fn prompt(i: usize) -> Vec<i32> {
 fn token(out: StepOutput) -> i32 {
     match out {
         StepOutput::Token { token, .. } => token,
-        StepOutput::Hidden(_) | StepOutput::Cached => panic!("a whole model returns tokens"),
+        StepOutput::Hidden(_) | StepOutput::Cached | StepOutput::Rows(_) => panic!("a whole model returns a token"),
     }
 }
 

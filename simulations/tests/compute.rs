@@ -40,7 +40,7 @@ fn step_chain(chain: &mut [Box<dyn Compute>], sessions: &[u64], tokens: &[i32], 
                 input = StepInput::Hidden(Activation::encode(&rows, a.width, dtype).unwrap());
             }
             StepOutput::Token { token, .. } => return token,
-            StepOutput::Cached => panic!("a sampling step returned no token"),
+            StepOutput::Cached | StepOutput::Rows(_) => panic!("a one-row sampling step returned no token"),
         }
     }
     panic!("the chain has no head")

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::client::{ClientError, RemoteSession, SessionOptions, SwarmModel, TextStream};
+use crate::client::{ClientError, RemoteSession, SessionOptions, Speculation, SwarmModel, TextStream};
 use crate::engine::SamplingParams;
 use crate::metrics;
 use openai::{ApiError, Params};
@@ -45,6 +45,8 @@ pub const MAX_GENERATIONS: usize = 64;
 pub struct ApiState {
     model: Arc<SwarmModel>,
     generations: Arc<tokio::sync::Semaphore>,
+    /// Speculative decoding of every generation, if any.
+    speculation: Option<Speculation>,
 }
 
 /// Serves the API for `model` on `listener` until the process ends.
@@ -55,6 +57,11 @@ pub async fn serve(model: Arc<SwarmModel>, listener: tokio::net::TcpListener) ->
 /// The API's routes, the monitor's and `/metrics`; every answer is counted in
 /// `nak_requests_total`.
 pub fn router(model: Arc<SwarmModel>) -> Router {
+    router_with(model, None)
+}
+
+/// [`router`], each generation decoding speculatively with `speculation` when given.
+pub fn router_with(model: Arc<SwarmModel>, speculation: Option<Speculation>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
@@ -63,7 +70,11 @@ pub fn router(model: Arc<SwarmModel>) -> Router {
         .merge(monitor::router())
         .merge(metrics::router())
         .layer(axum::middleware::from_fn(count_request))
-        .with_state(ApiState { model, generations: Arc::new(tokio::sync::Semaphore::new(MAX_GENERATIONS)) })
+        .with_state(ApiState {
+            model,
+            generations: Arc::new(tokio::sync::Semaphore::new(MAX_GENERATIONS)),
+            speculation,
+        })
 }
 
 /// Counts an answer by its route (not its path: a label per path would grow without end)
@@ -185,11 +196,18 @@ fn generate(state: &ApiState, tokens: Vec<i32>, params: Params) -> Result<mpsc::
     let permit = state.generations.clone().try_acquire_owned().map_err(|_| {
         ApiError::too_many(format!("{MAX_GENERATIONS} generations are running here; try again shortly"))
     })?;
-    let model = state.model.clone();
+    let (model, speculation) = (state.model.clone(), state.speculation);
     let (tx, rx) = mpsc::channel(params.max_tokens + 2);
     tokio::spawn(async move {
         let _active = (Active::start(), permit);
-        let opts = SessionOptions { sampling: params.sampling, logprobs: params.logprobs, ..SessionOptions::default() };
+        // Drafted tokens come without logprobs: a request for them decodes without drafts.
+        let speculation = speculation.filter(|_| params.logprobs.is_none());
+        let opts = SessionOptions {
+            sampling: params.sampling,
+            logprobs: params.logprobs,
+            speculation,
+            ..SessionOptions::default()
+        };
         let mut session = match RemoteSession::start(&model, opts, ROUTE_WAIT).await {
             Ok(s) => s,
             Err(e) => {

@@ -75,7 +75,7 @@ fn replay_session(
         };
         // A hop that only filled its cache signed the hash of nothing; one that drew a token, its logits.
         let sample = r.output_hash != empty;
-        let out = engine.step_request(StepRequest { session, input, row_tokens: vec![], sample })?;
+        let out = engine.step_request(StepRequest { sample, ..StepRequest::new(session, input) })?;
         let hash = output_hash(&out);
         hashes.push(hash);
         if hash != r.output_hash {

@@ -17,7 +17,7 @@ use super::median;
 fn token(out: StepOutput) -> i32 {
     match out {
         StepOutput::Token { token, .. } => token,
-        StepOutput::Hidden(_) | StepOutput::Cached => 0,
+        StepOutput::Hidden(_) | StepOutput::Cached | StepOutput::Rows(_) => 0,
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 
 use super::generate::join_model;
-use super::{block_on, JoinArgs};
+use super::{block_on, JoinArgs, SpeculationArgs};
 
 /// Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics) and the swarm monitor (/) for a model of the swarm.
 #[derive(clap::Args)]
@@ -21,6 +21,8 @@ pub struct ApiArgs {
     listen: SocketAddr,
     #[command(flatten)]
     join: JoinArgs,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
 }
 
 /// `nak-node api`.
@@ -31,6 +33,7 @@ pub fn api(args: ApiArgs, data_dir: Option<PathBuf>) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         println!("api http://{}", listener.local_addr()?);
-        nak_node::api::serve(Arc::new(model), listener).await.context("the API server stopped")
+        let router = nak_node::api::router_with(Arc::new(model), args.speculation.speculation());
+        axum::serve(listener, router).await.context("the API server stopped")
     })
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use nak_node::audit::Auditor;
 use nak_node::chain::{GenerateOptions, LocalChain};
 use nak_node::client::{
-    DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, SwarmModel, TextStream,
+    DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, Speculation, SwarmModel, TextStream,
 };
 use nak_node::engine::SamplingParams;
 use nak_node::net::{Network, NetworkConfig, NetworkHandle};
@@ -20,7 +20,7 @@ use nak_protocol::ActivationDtype;
 use nak_shard_store::{ModelId, Store};
 
 use super::audit::{audit_generation, audit_rate, auditor, learn_proofs};
-use super::{block_on, open_store, EngineArgs, JoinArgs};
+use super::{block_on, open_store, EngineArgs, JoinArgs, SpeculationArgs};
 
 /// How long to listen for announcements before routing.
 const ROUTE_WAIT: Duration = Duration::from_secs(15);
@@ -83,6 +83,8 @@ struct SwarmClientArgs {
     /// (its input rows fetched and replayed on a local copy of its span). Default 0.05.
     #[arg(long)]
     audit_rate: Option<f64>,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
 }
 
 /// Chat with a model the swarm serves: streams answers, keeps the conversation,
@@ -113,6 +115,8 @@ pub struct ChatArgs {
     /// With --verify: the chance that each server's session is audited after each answer. Default 0.05.
     #[arg(long)]
     audit_rate: Option<f64>,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -150,9 +154,13 @@ pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             verify: args.swarm.verify,
             audit_rate: audit_rate(args.swarm.audit_rate, args.swarm.verify)?,
             threads: args.engine.config().threads,
+            speculation: args.swarm.speculation.speculation(),
             data_dir,
         };
         return block_on(generate_remote(remote, &args.prompt, args.max_tokens, args.swarm.parallel, args.json));
+    }
+    if args.swarm.speculation.speculative.is_some() {
+        bail!("--speculative decodes through the swarm (name its servers with --bootstrap, or a model id)");
     }
     let cfg = args.engine.config();
     let mut chain = if args.model.is_file() {
@@ -202,6 +210,7 @@ pub fn chat(args: ChatArgs, data_dir: Option<PathBuf>) -> Result<()> {
         verify: args.verify,
         audit_rate: audit_rate(args.audit_rate, args.verify)?,
         threads: args.engine.config().threads,
+        speculation: args.speculation.speculation(),
         data_dir,
     };
     block_on(converse(remote, args.system, args.max_tokens))
@@ -229,6 +238,8 @@ struct RemoteArgs {
     audit_rate: f64,
     /// Threads of the auditor's replays.
     threads: i32,
+    /// Speculative decoding.
+    speculation: Option<Speculation>,
     /// Where the banlist, the proofs and the spans audits replay on are kept.
     data_dir: Option<PathBuf>,
 }
@@ -309,6 +320,7 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
         top_logits: args.top_logits,
         replay: args.replay,
         verify: args.verify,
+        speculation: args.speculation,
         ..Default::default()
     };
     Ok(RemoteSession::start(model, opts, ROUTE_WAIT).await?)
@@ -317,6 +329,16 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
 /// Says on stderr what went wrong with the route during a generation, and what the
 /// receipts showed.
 fn report_repairs(out: &RemoteGeneration) {
+    if let Some(s) = &out.speculation {
+        eprintln!(
+            "[speculative: {} trips, {} drafted, {} stood ({:.0} %), {:.2} tokens per trip]",
+            s.trips,
+            s.drafted,
+            s.accepted,
+            100.0 * s.acceptance,
+            s.tokens_per_trip
+        );
+    }
     if let Some(v) = &out.verification {
         eprintln!(
             "[verified: {} receipts, {} hop-to-hop hashes matched, {} problem(s); {} session(s) audited, {} fraud(s)]",

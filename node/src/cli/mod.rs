@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
+use nak_node::client::{DraftSource, Speculation};
 use nak_node::engine::EngineConfig;
 use nak_node::net::{
     bootstrap_file_peers, read_peers_file, read_swarm_key, NetworkConfig, NetworkHandle, SwarmProtocols, BOOTSTRAP_ENV,
@@ -155,4 +156,23 @@ pub fn open_store(dir: Option<PathBuf>) -> Result<Store> {
 /// Runs an async command to completion on a new multi-threaded runtime.
 pub fn block_on<T>(command: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Runtime::new().context("starting the async runtime")?.block_on(command)
+}
+
+/// Speculative decoding: several tokens per trip around the route, the same output.
+#[derive(clap::Args)]
+pub(super) struct SpeculationArgs {
+    /// Draft tokens and have the route verify them in one step: lookup (n-gram matches
+    /// in the context; in ring mode the last server drafts). Greedy output is the same
+    /// as without; sampled tokens follow the same distribution.
+    #[arg(long, value_enum)]
+    pub(super) speculative: Option<DraftSource>,
+    /// Most tokens drafted a trip (fewer while the measured acceptance does not pay for them).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=32))]
+    draft_max: u32,
+}
+
+impl SpeculationArgs {
+    pub(super) fn speculation(&self) -> Option<Speculation> {
+        self.speculative.map(|source| Speculation { source, draft_max: self.draft_max })
+    }
 }

@@ -22,6 +22,8 @@ pub(super) struct Shape {
     pub(super) rows: u32,
     pub(super) generation: u32,
     pub(super) more: bool,
+    /// Trailing rows that are drafts.
+    pub(super) draft: u32,
 }
 
 /// The server that turned a session away, if that is what `e` says.
@@ -41,4 +43,33 @@ pub(super) fn push_target(route: &RouteHop, session_id: u64) -> pb::Hop {
 /// The error of `hop` failing or refusing with `code`.
 pub(super) fn hop_error(hop: &RouteHop, code: pb::ErrorCode, message: impl std::fmt::Display) -> ClientError {
     ClientError::Hop { peer: hop.peer, start: hop.start, end: hop.end, code, message: message.to_string() }
+}
+
+/// The tokens a ring's result `r` brings to a client that has the positions before
+/// `expected` (`r.position` is not before it): the tokens of the rows the last hop ran
+/// from `expected` on, which the client missed, then `r`'s own. None when they do not
+/// reach back that far.
+pub(super) fn ring_tokens(r: &pb::StepResult, expected: u32) -> Option<Vec<i32>> {
+    let missed = r.position.checked_sub(expected)? as usize;
+    let from = r.fed.len().checked_sub(missed)?;
+    if missed > 0 {
+        tracing::debug!(missed, position = r.position, "a ring result brings tokens whose results were lost");
+    }
+    Some(r.fed[from..].iter().copied().chain([r.token]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_result_fills_in_the_tokens_whose_results_were_lost() {
+        let r = pb::StepResult { token: 7, position: 30, fed: vec![4, 5, 6], has_token: true, ..Default::default() };
+        assert_eq!(ring_tokens(&r, 30), Some(vec![7]));
+        assert_eq!(ring_tokens(&r, 29), Some(vec![6, 7]));
+        assert_eq!(ring_tokens(&r, 27), Some(vec![4, 5, 6, 7]));
+        assert_eq!(ring_tokens(&r, 26), None, "the result does not reach back to position 26");
+        let bare = pb::StepResult { fed: vec![], ..r };
+        assert_eq!(ring_tokens(&bare, 29), None, "a result without its rows' tokens cannot fill a gap");
+    }
 }

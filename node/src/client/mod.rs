@@ -20,6 +20,7 @@ mod options;
 mod recovery;
 pub mod route;
 mod session;
+mod speculate;
 mod text;
 mod verify;
 
@@ -36,6 +37,7 @@ pub use coverage::model_status;
 pub use options::{DecodeMode, Failover, RemoteGeneration, ReplayPolicy, SampledToken, SessionOptions};
 pub use route::{best_route, best_route_between, disjoint_routes, RouteHop, ServerInfo};
 pub use session::RemoteSession;
+pub use speculate::{DraftSource, Speculation, SpeculationReport};
 pub use text::TextStream;
 pub use verify::{ReceiptProblem, Verification};
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nak_protocol::{pb, ActivationDtype};
 use serde::Serialize;
 
+use super::speculate::{Speculation, SpeculationReport};
 use super::verify::Verification;
 use super::RouteHop;
 use crate::chain::Generation;
@@ -84,6 +85,8 @@ pub struct SessionOptions {
     /// With each token, its log-probability and this many most likely alternatives
     /// ([`SampledToken`]). Default none.
     pub logprobs: Option<u32>,
+    /// Speculative decoding: several tokens a trip, the same output. Default off.
+    pub speculation: Option<Speculation>,
 }
 
 impl Default for SessionOptions {
@@ -97,6 +100,7 @@ impl Default for SessionOptions {
             replay: ReplayPolicy::Fast,
             verify: false,
             logprobs: None,
+            speculation: None,
         }
     }
 }
@@ -154,6 +158,9 @@ pub struct RemoteGeneration {
     /// How long after joining the swarm the client knew a full route (manifest,
     /// tokenizer and the servers' announcements): the cold-start cost before any work.
     pub discovery_ms: Option<f64>,
+    /// What speculative decoding did, when the session drafts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<SpeculationReport>,
 }
 
 /// One repair of the route.

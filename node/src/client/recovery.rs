@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn fast_replay_joins_steps_up_to_the_limit_keeping_the_last_ones_label() {
-        let shape = |step, position, rows, more| Shape { step, position, rows, generation: 1, more };
+        let shape = |step, position, rows, more| Shape { step, position, rows, generation: 1, more, draft: 0 };
         let shapes = [shape(0, 0, 128, true), shape(1, 128, 100, false), shape(2, 228, 1, false)];
         let joined = join(&shapes);
         assert_eq!(joined.len(), 1);

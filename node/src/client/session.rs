@@ -36,9 +36,10 @@ use nak_protocol::{pb, ActivationDtype};
 use nak_shard_store::ModelId;
 use tokio::time::Instant;
 
-use super::hop::{hop_error, push_target, refused, Hop, Shape};
+use super::hop::{hop_error, push_target, refused, ring_tokens, Hop, Shape};
 use super::links::Links;
 use super::options::{DecodeMode, Failover, RemoteGeneration, SampledToken, SessionOptions};
+use super::speculate::{ClientDrafter, SpeculationReport};
 use super::verify::{ReceiptCheck, Verification};
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::audit::{AuditReport, AuditTarget};
@@ -93,6 +94,10 @@ pub struct RemoteSession {
     stalled: Option<Instant>,
     /// Resyncs of the route in this generation.
     pub(super) resyncs: u32,
+    /// Client-sampled speculation: the drafting.
+    drafter: Option<ClientDrafter>,
+    /// What speculation did in this generation.
+    spec: SpeculationReport,
 }
 
 impl RemoteSession {
@@ -153,7 +158,21 @@ impl RemoteSession {
             stalled: None,
             resyncs: 0,
             receipts,
+            drafter: None,
+            spec: SpeculationReport::default(),
         };
+        if let Some(spec) = session.opts.speculation {
+            if session.receipts.is_some() {
+                return Err(ClientError::Input("speculative decoding cannot be combined with receipts yet".into()));
+            }
+            if session.opts.logprobs.is_some() {
+                return Err(ClientError::Input(
+                    "speculative decoding reports no logprobs of drafted tokens yet".into(),
+                ));
+            }
+            session.spec.source = Some(spec.source);
+            session.drafter = (!session.ring()).then(|| ClientDrafter::new(spec));
+        }
         session.hops = session.open_hops(model, &route, 0..0, 0).await?;
         Ok(session)
     }
@@ -238,6 +257,7 @@ impl RemoteSession {
                 stop_tokens: if last && ring { self.end_tokens.clone() } else { vec![] },
                 emit_from: if last { emit_from } else { 0 },
                 receipts: self.opts.verify,
+                draft_max: if last && ring { self.opts.speculation.map_or(0, |s| s.draft_max) } else { 0 },
             };
             if !link.send(Kind::Open(open)).await {
                 return Err(hop_error(hop, pb::ErrorCode::Closed, "the stream closed"));
@@ -304,7 +324,7 @@ impl RemoteSession {
     /// Records a step the first hop runs, then sends it (a prompt chunk or, in client
     /// mode, a sampled token).
     async fn feed(&mut self, tokens: &[i32], keep: u32, more: bool) {
-        let shape = self.record_fed(tokens, more);
+        let shape = self.record_fed(tokens, more, 0);
         self.send_first(pb::Step { keep, ..self.step_of(shape) }).await;
     }
 
@@ -319,18 +339,20 @@ impl RemoteSession {
             more: shape.more || shape.generation < self.generation,
             position: shape.position,
             stop_at: self.stop_at,
+            draft: shape.draft,
             ..Default::default()
         }
     }
 
-    /// Notes that the first hop takes `tokens` next, as one step.
-    fn record_fed(&mut self, tokens: &[i32], more: bool) -> Shape {
+    /// Notes that the first hop takes `tokens` next, as one step, the last `draft` drafted.
+    fn record_fed(&mut self, tokens: &[i32], more: bool, draft: u32) -> Shape {
         let shape = Shape {
             step: self.next_step,
             position: self.context.len() as u32,
             rows: tokens.len() as u32,
             generation: self.generation,
             more,
+            draft,
         };
         self.next_step += 1;
         self.shapes.push(shape);
@@ -338,12 +360,26 @@ impl RemoteSession {
         shape
     }
 
+    /// Client mode: sends `token` to the first hop as the next step, with drafts behind it
+    /// when the session drafts (fewer than `left`, the tokens still wanted).
+    async fn feed_token(&mut self, token: i32, left: usize) {
+        let room = left.saturating_sub(1).min((self.max_context as usize).saturating_sub(self.context.len() + 2));
+        let drafts = match &mut self.drafter {
+            Some(drafter) => drafter.next(&[&self.context[..], &[token]].concat(), room),
+            None => Vec::new(),
+        };
+        let shape = self.record_fed(&[&[token], &drafts[..]].concat(), false, drafts.len() as u32);
+        self.send_first(self.step_of(shape)).await;
+    }
+
     /// Forgets positions from `keep` on.
     fn truncate(&mut self, keep: usize) {
         self.context.truncate(keep);
         self.shapes.retain(|s| (s.position as usize) < keep);
         if let Some(last) = self.shapes.last_mut() {
-            last.rows = last.rows.min(keep as u32 - last.position);
+            let rows = last.rows.min(keep as u32 - last.position);
+            last.draft = last.draft.saturating_sub(last.rows - rows);
+            last.rows = rows;
         }
     }
 
@@ -373,6 +409,7 @@ impl RemoteSession {
         }
         self.generation += 1;
         self.resyncs = 0;
+        self.spec = SpeculationReport { source: self.spec.source, ..Default::default() };
         self.truncate(keep);
         let fresh = &tokens[keep..];
         self.stop_at = if self.ring() { (tokens.len() + max_tokens - 1) as u32 } else { 0 };
@@ -440,10 +477,17 @@ impl RemoteSession {
                     stopped = true;
                     break;
                 }
-                if self.ring() {
-                    self.record_fed(&[token], false); // the last hop has pushed it to the first
-                } else {
-                    self.feed(&[token], 0, false).await;
+                if self.ring() && k < newest && k + r.accepted as usize >= newest {
+                    // A draft that stood: the first hop ran it in the step of the token before.
+                    self.context.push(token);
+                    if let Some(last) = self.shapes.last_mut() {
+                        last.rows += 1;
+                    }
+                } else if self.ring() {
+                    self.record_fed(&[token], false, 0); // the last hop has pushed it to the first
+                } else if k == newest {
+                    // Drafts that stood are in the context already; the tokens left bound the next.
+                    self.feed_token(token, max_tokens - out.len()).await;
                 }
             }
             if stopped {
@@ -481,6 +525,11 @@ impl RemoteSession {
         m.failovers.inc_by(failovers.len() as u64);
         self.drain_receipts().await;
         let verification = self.receipts.as_ref().map(ReceiptCheck::report);
+        let speculation = self.spec.source.map(|_| {
+            let mut spec = self.spec;
+            spec.finish(generation.tokens.len());
+            spec
+        });
         Ok(RemoteGeneration {
             generation,
             route: self.route(),
@@ -492,6 +541,7 @@ impl RemoteSession {
             error,
             verification,
             discovery_ms: model.discovery_time().map(|d| d.as_secs_f64() * 1e3),
+            speculation,
         })
     }
 
@@ -599,13 +649,29 @@ impl RemoteSession {
             return None;
         }
         let ahead = || ClientError::Protocol(format!("a token at position {} before {expected}", r.position));
-        Some(if self.ring() {
-            ring_tokens(r, expected).ok_or_else(ahead)
-        } else if r.position > expected {
+        if self.ring() {
+            self.spec.trip(r.drafted, r.accepted);
+            return Some(ring_tokens(r, expected).ok_or_else(ahead));
+        }
+        Some(if r.position > expected {
             Err(ahead())
+        } else if !r.rows.is_empty() {
+            let judged = self.drafter.as_mut().and_then(|d| d.judge(&r.rows, &mut self.sampler));
+            let Some((tokens, stood)) = judged else {
+                return Some(Err(ClientError::Protocol("a drafted step's result does not fit its drafts".into())));
+            };
+            let drafted = r.rows.len() - 1;
+            self.spec.trip(drafted as u32, stood as u32);
+            // The drafts after the ones that stood leave the context.
+            self.truncate(expected as usize - (drafted - stood));
+            Ok(tokens)
         } else if r.top.is_empty() {
             Err(ClientError::Protocol("the last hop sent no logits".into()))
         } else {
+            self.spec.trip(0, 0);
+            if let Some(drafter) = &mut self.drafter {
+                drafter.plain_trip();
+            }
             Ok(vec![self.sampler.sample_candidates(r.top.iter().map(|t| (t.token, t.logit)))])
         })
     }
@@ -616,34 +682,5 @@ impl RemoteSession {
             let close = pb::CloseSession { session_id: hop.session_id };
             let _ = hop.link.send(Kind::Close(close)).await;
         }
-    }
-}
-
-/// The tokens a ring's result `r` brings to a client that has the positions before
-/// `expected` (`r.position` is not before it): the tokens of the rows the last hop ran
-/// from `expected` on, which the client missed, then `r`'s own. None when they do not
-/// reach back that far.
-fn ring_tokens(r: &pb::StepResult, expected: u32) -> Option<Vec<i32>> {
-    let missed = r.position.checked_sub(expected)? as usize;
-    let from = r.fed.len().checked_sub(missed)?;
-    if missed > 0 {
-        tracing::debug!(missed, position = r.position, "a ring result brings tokens whose results were lost");
-    }
-    Some(r.fed[from..].iter().copied().chain([r.token]).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ring_result_fills_in_the_tokens_whose_results_were_lost() {
-        let r = pb::StepResult { token: 7, position: 30, fed: vec![4, 5, 6], has_token: true, ..Default::default() };
-        assert_eq!(ring_tokens(&r, 30), Some(vec![7]));
-        assert_eq!(ring_tokens(&r, 29), Some(vec![6, 7]));
-        assert_eq!(ring_tokens(&r, 27), Some(vec![4, 5, 6, 7]));
-        assert_eq!(ring_tokens(&r, 26), None, "the result does not reach back to position 26");
-        let bare = pb::StepResult { fed: vec![], ..r };
-        assert_eq!(ring_tokens(&bare, 29), None, "a result without its rows' tokens cannot fill a gap");
     }
 }

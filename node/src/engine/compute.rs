@@ -33,6 +33,11 @@ pub trait Compute: Send {
     fn close_session(&mut self, session: SessionId) -> Result<(), EngineError>;
     /// Keeps the first `n_keep` positions of a session's cache and drops the rest.
     fn truncate(&mut self, session: SessionId, n_keep: u32) -> Result<(), EngineError>;
+    /// Drops rejected drafts from `n_keep` on, the sampler's draws going on (see
+    /// [`SpanEngine::rewind`]). Default: [`Compute::truncate`].
+    fn rewind(&mut self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        self.truncate(session, n_keep)
+    }
 }
 
 impl Compute for SpanEngine {
@@ -65,6 +70,10 @@ impl Compute for SpanEngine {
     }
     fn truncate(&mut self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
         SpanEngine::truncate(self, session, n_keep)
+    }
+
+    fn rewind(&mut self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        SpanEngine::rewind(self, session, n_keep)
     }
 }
 

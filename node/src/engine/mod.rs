@@ -161,6 +161,10 @@ pub enum StepOutput {
     },
     /// The rows are in the cache; no token was asked for (see [`StepRequest::sample`]).
     Cached,
+    /// A token sampled from each of the last [`StepRequest::sample_rows`] rows (more than
+    /// one), in row order, each with its logits when the session asked for them; each
+    /// row's draw saw the rows before it as context (speculative decoding).
+    Rows(Vec<(i32, Vec<f32>)>),
 }
 
 /// One step of one session, for [`SpanEngine::step_batch`].
@@ -178,12 +182,24 @@ pub struct StepRequest {
     /// only the cache is wanted (a prompt chunk before the last, a position rebuilt for a
     /// replacement), which spares the output head's work. Default true.
     pub sample: bool,
+    /// How many of the last rows to sample (at least 1, at most the rows; more than one
+    /// gives [`StepOutput::Rows`]). Default 1.
+    pub sample_rows: u32,
+    /// With `sample_rows` > 1: no draws after the first row whose token differs from the
+    /// next row's (a rejected draft: the rows after it are discarded), so that a seeded
+    /// sampler draws once per token kept, as without drafts. Default false.
+    pub verify: bool,
+    /// Decode the rows one at a time: each row's numbers are then those of one-token
+    /// decoding, bit for bit (llama.cpp's CPU kernels round a batch of several rows
+    /// differently for some quantizations, Q4_K among them), which keeps verified drafts
+    /// exactly the tokens of plain decoding. Default false.
+    pub row_by_row: bool,
 }
 
 impl StepRequest {
     /// A step with no row tokens, that samples.
     pub fn new(session: SessionId, input: StepInput) -> Self {
-        Self { session, input, row_tokens: Vec::new(), sample: true }
+        Self { session, input, row_tokens: Vec::new(), sample: true, sample_rows: 1, verify: false, row_by_row: false }
     }
 }
 
@@ -212,11 +228,16 @@ impl Session {
         }
     }
 
-    /// Forgets positions from `n_keep` on; the penalties restart from what is left.
-    fn forget_from(&mut self, n_keep: u32) {
+    /// Forgets positions from `n_keep` on; the penalties restart from what is left, and
+    /// the draws too unless `keep_draws` (rejected drafts must not replay the RNG).
+    fn forget_from(&mut self, n_keep: u32, keep_draws: bool) {
         self.n_past = self.n_past.min(n_keep);
         self.history.truncate(n_keep as usize);
-        self.sampler = Sampler::new(&self.sampling);
+        if keep_draws {
+            self.sampler.reset_penalties(&self.sampling);
+        } else {
+            self.sampler = Sampler::new(&self.sampling);
+        }
         let recent = self.history.len().saturating_sub(self.sampling.repeat_last_n as usize);
         for &t in &self.history[recent..] {
             self.sampler.accept(t);
@@ -249,6 +270,12 @@ struct Prepared {
     row_tokens: Vec<i32>,
     emit_hidden: bool,
     sample: bool,
+    /// Rows sampled, from the last back (1 unless drafts are verified).
+    sample_rows: usize,
+    /// Stop drawing at the first row whose token differs from the next row's.
+    verify: bool,
+    /// One row per decode.
+    row_by_row: bool,
     /// The fault strikes this step.
     corrupt: bool,
 }
@@ -397,12 +424,23 @@ impl SpanEngine {
         Ok(())
     }
 
-    /// Keeps the first `n_keep` positions of a session's cache and drops the rest.
+    /// Keeps the first `n_keep` positions of a session's cache and drops the rest; the
+    /// sampler's draws restart from its seed (a new generation).
     pub fn truncate(&mut self, id: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        self.drop_from(id, n_keep, false)
+    }
+
+    /// Drops the rows of rejected drafts, from `n_keep` on: as [`SpanEngine::truncate`],
+    /// but the sampler's draws go on, so that no random number is used twice.
+    pub fn rewind(&mut self, id: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        self.drop_from(id, n_keep, true)
+    }
+
+    fn drop_from(&mut self, id: SessionId, n_keep: u32, keep_draws: bool) -> Result<(), EngineError> {
         let s = self.sessions.get_mut(&id).ok_or(EngineError::UnknownSession(id))?;
         if n_keep < s.n_past {
             self.ctx.remove_from(s.seq, n_keep);
-            s.forget_from(n_keep);
+            s.forget_from(n_keep, keep_draws);
         }
         Ok(())
     }
@@ -504,6 +542,7 @@ impl SpanEngine {
             }
         };
         let sample = req.sample;
+        let sample_rows = req.sample_rows.clamp(1, n) as usize;
         let corrupt = self.cfg.fault.strikes();
         if corrupt {
             tracing::warn!(
@@ -521,6 +560,9 @@ impl SpanEngine {
             row_tokens,
             emit_hidden,
             sample,
+            sample_rows,
+            verify: req.verify,
+            row_by_row: req.row_by_row,
             corrupt,
         })
     }
@@ -536,8 +578,8 @@ impl SpanEngine {
         let cap = self.cfg.max_batch_rows as usize;
         let mut done = vec![0usize; members.len()];
         let mut hidden_out: Vec<Vec<f32>> = members.iter().map(|_| Vec::new()).collect();
-        // Each member's sampled token and (when asked for) its logits.
-        let mut sampled: Vec<Option<Sampled>> = members.iter().map(|_| None).collect();
+        // Each member's sampled tokens and (when asked for) their logits, by row.
+        let mut sampled: Vec<Vec<Sampled>> = members.iter().map(|_| Vec::new()).collect();
         let mut failed: Option<EngineError> = None;
 
         while failed.is_none() && members.iter().zip(&done).any(|(p, d)| *d < p.rows.len(width)) {
@@ -548,13 +590,14 @@ impl SpanEngine {
             for (m, p) in members.iter().enumerate() {
                 let total = p.rows.len(width);
                 let take = (total - done[m]).min(batch.capacity() - batch.len());
+                let take = if p.row_by_row { take.min(1) } else { take };
                 if take == 0 {
                     continue;
                 }
                 let first_row = batch.len();
                 for r in done[m]..done[m] + take {
                     let pos = p.start_pos + r as u32;
-                    let output = emit_hidden || (p.sample && r + 1 == total);
+                    let output = emit_hidden || (p.sample && r + p.sample_rows >= total);
                     match &p.rows {
                         Rows::Tokens(t) => batch.push_token(t[r], pos, p.seq, output),
                         Rows::Hidden(h) => batch.push_hidden(&h[r * width..(r + 1) * width], pos, p.seq, output),
@@ -578,11 +621,20 @@ impl SpanEngine {
                             Ok(h) => hidden_out[m].extend_from_slice(h),
                             Err(e) => failed = Some(e),
                         }
-                    } else if members[m].sample && done[m] + r + 1 == members[m].rows.len(width) {
+                    } else if members[m].sample && done[m] + r + members[m].sample_rows >= members[m].rows.len(width) {
                         let p = &members[m];
+                        // Each draw predicted the next row's token: the first miss ends the draws.
+                        let ri = done[m] + r;
+                        let drawn = sampled[m].len();
+                        let missed = drawn != ri + p.sample_rows - p.rows.len(width)
+                            || sampled[m].last().is_some_and(|(pick, ..)| p.row_tokens.get(ri) != Some(pick));
+                        if p.verify && missed {
+                            continue;
+                        }
                         let Some(s) = self.sessions.get_mut(&p.session) else { continue };
-                        // The rows' tokens enter the penalties' history before the draw.
-                        s.record(p.start_pos, &p.row_tokens);
+                        // The rows' tokens up to this one enter the penalties' history before the draw.
+                        let upto = (done[m] + r + 1).min(p.row_tokens.len());
+                        s.record(p.start_pos, &p.row_tokens[..upto]);
                         match self.ctx.logits_row_mut(row, self.n_vocab as usize) {
                             Ok(l) => {
                                 if members[m].corrupt {
@@ -591,7 +643,7 @@ impl SpanEngine {
                                 let raw = s.raw_logits.then(|| l.to_vec());
                                 let token = s.sampler.sample(l);
                                 let logits = if s.return_logits { l.to_vec() } else { Vec::new() };
-                                sampled[m] = Some((token, logits, raw));
+                                sampled[m].push((token, logits, raw));
                             }
                             Err(e) => failed = Some(e),
                         }
@@ -610,12 +662,17 @@ impl SpanEngine {
                 // Roll the cache back so the session can retry this step.
                 self.ctx.remove_from(p.seq, p.start_pos);
                 if s.history.len() > p.start_pos as usize {
-                    s.forget_from(p.start_pos);
+                    s.forget_from(p.start_pos, false);
                 }
                 out.push((p.idx, Err(e.clone())));
                 continue;
             }
             s.n_past = p.start_pos + done[m] as u32;
+            if !emit_hidden {
+                // Every row's token, drawn after or not (a rejected draft's rows stay until
+                // the next step drops them), so the history stays one token per position.
+                s.record(p.start_pos, &p.row_tokens);
+            }
             let result = if emit_hidden {
                 if p.corrupt {
                     self.cfg.fault.corrupt(&mut hidden_out[m]);
@@ -624,10 +681,13 @@ impl SpanEngine {
                     .map(StepOutput::Hidden)
                     .map_err(EngineError::from)
             } else if !p.sample {
-                s.record(p.start_pos, &p.row_tokens);
                 Ok(StepOutput::Cached)
+            } else if sampled[m].is_empty() || (sampled[m].len() != p.sample_rows && !p.verify) {
+                Err(EngineError::NoOutput("logits"))
+            } else if p.sample_rows > 1 {
+                Ok(StepOutput::Rows(sampled[m].drain(..).map(|(token, logits, _)| (token, logits)).collect()))
             } else {
-                match sampled[m].take() {
+                match sampled[m].pop() {
                     Some((token, logits, raw_logits)) => Ok(StepOutput::Token { token, logits, raw_logits }),
                     None => Err(EngineError::NoOutput("logits")),
                 }

@@ -195,6 +195,14 @@ impl Sampler {
         Sampler { penalties, pick, greedy }
     }
 
+    /// Forgets the tokens the penalties saw (they are fed again from a shorter context);
+    /// the draws go on.
+    pub fn reset_penalties(&mut self, params: &SamplingParams) {
+        if self.penalties.is_some() {
+            self.penalties = Sampler::new(params).penalties;
+        }
+    }
+
     /// Records a token that entered the context (for the penalties).
     pub fn accept(&mut self, token: i32) {
         if let Some(p) = &mut self.penalties {

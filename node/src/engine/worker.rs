@@ -20,7 +20,8 @@ enum Job {
     Open(SessionConfig, oneshot::Sender<Result<SessionId, EngineError>>),
     Step(StepRequest, oneshot::Sender<Result<StepOutput, EngineError>>),
     Close(SessionId, oneshot::Sender<Result<(), EngineError>>),
-    Truncate(SessionId, u32, oneshot::Sender<Result<(), EngineError>>),
+    /// Keep this many positions; rewind (drafts rejected) or truncate (a new generation).
+    Truncate(SessionId, u32, bool, oneshot::Sender<Result<(), EngineError>>),
     Stats(oneshot::Sender<WorkerStats>),
 }
 
@@ -103,7 +104,12 @@ impl EngineWorker {
 
     /// Keeps the first `n_keep` positions of a session's cache.
     pub async fn truncate(&self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
-        self.ask(|tx| Job::Truncate(session, n_keep, tx)).await?
+        self.ask(|tx| Job::Truncate(session, n_keep, false, tx)).await?
+    }
+
+    /// Drops rejected drafts from `n_keep` on ([`super::SpanEngine::rewind`]).
+    pub async fn rewind(&self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
+        self.ask(|tx| Job::Truncate(session, n_keep, true, tx)).await?
     }
 
     /// Counters.
@@ -144,8 +150,9 @@ fn run(mut compute: Box<dyn Compute>, mut rx: mpsc::Receiver<Job>) {
                 Job::Close(session, reply) => {
                     let _ = reply.send(compute.close_session(session));
                 }
-                Job::Truncate(session, n_keep, reply) => {
-                    let _ = reply.send(compute.truncate(session, n_keep));
+                Job::Truncate(session, n_keep, rewind, reply) => {
+                    let kept = if rewind { compute.rewind(session, n_keep) } else { compute.truncate(session, n_keep) };
+                    let _ = reply.send(kept);
                 }
                 Job::Stats(reply) => {
                     let _ = reply.send(WorkerStats { sessions: compute.n_sessions(), ..stats });

@@ -79,6 +79,8 @@ struct Recorded {
     step: u64,
     position: u32,
     more: bool,
+    /// Trailing rows that were drafts.
+    draft: u32,
     hidden: Activation,
     row_tokens: Vec<i32>,
 }
@@ -131,21 +133,29 @@ impl OutputLog {
         self.complete
     }
 
-    /// Keeps an output that was pushed on (or failed to be).
+    /// Keeps an output that was pushed on (or failed to be); `kind` is the step's `more`
+    /// and `draft`.
     pub(super) fn record(
         &mut self,
         generation: u32,
         step: u64,
         position: u32,
-        more: bool,
+        (more, draft): (bool, u32),
         hidden: &Activation,
         row_tokens: &[i32],
     ) {
         if !self.complete {
             return;
         }
-        let entry =
-            Recorded { generation, step, position, more, hidden: hidden.clone(), row_tokens: row_tokens.to_vec() };
+        let entry = Recorded {
+            generation,
+            step,
+            position,
+            more,
+            draft,
+            hidden: hidden.clone(),
+            row_tokens: row_tokens.to_vec(),
+        };
         let cost = entry.cost();
         if !self.budget.take(cost) {
             tracing::debug!(bytes = self.bytes, "retained outputs over the budget; this session stops retaining");
@@ -169,6 +179,7 @@ impl OutputLog {
             let rows = keep - last.position;
             if rows < last.hidden.n_rows {
                 let before = last.cost();
+                last.draft = last.draft.saturating_sub(last.hidden.n_rows - rows);
                 match last.hidden.slice_rows(0..rows) {
                     Ok(h) => last.hidden = h,
                     Err(_) => {
@@ -209,6 +220,7 @@ impl OutputLog {
             row_tokens,
             position: e.position,
             stop_at,
+            draft: e.draft,
             ..Default::default()
         };
         match shape {
@@ -247,9 +259,9 @@ mod tests {
     /// A prompt chunk of 3 rows then three one-row steps, all of generation 1.
     fn sample_log(budget: &Arc<RetainBudget>) -> OutputLog {
         let mut log = OutputLog::new(budget.clone());
-        log.record(1, 0, 0, false, &rows(3, 0.0), &[10, 11, 12]);
+        log.record(1, 0, 0, (false, 0), &rows(3, 0.0), &[10, 11, 12]);
         for (i, p) in (3..6).enumerate() {
-            log.record(1, 1 + i as u64, p, false, &rows(1, 100.0 * p as f32), &[20 + p as i32]);
+            log.record(1, 1 + i as u64, p, (false, 0), &rows(1, 100.0 * p as f32), &[20 + p as i32]);
         }
         log
     }
@@ -295,12 +307,26 @@ mod tests {
     }
 
     #[test]
+    fn drafted_rows_replay_as_drafts_until_truncated_away() {
+        let budget = RetainBudget::new(1 << 20);
+        let mut log = sample_log(&budget);
+        // Position 6 with three drafts behind it.
+        log.record(1, 4, 6, (false, 3), &rows(4, 600.0), &[26, 27, 28, 29]);
+        assert_eq!(log.replay(Shape::Exact, 1, 0).last().map(|s| (s.position, s.draft)), Some((6, 3)));
+        assert_eq!(log.replay(Shape::Joined(512), 1, 0)[0].draft, 3, "the drafts trail the joined step");
+        // One draft stood: the rows from position 8 on go, and with them two drafts.
+        log.truncate(8);
+        let last = log.replay(Shape::Exact, 1, 0).pop().unwrap();
+        assert_eq!((last.position, last.draft, last.row_tokens), (6, 1, vec![26, 27]));
+    }
+
+    #[test]
     fn a_session_over_the_budget_stops_retaining_and_frees_what_it_held() {
         let budget = RetainBudget::new(200);
         let mut log = sample_log(&budget);
         assert!(!log.complete());
         assert_eq!(budget.used(), 0);
-        log.record(1, 9, 9, false, &rows(1, 0.0), &[]);
+        log.record(1, 9, 9, (false, 0), &rows(1, 0.0), &[]);
         assert_eq!(budget.used(), 0, "an incomplete log records nothing more");
     }
 }

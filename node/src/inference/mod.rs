@@ -32,6 +32,7 @@ mod receipts;
 pub(crate) use receipts::output_hash;
 mod retention;
 mod session;
+mod speculate;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -65,6 +66,8 @@ const OUTBOX: usize = 64;
 const INBOX: usize = 64;
 /// Most logits a client may ask for with each token.
 const MAX_TOP_LOGITS: u32 = 1024;
+/// Most tokens a ring's last hop may be asked to draft a trip.
+pub(crate) const MAX_DRAFT: u32 = 32;
 
 /// Errors starting the service.
 #[derive(Debug, thiserror::Error)]
@@ -530,6 +533,13 @@ async fn open_session(
     if open.top_logits > MAX_TOP_LOGITS {
         return error(id, ErrorCode::BadInput, format!("top_logits is at most {MAX_TOP_LOGITS}"));
     }
+    if open.draft_max > MAX_DRAFT {
+        return error(id, ErrorCode::BadInput, format!("draft_max is at most {MAX_DRAFT}"));
+    }
+    if open.draft_max > 0 && open.receipts {
+        // A receipt signs one row's logits per step; a trip of drafts has several.
+        return error(id, ErrorCode::BadInput, "speculative decoding cannot be combined with receipts yet");
+    }
     let accept_from = match peer_from(&open.accept_from) {
         Ok(p) => p,
         Err(e) => return error(id, ErrorCode::BadInput, e),
@@ -582,6 +592,7 @@ async fn open_session(
         log: OutputLog::new(shared.budget.clone()),
         max_context: worker.ctx_per_session(),
         receipts,
+        draft_max: open.draft_max,
     };
     let task = SessionTask::new(id, engine, worker.clone(), out.clone(), setup);
     let registered = match shared.sessions().entry(id) {

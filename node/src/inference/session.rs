@@ -17,6 +17,10 @@
 //!   token or sits at the generation's `stop_at` position. Tokens before `emit_from`
 //!   (a replacement rebuilding positions the client already has) go nowhere.
 //!
+//! Speculative steps end in drafted rows, which a hop holds only until the next step
+//! tells it which stood ([`super::speculate`]); the last hop samples each of them and
+//! keeps those that agree, then (ring mode) drafts the next ones itself.
+//!
 //! A step of a newer generation first truncates the cache (and the log) to the
 //! positions the client keeps; steps of older generations still in flight are dropped.
 //! A failed push leaves the session waiting, outputs kept, for the client to retarget it
@@ -31,6 +35,7 @@ use tokio::sync::mpsc;
 use super::log::{OutputLog, Shape};
 use super::push::Pusher;
 use super::receipts::{input_rows, output_hash, ReceiptSigner, StepShape};
+use super::speculate::{replaced_from, RingDrafter};
 use super::{code_of, error};
 use crate::dilation::dilate;
 use crate::engine::{token_logprob, top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
@@ -70,6 +75,8 @@ pub(super) struct SessionSetup {
     pub(super) max_context: u32,
     /// Signs a receipt for every step computed, when the opener asked for them.
     pub(super) receipts: Option<ReceiptSigner>,
+    /// Last hop in ring mode: draft up to this many tokens a trip (0: none).
+    pub(super) draft_max: u32,
 }
 
 /// A session's state and the task that runs it.
@@ -91,6 +98,12 @@ pub(super) struct SessionTask {
     looped: Option<pb::Step>,
     /// Pushed steps that start past the cache, by position.
     waiting: BTreeMap<u32, pb::Step>,
+    /// The token of each cached position (-1 where a step did not say).
+    held: Vec<i32>,
+    /// Where the drafted rows the cache holds begin.
+    drafts_from: Option<u32>,
+    /// Ring mode, last hop: the drafting.
+    drafter: Option<RingDrafter>,
 }
 
 impl SessionTask {
@@ -114,6 +127,9 @@ impl SessionTask {
             last: None,
             looped: None,
             waiting: BTreeMap::new(),
+            held: Vec::new(),
+            drafts_from: None,
+            drafter: None,
         }
     }
 
@@ -178,6 +194,27 @@ impl SessionTask {
         }
     }
 
+    /// Forgets what the cache held from position `at` on (it has been truncated there).
+    fn forget_from(&mut self, at: u32) {
+        self.held.truncate(at as usize);
+        self.setup.log.truncate(at);
+        self.drafts_from = self.drafts_from.filter(|&d| d < at);
+    }
+
+    /// Where a step of `rows` rows ending at `end` makes this hop drop the rows it holds:
+    /// from the first held draft it replaces ([`replaced_from`]) and, for a drafted step
+    /// that runs at all, from the row before its drafts (which the last hop samples).
+    fn replaced_rows(&self, step: &pb::Step, rows: u32, end: u32) -> Option<u32> {
+        let tokens = if step.tokens.is_empty() { &step.row_tokens } else { &step.tokens };
+        let replaced = replaced_from(&self.held, self.drafts_from, step.position, rows, tokens);
+        if step.draft == 0 || (replaced.is_none() && end <= self.position) {
+            return replaced;
+        }
+        let verify_from = end.saturating_sub(step.draft.saturating_add(1)).max(step.position);
+        let at = replaced.unwrap_or(self.position).min(verify_from);
+        (at < self.position).then_some(at)
+    }
+
     fn next_waiting(&mut self) -> Option<pb::Step> {
         let (&position, _) = self.waiting.first_key_value()?;
         (position <= self.position).then(|| self.waiting.pop_first().map(|(_, step)| step)).flatten()
@@ -199,7 +236,7 @@ impl SessionTask {
             return false;
         }
         self.position = self.position.min(step.keep);
-        self.setup.log.truncate(self.position);
+        self.forget_from(self.position);
         self.waiting.clear();
         self.started = true;
         self.generation = step.generation;
@@ -237,6 +274,16 @@ impl SessionTask {
         let Some(end) = u32::try_from(rows).ok().and_then(|r| step.position.checked_add(r)) else {
             return self.fail(ErrorCode::BadInput, "the step's rows run past any context").await;
         };
+        if step.position < self.position {
+            if let Some(at) = self.replaced_rows(&step, rows as u32, end) {
+                tracing::trace!(session = self.id, at, cache = self.position, "drafted rows replaced");
+                if let Err(e) = self.worker.rewind(self.engine, at).await {
+                    return self.fail(code_of(&e), e.to_string()).await;
+                }
+                self.position = at;
+                self.forget_from(at);
+            }
+        }
         if end <= self.position {
             // Held already: a replay reaching a hop that has it, or a repeated step.
             if let (Origin::Client, Some((s, frame))) = (origin, &self.last) {
@@ -277,8 +324,15 @@ impl SessionTask {
             StepInput::Tokens(t) => t.clone(),
             StepInput::Hidden(_) => row_tokens,
         };
+        let draft = step.draft.min(end - self.position);
+        if draft > 0 && end - self.position <= draft {
+            return self.fail(ErrorCode::BadInput, "a drafted step must hold a row before its drafts").await;
+        }
         let rows_in = match (&self.setup.receipts, &input) {
             (None, _) => None,
+            (Some(_), _) if draft > 0 => {
+                return self.fail(ErrorCode::BadInput, "a session with receipts takes no drafted rows").await;
+            }
             // What an audit replays must be what the receipt hashed: f32, as computed.
             (Some(_), StepInput::Hidden(a)) if a.dtype != ActivationDtype::F32 => {
                 return self.fail(ErrorCode::BadInput, "a session with receipts takes f32 hidden states only").await;
@@ -288,7 +342,18 @@ impl SessionTask {
         let started = std::time::Instant::now();
         // A token is wanted unless more prompt follows or the client has it already.
         let sample = !step.more && end >= self.setup.emit_from;
-        let request = StepRequest { session: self.engine, input, row_tokens: row_tokens.clone(), sample };
+        // A drafted step samples the row before its drafts and each draft; in ring mode,
+        // drawing up to the first draft that misses (the client judges client-sampled drafts).
+        let verify = self.setup.push.is_some();
+        let request = StepRequest {
+            session: self.engine,
+            input,
+            row_tokens: row_tokens.clone(),
+            sample,
+            sample_rows: draft + 1,
+            verify,
+            row_by_row: draft > 0,
+        };
         let out = match self.worker.step_request(request).await {
             Ok(out) => out,
             Err(e) => return self.fail(code_of(&e), e.to_string()).await,
@@ -300,6 +365,12 @@ impl SessionTask {
         m.step_rows.inc_by(u64::from(end.saturating_sub(self.position)));
         let first = self.position;
         self.position = end;
+        if row_tokens.len() == (end - first) as usize {
+            self.held.extend_from_slice(&row_tokens);
+        } else {
+            self.held.resize(end as usize, -1);
+        }
+        self.drafts_from = (draft > 0).then_some(end - draft);
         let shape = StepShape { step: step.step, generation: self.generation, position: first, rows: end - first };
         // The output's hash for the receipt: a hidden state's now (it is small), a token's
         // (the whole vocabulary's logits) once the token has gone on.
@@ -307,7 +378,7 @@ impl SessionTask {
         let mut out_hash = (receipts && !matches!(out, StepOutput::Token { .. })).then(|| output_hash(&out));
         match out {
             StepOutput::Hidden(a) => {
-                self.setup.log.record(self.generation, step.step, first, step.more, &a, &row_tokens);
+                self.setup.log.record(self.generation, step.step, first, (step.more, draft), &a, &row_tokens);
                 let onward = pb::Step {
                     step: step.step,
                     hidden: a.to_bytes(),
@@ -317,14 +388,16 @@ impl SessionTask {
                     row_tokens,
                     position: first,
                     stop_at: step.stop_at,
+                    draft,
                     ..Default::default()
                 };
                 self.send_on(onward).await;
             }
+            StepOutput::Rows(rows) => self.verify(step.step, draft, rows, row_tokens).await,
             StepOutput::Token { token, logits, raw_logits } => {
-                self.emit(step.step, step.more, token, &logits, row_tokens).await;
+                self.emit(step.step, step.more, end, vec![(token, logits)], row_tokens, 0).await;
                 if receipts {
-                    out_hash = Some(output_hash(&StepOutput::Token { token, logits, raw_logits }));
+                    out_hash = Some(output_hash(&StepOutput::Token { token, logits: Vec::new(), raw_logits }));
                 }
             }
             StepOutput::Cached => {}
@@ -335,27 +408,81 @@ impl SessionTask {
         }
     }
 
-    /// Sends the token sampled at `self.position` to the client (in ring mode with the
-    /// tokens `fed` of the step's rows) and, in ring mode, to the first hop.
-    async fn emit(&mut self, n: u64, more: bool, token: i32, logits: &[f32], fed: Vec<i32>) {
-        let position = self.position;
-        if more || position < self.setup.emit_from {
+    /// The rows of a drafted step came out of the last hop: `rows[i]` is the token (and
+    /// logits) the target picked after the row before the drafts and after each draft,
+    /// `fed` the tokens of the rows run. Client-sampled, the client gets every row's top
+    /// logits and judges the drafts itself; in ring mode the drafts that agree with the
+    /// picks stand, and go on with the pick after them.
+    async fn verify(&mut self, n: u64, draft: u32, mut rows: Vec<(i32, Vec<f32>)>, mut fed: Vec<i32>) {
+        let end = self.position;
+        if end < self.setup.emit_from {
+            return;
+        }
+        if self.setup.push.is_none() {
+            let k = self.setup.top_logits.max(1) as usize;
+            let rows_top = rows.iter().map(|(_, logits)| pb::RowLogits { top: top_of(logits, k) }).collect();
+            let result = pb::StepResult {
+                session_id: self.id,
+                step: n,
+                token: rows.last().map_or(0, |r| r.0),
+                has_token: true,
+                generation: self.generation,
+                position: end,
+                rows: rows_top,
+                drafted: draft,
+                ..Default::default()
+            };
+            let frame = pb::InferenceFrame { kind: Some(Kind::Result(result)) };
+            self.tell_client(frame.clone()).await;
+            self.last = Some((n, frame));
+            return;
+        }
+        let Some(split) = fed.len().checked_sub(draft as usize) else {
+            return self.fail(ErrorCode::BadInput, "drafted rows came without their tokens").await;
+        };
+        let drafts = fed.split_off(split);
+        // The engine drew up to the first miss; the drafts that stood are the picks before it.
+        let stood = drafts.iter().zip(&rows).take_while(|(d, r)| **d == r.0).count().min(rows.len().saturating_sub(1));
+        rows.truncate(stood + 1);
+        self.emit(n, false, end - draft, rows, fed, draft).await;
+    }
+
+    /// Sends the tokens sampled from a step's last rows (with their logits), the first at
+    /// position `first`, to the client (in ring mode with `fed`, the tokens of the rows
+    /// before `first`) and, in ring mode, the last of them to the first hop, with the
+    /// next drafts. More than one token when drafts stood; those after a stop are dropped.
+    async fn emit(
+        &mut self,
+        n: u64,
+        more: bool,
+        first: u32,
+        mut tokens: Vec<(i32, Vec<f32>)>,
+        mut fed: Vec<i32>,
+        drafted: u32,
+    ) {
+        let newest = first + tokens.len().saturating_sub(1) as u32;
+        if more || newest < self.setup.emit_from {
             return; // a prompt chunk before the last, or a token the client already has
         }
         let ring = self.setup.push.is_some();
-        let stop = self.setup.stop_tokens.contains(&token)
-            || (self.stop_at > 0 && position >= self.stop_at)
-            || position + 1 >= self.setup.max_context;
+        let (stop_tokens, stop_at, max_context) = (&self.setup.stop_tokens, self.stop_at, self.setup.max_context);
+        let stops = |token: i32, at: u32| {
+            stop_tokens.contains(&token) || (stop_at > 0 && at >= stop_at) || at + 1 >= max_context
+        };
+        let cut = tokens.iter().enumerate().position(|(j, (token, _))| stops(*token, first + j as u32));
+        if let Some(j) = cut {
+            tokens.truncate(j + 1);
+        }
+        let stop = cut.is_some();
+        let Some((token, logits)) = tokens.pop() else { return };
+        let position = first + tokens.len() as u32;
+        let accepted = tokens.len() as u32;
+        fed.extend(tokens.iter().map(|t| t.0));
         let (top, logprob) = match self.setup.top_logits {
             0 => (vec![], 0.0),
-            k => (
-                top_logprobs(logits, k as usize)
-                    .into_iter()
-                    .map(|(token, logprob, logit)| pb::TokenLogprob { token, logprob, logit })
-                    .collect(),
-                token_logprob(logits, token),
-            ),
+            k => (top_of(&logits, k as usize), token_logprob(&logits, token)),
         };
+        let drafts = if ring && !stop { self.next_drafts(position, token, accepted) } else { vec![] };
         let result = pb::StepResult {
             session_id: self.id,
             step: n,
@@ -364,18 +491,25 @@ impl SessionTask {
             generation: self.generation,
             top,
             last: ring && stop,
-            hidden: vec![],
             position,
             logprob,
             fed: if ring { fed } else { vec![] },
+            drafted,
+            accepted,
+            ..Default::default()
         };
         let frame = pb::InferenceFrame { kind: Some(Kind::Result(result)) };
         self.tell_client(frame.clone()).await;
         self.last = Some((n, frame));
-        if ring && !stop {
+        if stop {
+            if let Some(drafter) = &mut self.drafter {
+                drafter.pause();
+            }
+        } else if ring {
             let next = pb::Step {
                 step: n + 1,
-                tokens: vec![token],
+                draft: drafts.len() as u32,
+                tokens: [token].into_iter().chain(drafts).collect(),
                 generation: self.generation,
                 position,
                 stop_at: self.stop_at,
@@ -383,6 +517,22 @@ impl SessionTask {
             };
             self.send_on(next).await;
         }
+    }
+
+    /// Ring mode, last hop: the drafts to push behind `token`, which goes at `position`
+    /// (none unless the session drafts); `stood` of the last trip's drafts stood.
+    fn next_drafts(&mut self, position: u32, token: i32, stood: u32) -> Vec<i32> {
+        if self.setup.draft_max == 0 {
+            return Vec::new();
+        }
+        let drafter = self.drafter.get_or_insert_with(|| RingDrafter::new(self.setup.draft_max as usize));
+        let mut room = self.setup.max_context.saturating_sub(position + 2);
+        if self.stop_at > 0 {
+            room = room.min(self.stop_at.saturating_sub(position));
+        }
+        let held = &self.held[..(position as usize).min(self.held.len())];
+        let context: Vec<i32> = held.iter().copied().chain([token]).collect();
+        drafter.next(&context, stood as usize, room as usize)
     }
 
     /// Pushes `step` to the next hop, or returns it to the client as a result. False when
@@ -446,4 +596,10 @@ impl SessionTask {
         let done = pb::Retargeted { session_id: self.id, position: self.position };
         self.tell_client(pb::InferenceFrame { kind: Some(Kind::Retargeted(done)) }).await;
     }
+}
+
+/// The `k` largest of `logits`, with their log-probabilities.
+fn top_of(logits: &[f32], k: usize) -> Vec<pb::TokenLogprob> {
+    let top = top_logprobs(logits, k).into_iter();
+    top.map(|(token, logprob, logit)| pb::TokenLogprob { token, logprob, logit }).collect()
 }

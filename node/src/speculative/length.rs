@@ -62,6 +62,9 @@ impl DraftLength {
 
     /// How many tokens to draft next.
     pub fn choose(&mut self) -> usize {
+        if self.trip_s.is_none() {
+            return 0; // a trip without drafts first: the base that rows are priced against
+        }
         let best = self.best();
         if best > 0 || self.max == 0 {
             self.idle_trips = 0;

@@ -90,7 +90,7 @@ pub fn chain_prompt_logits(engines: &mut [SpanEngine], prompt: &[i32]) -> Vec<f3
         match e.step(s, input).unwrap() {
             StepOutput::Hidden(a) => input = StepInput::Hidden(a),
             StepOutput::Token { logits, .. } => return logits,
-            StepOutput::Cached => panic!("a step that samples returned no token"),
+            StepOutput::Cached | StepOutput::Rows(_) => panic!("a one-row step that samples returned no token"),
         }
     }
     panic!("the chain ended without a head");

@@ -1,0 +1,143 @@
+//! Speculative decoding through a swarm of separate processes: three `nak-node run`
+//! servers on loopback hold layers 0:10, 10:20 and 20:30 of SmolLM2-135M.
+//!
+//! The engine first: a step of drafted rows, each row sampled in turn, gives the tokens
+//! one-row steps give, for greedy and seeded sampling with penalties, whichever drafts
+//! stand; the rows of rejected drafts are dropped and the draws go on.
+//!
+//! With `--speculative lookup`, greedy and seeded sampling give the tokens they give
+//! without it, in ring mode (the last server drafts and verifies) and in client-sampled
+//! mode (the client drafts and judges); on a prompt whose answer repeats its input the
+//! drafts stand and trips bring several tokens each. (Drafted trips across a failover:
+//! `failover.rs`.)
+
+mod common;
+
+use common::{log_tails, nak_json as nak, smollm_path, test_engine_config, Swarm, PROMPTS};
+use nak_node::engine::{SamplingParams, SessionConfig, SpanEngine, StepInput, StepOutput, StepRequest};
+
+/// A prompt whose answer copies much of it.
+const REPEAT: &str = "Repeat this list exactly: apples, pears, plums, cherries, grapes, lemons, limes, figs, \
+dates, melons. Again: apples, pears, plums, cherries, grapes, lemons, limes, figs, dates, melons. Again:";
+
+fn generate(swarm: &Swarm, prompt: &str, tokens: &str, extra: &[&str]) -> serde_json::Value {
+    let args = ["generate", "--bootstrap", &swarm.addr, "--model", &swarm.id, "--prompt", prompt, "--json"];
+    nak(&[&args[..], &["--max-tokens", tokens], extra].concat())
+}
+
+#[test]
+fn drafted_tokens_equal_plain_decoding_in_ring_and_client_mode() {
+    let swarm = Swarm::start(&smollm_path(), &["0:10", "10:20", "20:30"]);
+    let sampled = ["--temperature", "0.8", "--seed", "7", "--top-k", "40", "--repeat-penalty", "1.1"];
+    for (prompt, sampling) in [(REPEAT, &[][..]), (PROMPTS[0], &[][..]), (REPEAT, &sampled[..])] {
+        for mode in ["ring", "client"] {
+            let plain = generate(&swarm, prompt, "48", &[&["--mode", mode], sampling].concat());
+            let spec =
+                generate(&swarm, prompt, "48", &[&["--mode", mode, "--speculative", "lookup"], sampling].concat());
+            assert_eq!(
+                spec["tokens"],
+                plain["tokens"],
+                "{mode} mode, prompt {prompt:?}, sampling {sampling:?}\nlogs:\n{}",
+                log_tails(swarm.dir.path(), 15)
+            );
+            assert!(plain.get("speculation").is_none());
+            let report = &spec["speculation"];
+            let (trips, drafted, accepted) = (
+                report["trips"].as_u64().unwrap(),
+                report["drafted"].as_u64().unwrap(),
+                report["accepted"].as_u64().unwrap(),
+            );
+            assert!(accepted <= drafted, "{report}");
+            if prompt == REPEAT && sampling.is_empty() {
+                let n = spec["tokens"].as_array().unwrap().len() as u64;
+                assert!(accepted > 0 && trips < n, "{mode}: drafts should stand on a repeating answer: {report}");
+            }
+        }
+    }
+}
+
+/// `n` tokens after `prompt`, one row a step.
+fn one_row_tokens(engine: &mut SpanEngine, sampling: SamplingParams, prompt: &[i32], n: usize) -> Vec<i32> {
+    let id = engine.open_session(SessionConfig { sampling, ..Default::default() }).unwrap();
+    let mut out = Vec::new();
+    let mut input = prompt.to_vec();
+    while out.len() < n {
+        let StepOutput::Token { token, .. } = engine.step(id, StepInput::Tokens(input)).unwrap() else { panic!() };
+        out.push(token);
+        input = vec![token];
+    }
+    engine.close_session(id).unwrap();
+    out
+}
+
+/// The same tokens through drafted steps: after each token, `drafts(i)` guesses of the
+/// next ones (right or wrong), verified as the ring's last hop does.
+fn drafted_tokens(
+    engine: &mut SpanEngine,
+    sampling: SamplingParams,
+    prompt: &[i32],
+    n: usize,
+    drafts: impl Fn(usize) -> Vec<i32>,
+) -> (Vec<i32>, usize) {
+    let id = engine.open_session(SessionConfig { sampling, ..Default::default() }).unwrap();
+    let StepOutput::Token { token, .. } = engine.step(id, StepInput::Tokens(prompt.to_vec())).unwrap() else {
+        panic!()
+    };
+    let (mut out, mut stood_in_all) = (vec![token], 0);
+    while out.len() < n {
+        let guess = drafts(out.len());
+        let at = engine.session_len(id).unwrap();
+        let rows: Vec<i32> = [*out.last().unwrap()].into_iter().chain(guess.iter().copied()).collect();
+        let request = StepRequest {
+            row_tokens: rows.clone(),
+            sample_rows: rows.len() as u32,
+            verify: true,
+            row_by_row: true,
+            ..StepRequest::new(id, StepInput::Tokens(rows))
+        };
+        let picks: Vec<i32> = match engine.step_request(request).unwrap() {
+            StepOutput::Rows(rows) => rows.into_iter().map(|r| r.0).collect(),
+            StepOutput::Token { token, .. } => vec![token],
+            _ => panic!("no token"),
+        };
+        let stood = guess.iter().zip(&picks).take_while(|(g, p)| g == p).count();
+        assert!(picks.len() <= stood + 1, "the draws stop at the first miss: {picks:?} for {guess:?}");
+        stood_in_all += stood;
+        out.extend_from_slice(&picks[..=stood]);
+        // The rows past the drafts that stood go; the next step starts at the last pick.
+        engine.rewind(id, at + 1 + stood as u32).unwrap();
+    }
+    engine.close_session(id).unwrap();
+    out.truncate(n);
+    (out, stood_in_all)
+}
+
+#[test]
+fn drafted_steps_sample_every_row_as_one_row_steps_would() {
+    let seeded = SamplingParams { temperature: 0.9, seed: 11, top_k: 40, repeat_penalty: 1.2, ..Default::default() };
+    // Q4_1, and Q4_K, whose CPU kernels round a batch of several rows differently from one row.
+    for model in [smollm_path(), common::test_model(common::QWEN2)] {
+        let mut engine = SpanEngine::load(&model, test_engine_config()).unwrap();
+        let prompt = engine.model().tokenize(PROMPTS[0], true).unwrap();
+        for sampling in [SamplingParams::default(), seeded] {
+            let want = one_row_tokens(&mut engine, sampling, &prompt, 40);
+            // Right guesses (the tokens to come), wrong ones, and a mix.
+            let right = |i: usize| want[i..(i + 4).min(want.len())].to_vec();
+            let wrong = |i: usize| vec![(want[i] + 1) % 1000, 7, 7];
+            let mixed = |i: usize| {
+                if i.is_multiple_of(3) {
+                    right(i)
+                } else {
+                    [&want[i..(i + 1).min(want.len())], &[5][..]].concat()
+                }
+            };
+            let (got, stood) = drafted_tokens(&mut engine, sampling, &prompt, 40, right);
+            assert_eq!(got, want, "right drafts, {model:?}, {sampling:?}");
+            assert!(stood >= 30, "right drafts stand: {stood}");
+            let (got, stood) = drafted_tokens(&mut engine, sampling, &prompt, 40, wrong);
+            assert_eq!((got, stood), (want.clone(), 0), "wrong drafts, {model:?}, {sampling:?}");
+            let got = drafted_tokens(&mut engine, sampling, &prompt, 40, mixed).0;
+            assert_eq!(got, want, "mixed drafts, {model:?}, {sampling:?}");
+        }
+    }
+}
