@@ -4,7 +4,8 @@
 //! sequence per session. A step hands a session's input rows to the engine — token ids
 //! when the session starts at the model's first layer, hidden states otherwise — and
 //! gets back the hidden state of every row (when the session stops before the model's
-//! last layer) or the last row's logits and a sampled token (when it ends there).
+//! last layer) or the last row's logits and a sampled token (when it ends there), or a
+//! token from each of the last rows, in order (when drafted tokens are verified).
 //!
 //! [`SpanEngine::step_batch`] takes the pending steps of many sessions, groups those
 //! that run the same layers with the same kind of input, and packs each group into as
