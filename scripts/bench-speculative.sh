@@ -5,12 +5,15 @@
 #
 #   scripts/bench-speculative.sh [ROUNDS]     (default 5; TOKENS=N per generation, default 128;
 #                                              MODEL=M.gguf SPANS="0:8 8:16 16:24" for another model;
-#                                              LOADS="copy free" for some of the workloads)
+#                                              LOADS="copy free" for some of the workloads;
+#                                              SOURCES="lookup draft" DRAFT=D.gguf for a draft model too)
 #
 # Workloads, as chat turns: copying a paragraph, renaming a variable in a code snippet,
 # adding a docstring to it (answers that repeat the prompt, more or less faithfully),
-# and free text. For each, ring and client-sampled decoding without drafts and with prompt-lookup
-# drafts (--speculative lookup), greedy, in interleaved rounds. The report gives median
+# and free text. For each, ring and client-sampled decoding without drafts and with each draft
+# source of SOURCES: prompt lookup (--speculative lookup), a draft model (--speculative draft:
+# DRAFT, served by every server for ring mode and run by the client in client mode), greedy,
+# in interleaved rounds. The report gives median
 # decode tok/s, the median of the per-round ratios to the same mode without drafts, and
 # the median tokens per trip and acceptance; it checks that drafted tokens equal plain ones.
 set -euo pipefail
@@ -20,6 +23,10 @@ TOKENS=${TOKENS:-128}
 B=target/release/nak-node
 M=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 SPANS=${SPANS:-0:10 10:20 20:30}
+SOURCES=${SOURCES:-lookup}
+DRAFT=${DRAFT:-}
+serve_draft=()
+[ -n "$DRAFT" ] && serve_draft=(--draft-model "$DRAFT")
 cargo build --release -q -p nak-node
 work=$(mktemp -d)
 pids=()
@@ -55,14 +62,14 @@ for span in $SPANS; do
   dir=$work/s$i
   if [ $i = 0 ]; then
     $B --data-dir "$dir" run --model $M --serve-layers $span --listen /ip4/127.0.0.1/tcp/0 --threads 1 \
-      --announce-interval 2 >"$dir.out" 2>"$dir.log" &
+      --announce-interval 2 "${serve_draft[@]}" >"$dir.out" 2>"$dir.log" &
     pids+=($!)
     for _ in $(seq 150); do grep -q '^serving' "$dir.out" 2>/dev/null && break; sleep 0.2; done
     boot=$(sed -n 's/^listening \(.*127.0.0.1.*\)/\1/p' "$dir.out" | head -1)
     id=$(awk '/^serving/ {print $2; exit}' "$dir.out")
   else
     $B --data-dir "$dir" run --model "$id" --serve-layers $span --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" \
-      --threads 1 --announce-interval 2 >"$dir.out" 2>"$dir.log" &
+      --threads 1 --announce-interval 2 "${serve_draft[@]}" >"$dir.out" 2>"$dir.log" &
     pids+=($!)
   fi
   i=$((i+1))
@@ -77,9 +84,10 @@ for r in $(seq "$ROUNDS"); do
   for load in $LOADS; do
     prompt=${!load}
     for mode in ring client; do
-      for spec in plain lookup; do
+      for spec in plain $SOURCES; do
         extra=()
-        [ $spec = lookup ] && extra=(--speculative lookup)
+        [ $spec != plain ] && extra=(--speculative $spec)
+        [ $spec = draft ] && [ $mode = client ] && extra+=(--draft-model "$DRAFT")
         out=$($B generate --bootstrap "$boot" --model "$id" --prompt "$prompt" --max-tokens "$TOKENS" --mode $mode \
           --json "${extra[@]}")
         python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(load=sys.argv[2], mode=sys.argv[3], spec=sys.argv[4], round=int(sys.argv[5])); print(json.dumps(d))' \
@@ -90,9 +98,10 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r done"
 done
 
-python3 - "$results" <<'PY'
+python3 - "$results" "$SOURCES" <<'PY'
 import json, statistics, sys, collections
 rows = [json.loads(l) for l in open(sys.argv[1])]
+sources = ["plain"] + sys.argv[2].split()
 by = collections.defaultdict(dict)
 for r in rows:
     by[(r["load"], r["mode"], r["spec"])][r["round"]] = r
@@ -101,7 +110,7 @@ print(f"\n{'workload':<9}{'mode':<8}{'drafts':<8}{'tok/s':>8}{'ratio':>8}{'tok/t
 for load in dict.fromkeys(r["load"] for r in rows):
     for mode in ("ring", "client"):
         plain = by[(load, mode, "plain")]
-        for spec in ("plain", "lookup"):
+        for spec in sources:
             runs = by[(load, mode, spec)]
             tps = med(r["decode_tokens_per_s"] for r in runs.values())
             ratio = med(runs[k]["decode_tokens_per_s"] / max(plain[k]["decode_tokens_per_s"], 1e-9) for k in runs if k in plain)

@@ -21,8 +21,8 @@
 //! - [`server`]: a swarm server: gets a span, serves it, announces it, moves it.
 //! - [`client`]: routing, sessions through a chain of servers, ring and client-sampled
 //!   decoding, and failover.
-//! - [`speculative`]: drafting tokens (prompt lookup), deciding which stand, and how many
-//!   to draft a trip (pure logic; wiring it into sessions is under way).
+//! - [`speculative`]: drafting tokens (prompt lookup, a draft model), judging which stand,
+//!   and how many to draft a trip; used by client sessions and by a ring's last hop.
 //! - [`api`]: an OpenAI-compatible HTTP API on a client's sessions, with the swarm
 //!   monitor page.
 //! - [`metrics`]: the Prometheus metrics every part counts into.

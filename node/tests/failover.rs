@@ -8,20 +8,23 @@
 //! gives without any failure. Likewise for the middle hop of a 3-hop route, for two
 //! failures in one generation, for a hop that stops answering without closing (SIGSTOP),
 //! and, with no backup left, the client stops with an error that says so and keeps the
-//! tokens so far. A Gemma 3 route (sliding-window layers, a tied head) survives a kill too.
+//! tokens so far. A Gemma 3 route (sliding-window layers, a tied head) survives a kill too,
+//! and so do drafted trips (prompt lookup and a draft model, ring and client mode).
 
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{log_tails, run_node, smollm_path, test_model, Node, GEMMA3};
 use libp2p::PeerId;
 use nak_node::client::{
-    DecodeMode, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, Speculation, SwarmModel,
+    DecodeMode, DraftSource, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, Speculation, SwarmModel,
 };
+use nak_node::engine::EngineConfig;
 use nak_node::net::{identity, Network, NetworkConfig};
+use nak_node::speculative::DraftModel;
 use nak_shard_store::{ModelId, Store};
 use rand::Rng;
 
@@ -62,15 +65,20 @@ impl Cluster {
     }
 
     fn start_model(model: &std::path::Path, spans: &[&str]) -> Cluster {
+        Self::start_with(model, spans, &[])
+    }
+
+    /// Every server started with the arguments `extra` too.
+    fn start_with(model: &std::path::Path, spans: &[&str], extra: &[&str]) -> Cluster {
         assert!(model.exists(), "{} is missing: run the README's test command", model.display());
         let dir = tempfile::tempdir().unwrap();
         let peer_of = |line: &str| line.rsplit('/').next().unwrap().parse::<PeerId>().unwrap();
-        let first = run_node(&dir.path().join("n0"), model.to_str().unwrap(), spans[0], None, &[]);
+        let first = run_node(&dir.path().join("n0"), model.to_str().unwrap(), spans[0], None, extra);
         let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
         let id = first.line("serving ", Duration::from_secs(60)).split_whitespace().nth(1).unwrap().to_string();
         let mut nodes = vec![(peer_of(&addr), first)];
         for (i, span) in spans.iter().enumerate().skip(1) {
-            let node = run_node(&dir.path().join(format!("n{i}")), &id, span, Some(&addr), &[]);
+            let node = run_node(&dir.path().join(format!("n{i}")), &id, span, Some(&addr), extra);
             let listening = node.line("listening ", Duration::from_secs(20));
             nodes.push((peer_of(&listening), node));
         }
@@ -190,12 +198,17 @@ fn one_kill(spans: &[&str], hop: usize, mode: DecodeMode) {
 
 /// [`one_kill`] with another model and options.
 fn one_kill_of(model: &std::path::Path, spans: &[&str], hop: usize, opts: SessionOptions) {
+    one_kill_with(model, spans, &[], hop, opts);
+}
+
+/// [`one_kill_of`] with servers started with the arguments `extra` too.
+fn one_kill_with(model: &std::path::Path, spans: &[&str], extra: &[&str], hop: usize, opts: SessionOptions) {
     let mode = opts.mode;
     // A trip of drafts may bring several tokens past the kill before the failure shows.
-    let slack = 2 + opts.speculation.map_or(0, |s| s.draft_max as usize);
+    let slack = 2 + opts.speculation.as_ref().map_or(0, |s| s.draft_max as usize);
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let want = reference(model, prompt_of(&opts));
-    let mut cluster = Cluster::start_model(model, spans);
+    let mut cluster = Cluster::start_with(model, spans, extra);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (out, _dead, steps, _) = rt.block_on(generate_with_faults(&mut cluster, opts, vec![(hop, Fault::Kill)]));
     let got: Vec<i64> = out.generation.tokens.iter().map(|&t| t as i64).collect();
@@ -260,6 +273,17 @@ fn drafted_trips_survive_a_dead_hop_in_both_modes() {
     for (mode, hop) in [(DecodeMode::Ring, 1), (DecodeMode::Client, 1), (DecodeMode::Ring, 0)] {
         let opts = SessionOptions { speculation: Some(Speculation::default()), ..exact(mode) };
         one_kill_of(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], hop, opts);
+    }
+    // With a draft model (SmolLM2 itself): the last hop dies; in ring mode its
+    // replacement drafts with its own draft model, from the context it was rebuilt with.
+    let draft = smollm_path();
+    let cfg = EngineConfig { threads: 1, max_sessions: 1, ..EngineConfig::default() };
+    let model = Arc::new(DraftModel::load(&draft, cfg).expect("the draft model loads"));
+    for (mode, draft_model) in [(DecodeMode::Ring, None), (DecodeMode::Client, Some(model))] {
+        let speculation = Speculation { source: DraftSource::Draft, draft_model, ..Speculation::default() };
+        let opts = SessionOptions { speculation: Some(speculation), ..exact(mode) };
+        let serve_draft = ["--draft-model", draft.to_str().unwrap()];
+        one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], &serve_draft, 1, opts);
     }
 }
 

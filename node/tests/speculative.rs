@@ -5,15 +5,18 @@
 //! one-row steps give, for greedy and seeded sampling with penalties, whichever drafts
 //! stand; the rows of rejected drafts are dropped and the draws go on.
 //!
-//! With `--speculative lookup`, greedy and seeded sampling give the tokens they give
-//! without it, in ring mode (the last server drafts and verifies) and in client-sampled
-//! mode (the client drafts and judges); on a prompt whose answer repeats its input the
-//! drafts stand and trips bring several tokens each. (Drafted trips across a failover:
+//! With `--speculative lookup` and with `--speculative draft` (a draft model: the last
+//! server's in ring mode, the client's in client-sampled mode), greedy and seeded
+//! sampling give the tokens they give without it, in ring mode (the last server drafts
+//! and verifies) and in client-sampled mode (the client drafts and judges); on a prompt
+//! whose answer repeats its input the drafts stand and trips bring several tokens each. (Drafted trips across a failover:
 //! `failover.rs`.)
 
 mod common;
 
-use common::{log_tails, nak_json as nak, smollm_path, test_engine_config, Swarm, PROMPTS};
+use common::{
+    log_tails, nak_command, nak_json as nak, smollm_path, test_engine_config, test_model, Swarm, PROMPTS, QWEN2,
+};
 use nak_node::engine::{SamplingParams, SessionConfig, SpanEngine, StepInput, StepOutput, StepRequest};
 
 /// A prompt whose answer copies much of it.
@@ -27,33 +30,52 @@ fn generate(swarm: &Swarm, prompt: &str, tokens: &str, extra: &[&str]) -> serde_
 
 #[test]
 fn drafted_tokens_equal_plain_decoding_in_ring_and_client_mode() {
-    let swarm = Swarm::start(&smollm_path(), &["0:10", "10:20", "20:30"]);
+    // Each server can draft with a draft model (SmolLM2 itself: the same vocabulary).
+    let draft = smollm_path();
+    let draft = draft.to_str().unwrap();
+    let swarm = Swarm::start_full(&smollm_path(), &["0:10", "10:20", "20:30"], &["--draft-model", draft], |_| vec![]);
     let sampled = ["--temperature", "0.8", "--seed", "7", "--top-k", "40", "--repeat-penalty", "1.1"];
+    let lookup = ["--speculative", "lookup"];
+    let with_model = |mode: &str| match mode {
+        "client" => vec!["--speculative", "draft", "--draft-model", draft],
+        _ => vec!["--speculative", "draft"],
+    };
     for (prompt, sampling) in [(REPEAT, &[][..]), (PROMPTS[0], &[][..]), (REPEAT, &sampled[..])] {
         for mode in ["ring", "client"] {
             let plain = generate(&swarm, prompt, "48", &[&["--mode", mode], sampling].concat());
-            let spec =
-                generate(&swarm, prompt, "48", &[&["--mode", mode, "--speculative", "lookup"], sampling].concat());
-            assert_eq!(
-                spec["tokens"],
-                plain["tokens"],
-                "{mode} mode, prompt {prompt:?}, sampling {sampling:?}\nlogs:\n{}",
-                log_tails(swarm.dir.path(), 15)
-            );
             assert!(plain.get("speculation").is_none());
-            let report = &spec["speculation"];
-            let (trips, drafted, accepted) = (
-                report["trips"].as_u64().unwrap(),
-                report["drafted"].as_u64().unwrap(),
-                report["accepted"].as_u64().unwrap(),
-            );
-            assert!(accepted <= drafted, "{report}");
-            if prompt == REPEAT && sampling.is_empty() {
-                let n = spec["tokens"].as_array().unwrap().len() as u64;
-                assert!(accepted > 0 && trips < n, "{mode}: drafts should stand on a repeating answer: {report}");
+            let model_args = with_model(mode);
+            let sources = [Some(&lookup[..]), (prompt == REPEAT).then_some(&model_args[..])];
+            for source in sources.into_iter().flatten() {
+                let spec = generate(&swarm, prompt, "48", &[&["--mode", mode], source, sampling].concat());
+                assert_eq!(
+                    spec["tokens"],
+                    plain["tokens"],
+                    "{mode} mode, {source:?}, prompt {prompt:?}, sampling {sampling:?}\nlogs:\n{}",
+                    log_tails(swarm.dir.path(), 15)
+                );
+                let report = &spec["speculation"];
+                let (trips, drafted, accepted) = (
+                    report["trips"].as_u64().unwrap(),
+                    report["drafted"].as_u64().unwrap(),
+                    report["accepted"].as_u64().unwrap(),
+                );
+                assert!(accepted <= drafted, "{report}");
+                if prompt == REPEAT && sampling.is_empty() {
+                    let n = spec["tokens"].as_array().unwrap().len() as u64;
+                    assert!(accepted > 0 && trips < n, "{mode}, {source:?}: drafts should stand: {report}");
+                }
             }
         }
     }
+
+    // A draft model of another vocabulary is refused with the reason, before any step.
+    let qwen = test_model(QWEN2);
+    let args = ["generate", "--bootstrap", &swarm.addr, "--model", &swarm.id, "--prompt", REPEAT, "--mode", "client"];
+    let draft_args = ["--speculative", "draft", "--draft-model", qwen.to_str().unwrap()];
+    let out = nak_command().args(args).args(draft_args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("vocabulary"), "{stderr}");
 }
 
 /// `n` tokens after `prompt`, one row a step.

@@ -196,7 +196,7 @@ fn generate(state: &ApiState, tokens: Vec<i32>, params: Params) -> Result<mpsc::
     let permit = state.generations.clone().try_acquire_owned().map_err(|_| {
         ApiError::too_many(format!("{MAX_GENERATIONS} generations are running here; try again shortly"))
     })?;
-    let (model, speculation) = (state.model.clone(), state.speculation);
+    let (model, speculation) = (state.model.clone(), state.speculation.clone());
     let (tx, rx) = mpsc::channel(params.max_tokens + 2);
     tokio::spawn(async move {
         let _active = (Active::start(), permit);

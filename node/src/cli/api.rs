@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
+use nak_node::client::DecodeMode;
 
 use super::generate::join_model;
 use super::{block_on, JoinArgs, SpeculationArgs};
@@ -27,13 +28,15 @@ pub struct ApiArgs {
 
 /// `nak-node api`.
 pub fn api(args: ApiArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    // The API decodes in ring mode.
+    let speculation = args.speculation.speculation(DecodeMode::Ring, 1)?;
     block_on(async move {
         let (model, _scratch) = join_model(&args.join, data_dir, args.model.as_deref()).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         println!("api http://{}", listener.local_addr()?);
-        let router = nak_node::api::router_with(Arc::new(model), args.speculation.speculation());
+        let router = nak_node::api::router_with(Arc::new(model), speculation);
         axum::serve(listener, router).await.context("the API server stopped")
     })
 }

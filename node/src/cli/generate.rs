@@ -154,7 +154,7 @@ pub fn generate(args: GenerateArgs, data_dir: Option<PathBuf>) -> Result<()> {
             verify: args.swarm.verify,
             audit_rate: audit_rate(args.swarm.audit_rate, args.swarm.verify)?,
             threads: args.engine.config().threads,
-            speculation: args.swarm.speculation.speculation(),
+            speculation: args.swarm.speculation.speculation(args.swarm.mode, args.engine.config().threads)?,
             data_dir,
         };
         return block_on(generate_remote(remote, &args.prompt, args.max_tokens, args.swarm.parallel, args.json));
@@ -210,7 +210,7 @@ pub fn chat(args: ChatArgs, data_dir: Option<PathBuf>) -> Result<()> {
         verify: args.verify,
         audit_rate: audit_rate(args.audit_rate, args.verify)?,
         threads: args.engine.config().threads,
-        speculation: args.speculation.speculation(),
+        speculation: args.speculation.speculation(args.mode, args.engine.config().threads)?,
         data_dir,
     };
     block_on(converse(remote, args.system, args.max_tokens))
@@ -320,7 +320,7 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
         top_logits: args.top_logits,
         replay: args.replay,
         verify: args.verify,
-        speculation: args.speculation,
+        speculation: args.speculation.clone(),
         ..Default::default()
     };
     Ok(RemoteSession::start(model, opts, ROUTE_WAIT).await?)

@@ -23,16 +23,18 @@ pub mod status;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
-use nak_node::client::{DraftSource, Speculation};
+use nak_node::client::{DecodeMode, DraftSource, Speculation};
 use nak_node::engine::EngineConfig;
 use nak_node::net::{
     bootstrap_file_peers, read_peers_file, read_swarm_key, NetworkConfig, NetworkHandle, SwarmProtocols, BOOTSTRAP_ENV,
     BOOTSTRAP_FILE, PEERS_FILE,
 };
+use nak_node::speculative::DraftModel;
 use nak_shard_store::Store;
 
 /// How a command joins the swarm: where to find peers, and which swarm.
@@ -162,17 +164,48 @@ pub fn block_on<T>(command: impl Future<Output = Result<T>>) -> Result<T> {
 #[derive(clap::Args)]
 pub(super) struct SpeculationArgs {
     /// Draft tokens and have the route verify them in one step: lookup (n-gram matches
-    /// in the context; in ring mode the last server drafts). Greedy output is the same
-    /// as without; sampled tokens follow the same distribution.
+    /// in the context) or draft (a small model with the same vocabulary: --draft-model in
+    /// client mode; in ring mode the last server drafts, with its own `serve --draft-model`
+    /// in the case of draft). Greedy output is the same as without; sampled tokens follow
+    /// the same distribution.
     #[arg(long, value_enum)]
     pub(super) speculative: Option<DraftSource>,
     /// Most tokens drafted a trip (fewer while the measured acceptance does not pay for them).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=32))]
     draft_max: u32,
+    /// With `--speculative draft --mode client`: the draft model (a whole GGUF whose
+    /// vocabulary is the model's), run here.
+    #[arg(long)]
+    draft_model: Option<PathBuf>,
 }
 
 impl SpeculationArgs {
-    pub(super) fn speculation(&self) -> Option<Speculation> {
-        self.speculative.map(|source| Speculation { source, draft_max: self.draft_max })
+    /// The settings for decoding in `mode`, with the draft model loaded (`threads` CPU threads).
+    pub(super) fn speculation(&self, mode: DecodeMode, threads: i32) -> Result<Option<Speculation>> {
+        let Some(source) = self.speculative else {
+            if self.draft_model.is_some() {
+                bail!("--draft-model goes with --speculative draft");
+            }
+            return Ok(None);
+        };
+        let draft_model = match &self.draft_model {
+            Some(_) if source != DraftSource::Draft => bail!("--draft-model goes with --speculative draft"),
+            Some(_) if mode == DecodeMode::Ring => bail!(
+                "in ring mode the last server drafts, with the draft model it serves (serve --draft-model): \
+                 drop --draft-model, or decode with --mode client"
+            ),
+            Some(path) => Some(Arc::new(load_draft_model(path, threads, 8)?)),
+            None if source == DraftSource::Draft && mode == DecodeMode::Client => {
+                bail!("--speculative draft --mode client needs --draft-model")
+            }
+            None => None,
+        };
+        Ok(Some(Speculation { source, draft_max: self.draft_max, draft_model }))
     }
+}
+
+/// Loads the draft model at `path` for up to `sessions` generations at once.
+pub(super) fn load_draft_model(path: &Path, threads: i32, sessions: u32) -> Result<DraftModel> {
+    let cfg = EngineConfig { threads, max_sessions: sessions, ..EngineConfig::default() };
+    DraftModel::load(path, cfg).with_context(|| format!("loading the draft model {}", path.display()))
 }

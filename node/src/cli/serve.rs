@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use nak_node::client::SwarmModel;
 use nak_node::engine::{EngineConfig, Fault, LlamaLoader};
+use nak_node::inference::ServiceConfig;
 use nak_node::net::{reachability_name, Network, NetworkConfig, NetworkHandle};
 use nak_node::server::{EventSink, ModelSource, Server, ServerConfig, ServerEvent};
 use nak_shard_store::{ModelId, Store};
@@ -71,6 +72,10 @@ pub struct RunArgs {
     /// Also serve the OpenAI-compatible API for this model (as `nak-node api` does) on this address.
     #[arg(long)]
     api: Option<SocketAddr>,
+    /// A small model with this model's vocabulary (a whole GGUF), for ring sessions that
+    /// ask this server, as their last hop, to draft with it (`--speculative draft`).
+    #[arg(long)]
+    draft_model: Option<PathBuf>,
     /// Serve Prometheus metrics (`GET /metrics`: tokens, sessions, this hop's step
     /// latency, fetched bytes, DHT and libp2p figures) on this address.
     #[arg(long)]
@@ -92,6 +97,11 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
         eprintln!("FAULT INJECTION: {:?} of {:.3} of steps (testing aid)", engine.fault.mode, engine.fault.rate);
     }
     let audits = Audits { rate: args.audit_rate, every: Duration::from_secs(args.audit_interval.max(1)) };
+    let mut service = ServiceConfig::default();
+    if let Some(path) = &args.draft_model {
+        let model = super::load_draft_model(path, engine.threads, args.max_sessions)?;
+        service.draft_model = Some(Arc::new(model));
+    }
     let server = ServerConfig {
         serve_layers: args.serve_layers.parse().map_err(|e| anyhow::anyhow!("--serve-layers {e}"))?,
         max_memory: args.max_memory,
@@ -99,6 +109,7 @@ pub fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<()> {
         announce_every: Duration::from_secs(args.announce_interval.max(1)),
         rebalance_every: Duration::from_secs(args.rebalance_interval.max(1)),
         min_gain: args.min_gain,
+        service,
         ..Default::default()
     };
     let network = NetworkConfig {

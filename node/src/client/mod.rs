@@ -112,6 +112,8 @@ pub struct SwarmModel {
     net: NetworkHandle,
     manifest: Manifest,
     vocab: Model,
+    /// [`Model::vocab_digest`] of the tokenizer, once asked for.
+    vocab_digest: std::sync::OnceLock<[u8; 32]>,
     /// Banned peers: until when, and how many times they failed.
     bans: Mutex<HashMap<PeerId, (Instant, u32)>>,
     /// When [`SwarmModel::connect`] began.
@@ -147,6 +149,7 @@ impl SwarmModel {
             net,
             manifest,
             vocab,
+            vocab_digest: std::sync::OnceLock::new(),
             bans: Mutex::new(HashMap::new()),
             joined,
             discovery: Mutex::new(None),
@@ -172,6 +175,11 @@ impl SwarmModel {
     /// The tokenizer (and chat template).
     pub fn vocab(&self) -> &Model {
         &self.vocab
+    }
+
+    /// BLAKE3 of the vocabulary ([`Model::vocab_digest`]): what a draft model must match.
+    pub fn vocab_digest(&self) -> [u8; 32] {
+        *self.vocab_digest.get_or_init(|| self.vocab.vocab_digest())
     }
 
     /// The network.

@@ -39,13 +39,14 @@ use tokio::time::Instant;
 use super::hop::{hop_error, push_target, refused, ring_tokens, Hop, Shape};
 use super::links::Links;
 use super::options::{DecodeMode, Failover, RemoteGeneration, SampledToken, SessionOptions};
-use super::speculate::{ClientDrafter, SpeculationReport};
+use super::speculate::{drafting, SpeculationReport};
 use super::verify::{ReceiptCheck, Verification};
 use super::{ClientError, RouteHop, SwarmModel};
 use crate::audit::{AuditReport, AuditTarget};
 use crate::chain::Generation;
 use crate::dilation::dilate;
 use crate::engine::{Sampler, SamplingParams};
+use crate::speculative::Drafter;
 
 use pb::inference_frame::Kind;
 
@@ -95,7 +96,9 @@ pub struct RemoteSession {
     /// Resyncs of the route in this generation.
     pub(super) resyncs: u32,
     /// Client-sampled speculation: the drafting.
-    drafter: Option<ClientDrafter>,
+    drafter: Option<Drafter>,
+    /// Ring speculation with a draft model: the vocabulary digest the last hop's must have.
+    draft_vocab: Vec<u8>,
     /// What speculation did in this generation.
     spec: SpeculationReport,
 }
@@ -159,9 +162,10 @@ impl RemoteSession {
             resyncs: 0,
             receipts,
             drafter: None,
+            draft_vocab: Vec::new(),
             spec: SpeculationReport::default(),
         };
-        if let Some(spec) = session.opts.speculation {
+        if let Some(spec) = session.opts.speculation.clone() {
             if session.receipts.is_some() {
                 return Err(ClientError::Input("speculative decoding cannot be combined with receipts yet".into()));
             }
@@ -171,7 +175,7 @@ impl RemoteSession {
                 ));
             }
             session.spec.source = Some(spec.source);
-            session.drafter = (!session.ring()).then(|| ClientDrafter::new(spec));
+            (session.drafter, session.draft_vocab) = drafting(&spec, session.ring(), model).await?;
         }
         session.hops = session.open_hops(model, &route, 0..0, 0).await?;
         Ok(session)
@@ -257,7 +261,8 @@ impl RemoteSession {
                 stop_tokens: if last && ring { self.end_tokens.clone() } else { vec![] },
                 emit_from: if last { emit_from } else { 0 },
                 receipts: self.opts.verify,
-                draft_max: if last && ring { self.opts.speculation.map_or(0, |s| s.draft_max) } else { 0 },
+                draft_max: if last && ring { self.opts.speculation.as_ref().map_or(0, |s| s.draft_max) } else { 0 },
+                draft_vocab: if last && ring { self.draft_vocab.clone() } else { vec![] },
             };
             if !link.send(Kind::Open(open)).await {
                 return Err(hop_error(hop, pb::ErrorCode::Closed, "the stream closed"));
@@ -365,7 +370,7 @@ impl RemoteSession {
     async fn feed_token(&mut self, token: i32, left: usize) {
         let room = left.saturating_sub(1).min((self.max_context as usize).saturating_sub(self.context.len() + 2));
         let drafts = match &mut self.drafter {
-            Some(drafter) => drafter.next(&[&self.context[..], &[token]].concat(), room),
+            Some(drafter) => drafter.next(&self.context, token, room).await,
             None => Vec::new(),
         };
         let shape = self.record_fed(&[&[token], &drafts[..]].concat(), false, drafts.len() as u32);
@@ -656,7 +661,10 @@ impl RemoteSession {
         Some(if r.position > expected {
             Err(ahead())
         } else if !r.rows.is_empty() {
-            let judged = self.drafter.as_mut().and_then(|d| d.judge(&r.rows, &mut self.sampler));
+            let sampler = &mut self.sampler;
+            let draw = |i: usize| sampler.sample_candidates(r.rows[i].top.iter().map(|t| (t.token, t.logit)));
+            let whole = r.rows.iter().all(|row| !row.top.is_empty());
+            let judged = self.drafter.as_mut().filter(|_| whole).and_then(|d| d.settle(r.rows.len(), draw));
             let Some((tokens, stood)) = judged else {
                 return Some(Err(ClientError::Protocol("a drafted step's result does not fit its drafts".into())));
             };
@@ -670,7 +678,7 @@ impl RemoteSession {
         } else {
             self.spec.trip(0, 0);
             if let Some(drafter) = &mut self.drafter {
-                drafter.plain_trip();
+                drafter.landed(0);
             }
             Ok(vec![self.sampler.sample_candidates(r.top.iter().map(|t| (t.token, t.logit)))])
         })

@@ -1,46 +1,71 @@
-//! Speculative decoding as a client runs it: what it asks of the route, and in
-//! client-sampled mode the drafting and the judging of drafts.
+//! Speculative decoding as a client runs it: its settings, what it asks of the route,
+//! and the report of what it did.
 //!
-//! Ring mode: the session's last hop drafts by prompt lookup and verifies
-//! (`OpenSession.draft_max`); the client only adds up the `drafted` and `accepted` its
-//! results report. Client-sampled mode: after each token the client drafts the next
-//! ones ([`ClientDrafter::next`]) and sends them behind it as one step; the last hop
-//! returns the top logits of every row; the client samples the rows in order, keeping
-//! each draft its draw agrees with ([`ClientDrafter::judge`]). A draft is one token for
-//! sure, so keeping it when an ordinary draw picks it is standard speculative sampling
-//! with a certain draft: the tokens follow the model's distribution, and greedy
-//! decoding gives the tokens it gives without drafts.
+//! Ring mode: the session's last hop drafts (by prompt lookup, or with the draft model
+//! it serves) and verifies (`OpenSession.draft_max`, `draft_vocab`); the client only
+//! adds up the `drafted` and `accepted` its results report. Client-sampled mode: after
+//! each token the client drafts the next ones ([`crate::speculative::Drafter`]) and
+//! sends them behind it as one step; the last hop returns the top logits of every row;
+//! the client samples the rows in order, keeping each draft its draw agrees with. A
+//! draft is one token for sure, so keeping it when an ordinary draw picks it is standard
+//! speculative sampling with a certain draft: the tokens follow the model's
+//! distribution, and greedy decoding gives the tokens it gives without drafts.
 
-use std::time::Instant;
+use std::sync::Arc;
 
-use nak_protocol::pb;
 use serde::Serialize;
 
-use crate::engine::Sampler;
-use crate::speculative::length::DraftLength;
-use crate::speculative::lookup::PromptLookup;
-
-/// Where drafts come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DraftSource {
-    /// n-gram matches in the context so far (no model).
-    Lookup,
-}
+use super::{ClientError, SwarmModel};
+pub use crate::speculative::DraftSource;
+use crate::speculative::{DraftModel, Drafter, PromptLookup, Proposer};
 
 /// Speculative decoding settings of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Speculation {
     /// Where drafts come from.
     pub source: DraftSource,
     /// Most tokens drafted a trip; fewer when the measured acceptance and trip times
     /// say they do not pay. Default 8.
     pub draft_max: u32,
+    /// With [`DraftSource::Draft`] in client-sampled mode: the draft model the client
+    /// runs (in ring mode the last hop drafts with the one it serves). Default none.
+    pub draft_model: Option<Arc<DraftModel>>,
 }
 
 impl Default for Speculation {
     fn default() -> Self {
-        Self { source: DraftSource::Lookup, draft_max: 8 }
+        Self { source: DraftSource::Lookup, draft_max: 8, draft_model: None }
+    }
+}
+
+/// How a session drafts: in client-sampled mode its own drafter; in ring mode none, and
+/// what the last hop is to draft with (`OpenSession.draft_vocab`: empty for prompt
+/// lookup, else the vocabulary digest its draft model must have).
+pub(super) async fn drafting(
+    spec: &Speculation,
+    ring: bool,
+    model: &SwarmModel,
+) -> Result<(Option<Drafter>, Vec<u8>), ClientError> {
+    let max = spec.draft_max as usize;
+    match (spec.source, ring, &spec.draft_model) {
+        (DraftSource::Lookup, true, _) => Ok((None, Vec::new())),
+        (DraftSource::Lookup, false, _) => {
+            Ok((Some(Drafter::new(Proposer::Lookup(PromptLookup::default()), max)), vec![]))
+        }
+        (DraftSource::Draft, true, None) => Ok((None, model.vocab_digest().to_vec())),
+        (DraftSource::Draft, true, Some(_)) => Err(ClientError::Input(
+            "in ring mode the last server drafts with the draft model it serves (serve --draft-model); \
+             a draft model here is for client-sampled mode"
+                .into(),
+        )),
+        (DraftSource::Draft, false, None) => {
+            Err(ClientError::Input("drafting with a model in client-sampled mode needs the draft model".into()))
+        }
+        (DraftSource::Draft, false, Some(draft)) => {
+            draft.check_vocab(&model.vocab_digest()).map_err(|e| ClientError::Input(e.to_string()))?;
+            let session = draft.open().await.map_err(|e| ClientError::Input(format!("the draft model: {e}")))?;
+            Ok((Some(Drafter::new(Proposer::Model(session), max)), Vec::new()))
+        }
     }
 }
 
@@ -76,98 +101,9 @@ impl SpeculationReport {
     }
 }
 
-/// Client-sampled drafting: the drafts of the trip out and the controller of their number.
-pub(super) struct ClientDrafter {
-    lookup: PromptLookup,
-    length: DraftLength,
-    /// The drafts sent with the step out, and when.
-    pending: Option<(Instant, Vec<i32>)>,
-}
-
-impl ClientDrafter {
-    pub(super) fn new(spec: Speculation) -> Self {
-        Self { lookup: PromptLookup::default(), length: DraftLength::new(spec.draft_max as usize), pending: None }
-    }
-
-    /// The drafts to send behind the last token of `context`, at most `room`.
-    pub(super) fn next(&mut self, context: &[i32], room: usize) -> Vec<i32> {
-        let drafts = self.lookup.draft(context, self.length.choose().min(room));
-        self.pending = Some((Instant::now(), drafts.clone()));
-        drafts
-    }
-
-    /// The tokens a drafted step's result brings: each row's top logits sampled in
-    /// order, each draft kept while the draw agrees, then the draw that did not (or
-    /// the one after the last draft). None when the result does not fit the drafts.
-    /// Returns the tokens and how many drafts stood.
-    pub(super) fn judge(&mut self, rows: &[pb::RowLogits], sampler: &mut Sampler) -> Option<(Vec<i32>, usize)> {
-        let (sent, drafts) = self.pending.take()?;
-        if rows.len() != drafts.len() + 1 || rows.iter().any(|r| r.top.is_empty()) {
-            return None;
-        }
-        let mut tokens = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let pick = sampler.sample_candidates(row.top.iter().map(|t| (t.token, t.logit)));
-            tokens.push(pick);
-            if drafts.get(i) != Some(&pick) {
-                break;
-            }
-        }
-        let stood = tokens.len() - 1;
-        self.length.record(drafts.len(), stood, sent.elapsed());
-        Some((tokens, stood))
-    }
-
-    /// The result of a step without drafts came: its trip time prices the drafts.
-    pub(super) fn plain_trip(&mut self) {
-        if let Some((sent, drafts)) = self.pending.take() {
-            self.length.record(drafts.len(), 0, sent.elapsed());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::SamplingParams;
-
-    fn row(best: i32) -> pb::RowLogits {
-        let top = [(best, 5.0), (best + 1, 1.0)];
-        pb::RowLogits {
-            top: top.iter().map(|&(token, logit)| pb::TokenLogprob { token, logprob: 0.0, logit }).collect(),
-        }
-    }
-
-    #[test]
-    fn greedy_judging_keeps_the_agreeing_drafts_and_the_first_different_pick() {
-        let mut sampler = Sampler::new(&SamplingParams::default());
-        let mut drafter = ClientDrafter::new(Speculation::default());
-        assert!(drafter.next(&[1, 2, 3, 1, 2], 3).is_empty(), "the first trip goes without drafts");
-        drafter.plain_trip();
-        // "1 2 3 1 2" continues with 3 1 2 …, as many as the controller finds worth it.
-        let drafts = drafter.next(&[1, 2, 3, 1, 2], 3);
-        assert!(!drafts.is_empty() && [3, 1, 2].starts_with(&drafts), "{drafts:?}");
-        // The target agrees with the first draft only.
-        let rows: Vec<pb::RowLogits> = [row(3)].into_iter().chain(drafts.iter().map(|_| row(9))).collect();
-        assert_eq!(drafter.judge(&rows, &mut sampler), Some((vec![3, 9], 1)));
-        assert_eq!(drafter.judge(&rows, &mut sampler), None, "judged once");
-        // Every draft stands: one more token from the last row.
-        let drafts = drafter.next(&[1, 2, 3, 1, 2], 2);
-        let rows: Vec<pb::RowLogits> = drafts.iter().map(|&d| row(d)).chain([row(7)]).collect();
-        let all: Vec<i32> = drafts.iter().copied().chain([7]).collect();
-        assert_eq!(drafter.judge(&rows, &mut sampler), Some((all, drafts.len())));
-    }
-
-    #[test]
-    fn a_result_that_does_not_fit_the_drafts_is_refused() {
-        let mut sampler = Sampler::new(&SamplingParams::default());
-        let mut drafter = ClientDrafter::new(Speculation::default());
-        assert_eq!(drafter.judge(&[row(1)], &mut sampler), None, "no drafts out");
-        drafter.next(&[1, 2, 3, 1, 2], 2);
-        drafter.plain_trip();
-        assert_eq!(drafter.next(&[1, 2, 3, 1, 2], 2).len(), 2);
-        assert_eq!(drafter.judge(&[row(3)], &mut sampler), None, "rows for fewer drafts");
-    }
 
     #[test]
     fn the_report_counts_trips_and_rates() {

@@ -226,6 +226,21 @@ impl Model {
         Vec::new()
     }
 
+    /// BLAKE3 of the vocabulary: its size and every token's text. Two models with the
+    /// same digest number their tokens alike, so one's tokens mean the same in the other
+    /// (what a draft model must share with the model it drafts for).
+    pub fn vocab_digest(&self) -> [u8; 32] {
+        let n = self.n_vocab();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&n.to_le_bytes());
+        for token in 0..n as i32 {
+            let piece = self.token_piece(token);
+            hasher.update(&(piece.len() as u32).to_le_bytes());
+            hasher.update(&piece);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
     /// Whether `token` ends generation.
     pub fn is_eog(&self, token: i32) -> bool {
         // SAFETY: valid vocab pointer.

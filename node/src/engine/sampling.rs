@@ -164,17 +164,7 @@ pub struct Sampler {
 impl Sampler {
     /// A sampler for `params` (which should have passed [`SamplingParams::validate`]).
     pub fn new(params: &SamplingParams) -> Self {
-        // llama.cpp keeps the penalties' counts in a map keyed by token; the vocabulary
-        // size only bounds buffers of its on-device sampling, which is not used here.
-        let penalties = params.penalizes().then(|| {
-            LlamaSampler::penalties(
-                i32::MAX,
-                params.repeat_last_n as i32,
-                params.repeat_penalty,
-                params.frequency_penalty,
-                params.presence_penalty,
-            )
-        });
+        let penalties = penalty_stage(params);
         let greedy = params.temperature <= 0.0 || !params.temperature.is_finite();
         let pick = if greedy {
             LlamaSampler::greedy()
@@ -199,7 +189,7 @@ impl Sampler {
     /// the draws go on.
     pub fn reset_penalties(&mut self, params: &SamplingParams) {
         if self.penalties.is_some() {
-            self.penalties = Sampler::new(params).penalties;
+            self.penalties = penalty_stage(params);
         }
     }
 
@@ -246,6 +236,21 @@ impl Sampler {
         self.pick.apply(&mut data);
         data.selected_token().map_or(0, |t| t.0)
     }
+}
+
+/// The penalties stage of `params`, if it penalizes anything.
+fn penalty_stage(params: &SamplingParams) -> Option<LlamaSampler> {
+    // llama.cpp keeps the penalties' counts in a map keyed by token; the vocabulary
+    // size only bounds buffers of its on-device sampling, which is not used here.
+    params.penalizes().then(|| {
+        LlamaSampler::penalties(
+            i32::MAX,
+            params.repeat_last_n as i32,
+            params.repeat_penalty,
+            params.frequency_penalty,
+            params.presence_penalty,
+        )
+    })
 }
 
 /// `token`'s log-probability over the whole vocabulary (NaN for a token out of range).

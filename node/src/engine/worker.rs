@@ -102,6 +102,15 @@ impl EngineWorker {
         self.ask(|tx| Job::Close(session, tx)).await?
     }
 
+    /// Closes a session without waiting (from a `Drop`): queued behind the jobs sent
+    /// before; lost only when the queue is full or the worker stopped, which the log says.
+    pub fn close_soon(&self, session: SessionId) {
+        let (tx, _) = oneshot::channel();
+        if self.tx.try_send(Job::Close(session, tx)).is_err() {
+            tracing::warn!(session, "could not queue the closing of an engine session");
+        }
+    }
+
     /// Keeps the first `n_keep` positions of a session's cache.
     pub async fn truncate(&self, session: SessionId, n_keep: u32) -> Result<(), EngineError> {
         self.ask(|tx| Job::Truncate(session, n_keep, false, tx)).await?

@@ -49,6 +49,7 @@ use crate::dilation::dilate;
 use crate::engine::{EngineError, EngineWorker, SamplingParams, SessionConfig};
 use crate::net::frames::{read_frame, write_frame, MAX_INFERENCE_FRAME};
 use crate::net::NetworkHandle;
+use crate::speculative::DraftModel;
 pub(crate) use log::{replay_runs, FAST_REPLAY_ROWS};
 use log::{OutputLog, RetainBudget};
 use push::Pusher;
@@ -98,6 +99,10 @@ pub struct ServiceConfig {
     pub audit_budget: u64,
     /// How long an ended session's rows stay for audits. Default 10 min.
     pub audit_window: Duration,
+    /// A small model with the served model's vocabulary, for the ring sessions whose
+    /// last hop this server is to draft with it (`OpenSession.draft_vocab`); those are
+    /// refused without one. Default none.
+    pub draft_model: Option<Arc<DraftModel>>,
 }
 
 impl Default for ServiceConfig {
@@ -110,6 +115,7 @@ impl Default for ServiceConfig {
             receipt_key: None,
             audit_budget: 256 << 20,
             audit_window: Duration::from_secs(600),
+            draft_model: None,
         }
     }
 }
@@ -540,6 +546,10 @@ async fn open_session(
         // A receipt signs one row's logits per step; a trip of drafts has several.
         return error(id, ErrorCode::BadInput, "speculative decoding cannot be combined with receipts yet");
     }
+    let drafter = match speculate::drafter_for(shared.cfg.draft_model.as_deref(), &open).await {
+        Ok(drafter) => drafter,
+        Err((code, msg)) => return error(id, code, msg),
+    };
     let accept_from = match peer_from(&open.accept_from) {
         Ok(p) => p,
         Err(e) => return error(id, ErrorCode::BadInput, e),
@@ -592,7 +602,7 @@ async fn open_session(
         log: OutputLog::new(shared.budget.clone()),
         max_context: worker.ctx_per_session(),
         receipts,
-        draft_max: open.draft_max,
+        drafter,
     };
     let task = SessionTask::new(id, engine, worker.clone(), out.clone(), setup);
     let registered = match shared.sessions().entry(id) {

@@ -35,10 +35,11 @@ use tokio::sync::mpsc;
 use super::log::{OutputLog, Shape};
 use super::push::Pusher;
 use super::receipts::{input_rows, output_hash, ReceiptSigner, StepShape};
-use super::speculate::{replaced_from, RingDrafter};
+use super::speculate::replaced_from;
 use super::{code_of, error};
 use crate::dilation::dilate;
 use crate::engine::{token_logprob, top_logprobs, EngineWorker, SessionId, StepInput, StepOutput, StepRequest};
+use crate::speculative::Drafter;
 
 use pb::inference_frame::Kind;
 use pb::ErrorCode;
@@ -75,8 +76,8 @@ pub(super) struct SessionSetup {
     pub(super) max_context: u32,
     /// Signs a receipt for every step computed, when the opener asked for them.
     pub(super) receipts: Option<ReceiptSigner>,
-    /// Last hop in ring mode: draft up to this many tokens a trip (0: none).
-    pub(super) draft_max: u32,
+    /// Last hop in ring mode, when the opener asked for drafts: the drafting.
+    pub(super) drafter: Option<Drafter>,
 }
 
 /// A session's state and the task that runs it.
@@ -102,8 +103,6 @@ pub(super) struct SessionTask {
     held: Vec<i32>,
     /// Where the drafted rows the cache holds begin.
     drafts_from: Option<u32>,
-    /// Ring mode, last hop: the drafting.
-    drafter: Option<RingDrafter>,
 }
 
 impl SessionTask {
@@ -129,7 +128,6 @@ impl SessionTask {
             waiting: BTreeMap::new(),
             held: Vec::new(),
             drafts_from: None,
-            drafter: None,
         }
     }
 
@@ -482,7 +480,7 @@ impl SessionTask {
             0 => (vec![], 0.0),
             k => (top_of(&logits, k as usize), token_logprob(&logits, token)),
         };
-        let drafts = if ring && !stop { self.next_drafts(position, token, accepted) } else { vec![] };
+        let drafts = if ring && !stop { self.next_drafts(position, token, accepted).await } else { vec![] };
         let result = pb::StepResult {
             session_id: self.id,
             step: n,
@@ -502,7 +500,7 @@ impl SessionTask {
         self.tell_client(frame.clone()).await;
         self.last = Some((n, frame));
         if stop {
-            if let Some(drafter) = &mut self.drafter {
+            if let Some(drafter) = &mut self.setup.drafter {
                 drafter.pause();
             }
         } else if ring {
@@ -521,18 +519,15 @@ impl SessionTask {
 
     /// Ring mode, last hop: the drafts to push behind `token`, which goes at `position`
     /// (none unless the session drafts); `stood` of the last trip's drafts stood.
-    fn next_drafts(&mut self, position: u32, token: i32, stood: u32) -> Vec<i32> {
-        if self.setup.draft_max == 0 {
-            return Vec::new();
-        }
-        let drafter = self.drafter.get_or_insert_with(|| RingDrafter::new(self.setup.draft_max as usize));
+    async fn next_drafts(&mut self, position: u32, token: i32, stood: u32) -> Vec<i32> {
+        let Some(drafter) = &mut self.setup.drafter else { return Vec::new() };
+        drafter.landed(stood as usize);
         let mut room = self.setup.max_context.saturating_sub(position + 2);
         if self.stop_at > 0 {
             room = room.min(self.stop_at.saturating_sub(position));
         }
         let held = &self.held[..(position as usize).min(self.held.len())];
-        let context: Vec<i32> = held.iter().copied().chain([token]).collect();
-        drafter.next(&context, stood as usize, room as usize)
+        drafter.next(held, token, room as usize).await
     }
 
     /// Pushes `step` to the next hop, or returns it to the client as a result. False when

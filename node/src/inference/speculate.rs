@@ -1,4 +1,4 @@
-//! Speculative steps on a server: which held rows a step replaces, and a ring's drafts.
+//! Speculative steps on a server: which held rows a step replaces.
 //!
 //! A step may end in drafted rows (`Step.draft`). Every hop runs them one row a decode
 //! (so their numbers are those of plain decoding; see `StepRequest::row_by_row`) and
@@ -7,16 +7,36 @@
 //! the hop drop its rows from the first difference on ([`replaced_from`]) before running
 //! it. Overlaps elsewhere stay replays, whose held rows are skipped.
 //!
-//! In ring mode the last hop also drafts: after it has verified a trip's drafts
-//! ([`crate::speculative::accept`]), [`RingDrafter`] looks up the next ones in the
-//! context by prompt lookup and pushes them behind the token it sampled, as many as
-//! [`DraftLength`] finds worth a trip, from the time between its pushes (one trip around
-//! the ring) and how many drafts stood.
+//! In ring mode the last hop also drafts: after it has verified a trip's drafts, its
+//! [`crate::speculative::Drafter`] proposes the next ones, which it pushes behind the
+//! token it sampled; the time between its pushes is one trip around the ring.
+//! [`drafter_for`] makes it when the session is opened.
 
-use std::time::Instant;
+use nak_protocol::pb;
+use pb::ErrorCode;
 
-use crate::speculative::length::DraftLength;
-use crate::speculative::lookup::PromptLookup;
+use super::code_of;
+use crate::speculative::{DraftModel, Drafter, PromptLookup, Proposer};
+
+/// The drafter a session `open` asks for: none without `draft_max`; by prompt lookup;
+/// or, with `draft_vocab`, with this server's `draft_model`, which must exist and have
+/// that vocabulary. Refusals come with their error code.
+pub(super) async fn drafter_for(
+    draft_model: Option<&DraftModel>,
+    open: &pb::OpenSession,
+) -> Result<Option<Drafter>, (ErrorCode, String)> {
+    let max = open.draft_max as usize;
+    if max == 0 {
+        return Ok(None);
+    }
+    if open.draft_vocab.is_empty() {
+        return Ok(Some(Drafter::new(Proposer::Lookup(PromptLookup::default()), max)));
+    }
+    let model = draft_model.ok_or((ErrorCode::BadInput, "this server has no draft model".to_string()))?;
+    model.check_vocab(&open.draft_vocab).map_err(|e| (ErrorCode::BadInput, e.to_string()))?;
+    let session = model.open().await.map_err(|e| (code_of(&e), format!("the draft model: {e}")))?;
+    Ok(Some(Drafter::new(Proposer::Model(session), max)))
+}
 
 /// The first position from which a step at `at` of `rows` rows replaces the rows a hop
 /// holds: the first position, from the start of the drafts it holds on (`drafts_from`),
@@ -31,39 +51,6 @@ pub(super) fn replaced_from(held: &[i32], drafts_from: Option<u32>, at: u32, row
         let held = held.get(q as usize).filter(|&&t| t >= 0);
         step.is_none() || held != step
     })
-}
-
-/// The drafting of a ring's last hop.
-pub(super) struct RingDrafter {
-    lookup: PromptLookup,
-    length: DraftLength,
-    /// When the last drafts went out, and how many.
-    sent: Option<(Instant, usize)>,
-}
-
-impl RingDrafter {
-    /// A drafter of at most `max` tokens a trip.
-    pub(super) fn new(max: usize) -> Self {
-        Self { lookup: PromptLookup::default(), length: DraftLength::new(max), sent: None }
-    }
-
-    /// A trip has come back with `stood` of the drafts sent last standing: records it,
-    /// and returns the drafts to send behind the next token (the last of `context`), at
-    /// most `room`.
-    pub(super) fn next(&mut self, context: &[i32], stood: usize, room: usize) -> Vec<i32> {
-        let now = Instant::now();
-        if let Some((at, drafted)) = self.sent.take() {
-            self.length.record(drafted, stood, now - at);
-        }
-        let drafts = self.lookup.draft(context, self.length.choose().min(room));
-        self.sent = Some((now, drafts.len()));
-        drafts
-    }
-
-    /// The ring stopped: the next trip's time would include the wait for a new generation.
-    pub(super) fn pause(&mut self) {
-        self.sent = None;
-    }
 }
 
 #[cfg(test)]
@@ -94,17 +81,5 @@ mod tests {
         assert_eq!(replaced_from(&held, Some(3), 0, 3, &[4, 4, 4]), None);
         assert_eq!(replaced_from(&held, None, 4, 2, &[5, 6]), None, "no drafts held");
         assert_eq!(replaced_from(&held, Some(3), 1, 4, &[9, 9, 7, 8]), None);
-    }
-
-    #[test]
-    fn the_ring_drafter_continues_a_repeated_context_and_respects_the_room() {
-        let mut drafter = RingDrafter::new(4);
-        let context = [10, 11, 12, 13, 14, 10, 11];
-        assert!(drafter.next(&context, 0, 8).is_empty(), "the first trip measures the route without drafts");
-        let drafts = drafter.next(&context, 0, 8);
-        assert!(!drafts.is_empty() && drafts.len() <= 4, "{drafts:?}");
-        assert_eq!(drafts, [12, 13, 14, 10][..drafts.len()]);
-        assert!(drafter.next(&context, drafts.len(), 1).len() <= 1, "no more than the room");
-        assert!(drafter.next(&context, 0, 0).is_empty());
     }
 }

@@ -7,12 +7,24 @@
 //! decoding without speculation, so a drafter that is rarely right, or rows that cost
 //! as much as trips, bring the length down to none. Both `a` and the costs are moving
 //! averages of what trips measured; while speculation is off, every
-//! [`PROBE_EVERY`]th trip drafts one token to notice when the text turns predictable.
+//! [`PROBE_EVERY`]th trip drafts one token to notice when the text turns predictable. A
+//! probe can be dear (a draft model reads the context it skipped before it drafts), so a
+//! controller may back off: with [`DraftLength::with_probe_ceiling`], each probe after
+//! which drafting still does not pay doubles the wait for the next, up to the ceiling.
+//!
+//! The price of a row is a drafted trip's time less a trip without drafts, so that base
+//! must be right: the first [`PLAIN_FIRST`] trips go without drafts (the first of them,
+//! slower than the rest as the route warms up, is not counted), and while drafting, every
+//! [`REFRESH_EVERY`]th trip goes without again, so the base follows the route's load.
 
 use std::time::Duration;
 
 /// While the chosen length is 0, one trip in this many drafts a token anyway.
 pub const PROBE_EVERY: u32 = 16;
+/// Trips without drafts that a generation starts with.
+pub const PLAIN_FIRST: u32 = 3;
+/// While drafting, one trip in this many goes without drafts, to time the route again.
+pub const REFRESH_EVERY: u32 = 32;
 /// Weight of the newest measurement in the moving averages.
 const NEWEST: f64 = 0.2;
 /// The acceptance assumed before any trip has measured it.
@@ -33,12 +45,36 @@ pub struct DraftLength {
     row_s: Option<f64>,
     /// Trips since the last one that drafted, while the chosen length is 0.
     idle_trips: u32,
+    /// Trips without drafts recorded so far (the first is not timed).
+    plain_trips: u32,
+    /// Drafted trips since the last one without drafts.
+    drafted_trips: u32,
+    /// Trips between probes now, and at most.
+    probe_every: u32,
+    probe_ceiling: u32,
 }
 
 impl DraftLength {
     /// A controller that drafts at most `max` tokens a trip.
     pub fn new(max: usize) -> Self {
-        DraftLength { max, stood: PRIOR_ACCEPTANCE, tries: 1.0, trip_s: None, row_s: None, idle_trips: 0 }
+        DraftLength {
+            max,
+            stood: PRIOR_ACCEPTANCE,
+            tries: 1.0,
+            trip_s: None,
+            row_s: None,
+            idle_trips: 0,
+            plain_trips: 0,
+            drafted_trips: 0,
+            probe_every: PROBE_EVERY,
+            probe_ceiling: PROBE_EVERY,
+        }
+    }
+
+    /// The same, the wait between probes doubling up to `ceiling` trips while drafting
+    /// does not pay.
+    pub fn with_probe_ceiling(self, ceiling: u32) -> Self {
+        Self { probe_ceiling: ceiling.max(PROBE_EVERY), ..self }
     }
 
     /// The measured chance that a drafted token stands.
@@ -62,17 +98,22 @@ impl DraftLength {
 
     /// How many tokens to draft next.
     pub fn choose(&mut self) -> usize {
-        if self.trip_s.is_none() {
-            return 0; // a trip without drafts first: the base that rows are priced against
+        if self.plain_trips < PLAIN_FIRST || self.trip_s.is_none() || self.max == 0 {
+            return 0; // trips without drafts first: the base that rows are priced against
+        }
+        if self.drafted_trips >= REFRESH_EVERY {
+            return 0;
         }
         let best = self.best();
-        if best > 0 || self.max == 0 {
+        if best > 0 {
             self.idle_trips = 0;
+            self.probe_every = PROBE_EVERY;
             return best;
         }
         self.idle_trips += 1;
-        if self.idle_trips >= PROBE_EVERY {
+        if self.idle_trips >= self.probe_every {
             self.idle_trips = 0;
+            self.probe_every = self.probe_every.saturating_mul(2).min(self.probe_ceiling);
             return 1;
         }
         0
@@ -83,9 +124,14 @@ impl DraftLength {
     pub fn record(&mut self, drafted: usize, stood: usize, trip: Duration) {
         let secs = trip.as_secs_f64();
         if drafted == 0 {
-            self.trip_s = Some(self.trip_s.map_or(secs, |t| t + NEWEST * (secs - t)));
+            self.plain_trips = self.plain_trips.saturating_add(1);
+            self.drafted_trips = 0;
+            if self.plain_trips > 1 {
+                self.trip_s = Some(self.trip_s.map_or(secs, |t| t + NEWEST * (secs - t)));
+            }
             return;
         }
+        self.drafted_trips += 1;
         let stood = stood.min(drafted);
         let tries = stood + usize::from(stood < drafted);
         self.stood = (1.0 - NEWEST) * self.stood + stood as f64;
@@ -102,6 +148,14 @@ mod tests {
     use super::*;
 
     const TRIP: Duration = Duration::from_millis(46);
+
+    /// The trips without drafts a generation starts with, the first slow.
+    fn start(ctl: &mut DraftLength) {
+        for i in 0..PLAIN_FIRST {
+            assert_eq!(ctl.choose(), 0, "trip {i} goes without drafts");
+            ctl.record(0, 0, if i == 0 { TRIP * 3 } else { TRIP });
+        }
+    }
 
     /// Feeds `trips` trips whose drafts stand with probability `a` (every `1/(1-a)`th
     /// one is rejected, deterministically) and whose extra rows cost `row` each.
@@ -128,16 +182,20 @@ mod tests {
     #[test]
     fn a_drafter_that_is_mostly_right_with_cheap_rows_drafts_the_most() {
         let mut ctl = DraftLength::new(8);
-        ctl.record(0, 0, TRIP);
+        start(&mut ctl);
         let chosen = run(&mut ctl, 200, 0.9, Duration::from_millis(2));
         assert!((ctl.acceptance() - 0.9).abs() < 0.1, "acceptance {}", ctl.acceptance());
-        assert!(chosen[150..].iter().all(|&k| k >= 6), "{:?}", &chosen[150..]);
+        // Drafting all along, but for a trip in every REFRESH_EVERY + 1 that times the route again.
+        let late = &chosen[100..];
+        assert!(late.iter().filter(|&&k| k > 0).all(|&k| k >= 6), "{late:?}");
+        let plain = late.iter().filter(|&&k| k == 0).count();
+        assert!((1..=late.len() / REFRESH_EVERY as usize + 1).contains(&plain), "{late:?}");
     }
 
     #[test]
     fn a_drafter_that_is_never_right_stops_drafting_but_for_rare_probes() {
         let mut ctl = DraftLength::new(8);
-        ctl.record(0, 0, TRIP);
+        start(&mut ctl);
         let chosen = run(&mut ctl, 200, 0.0, Duration::from_millis(2));
         let late = &chosen[100..];
         let drafting = late.iter().filter(|&&k| k > 0).count();
@@ -149,14 +207,40 @@ mod tests {
     #[test]
     fn rows_as_dear_as_a_trip_are_not_worth_a_coin_flip() {
         let mut ctl = DraftLength::new(8);
-        ctl.record(0, 0, TRIP);
+        start(&mut ctl);
         let chosen = run(&mut ctl, 200, 0.5, TRIP);
         assert!(chosen[100..].iter().filter(|&&k| k > 0).count() <= 100 / PROBE_EVERY as usize + 1);
         // With cheap rows the same drafter is worth a few tokens a trip.
         let mut ctl = DraftLength::new(8);
-        ctl.record(0, 0, TRIP);
+        start(&mut ctl);
         let chosen = run(&mut ctl, 200, 0.5, Duration::from_millis(1));
-        assert!(chosen[100..].iter().all(|&k| (2..=6).contains(&k)), "{:?}", &chosen[100..]);
+        let late = &chosen[100..];
+        assert!(late.iter().filter(|&&k| k > 0).all(|&k| (2..=6).contains(&k)), "{late:?}");
+        assert!(late.iter().filter(|&&k| k == 0).count() <= late.len() / REFRESH_EVERY as usize + 1);
+    }
+
+    #[test]
+    fn a_slow_first_trip_does_not_make_rows_look_cheap() {
+        // Drafts always stand, but a row costs more than a trip: drafting does not pay,
+        // although a drafted trip is quicker than the first trip (3 × TRIP) was.
+        let mut ctl = DraftLength::new(8);
+        start(&mut ctl);
+        let chosen = run(&mut ctl, 100, 1.0, TRIP * 6 / 5);
+        assert!(chosen.iter().filter(|&&k| k > 0).count() <= 100 / PROBE_EVERY as usize + 2, "{chosen:?}");
+    }
+
+    #[test]
+    fn probes_back_off_up_to_the_ceiling() {
+        let mut ctl = DraftLength::new(8).with_probe_ceiling(4 * PROBE_EVERY);
+        start(&mut ctl);
+        let chosen = run(&mut ctl, 400, 0.0, Duration::from_millis(2));
+        // The first trips draft on the priors; then drafting is off and probes space out.
+        let drafting: Vec<usize> = chosen.iter().enumerate().filter(|(_, &k)| k > 0).map(|(i, _)| i).collect();
+        let every = PROBE_EVERY as usize;
+        let first = drafting.windows(2).position(|w| w[1] - w[0] == every).expect("a first probe") + 1;
+        let gaps: Vec<usize> = drafting[first..].windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 4 && gaps[..2] == [2 * every, 4 * every], "{drafting:?}");
+        assert!(gaps[2..].iter().all(|&g| g == 4 * every), "held at the ceiling: {gaps:?}");
     }
 
     #[test]
