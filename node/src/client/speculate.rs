@@ -16,8 +16,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{ClientError, SwarmModel};
+use crate::engine::EngineError;
 pub use crate::speculative::DraftSource;
-use crate::speculative::{DraftModel, Drafter, PromptLookup, Proposer};
+use crate::speculative::{DraftModel, Drafter};
 
 /// Speculative decoding settings of a session.
 #[derive(Debug, Clone)]
@@ -49,9 +50,7 @@ pub(super) async fn drafting(
     let max = spec.draft_max as usize;
     match (spec.source, ring, &spec.draft_model) {
         (DraftSource::Lookup, true, _) => Ok((None, Vec::new())),
-        (DraftSource::Lookup, false, _) => {
-            Ok((Some(Drafter::new(Proposer::Lookup(PromptLookup::default()), max)), vec![]))
-        }
+        (DraftSource::Lookup, false, _) => Ok((Some(Drafter::lookup(max)), Vec::new())),
         (DraftSource::Draft, true, None) => Ok((None, model.vocab_digest().to_vec())),
         (DraftSource::Draft, true, Some(_)) => Err(ClientError::Input(
             "in ring mode the last server drafts with the draft model it serves (serve --draft-model); \
@@ -62,9 +61,11 @@ pub(super) async fn drafting(
             Err(ClientError::Input("drafting with a model in client-sampled mode needs the draft model".into()))
         }
         (DraftSource::Draft, false, Some(draft)) => {
-            draft.check_vocab(&model.vocab_digest()).map_err(|e| ClientError::Input(e.to_string()))?;
-            let session = draft.open().await.map_err(|e| ClientError::Input(format!("the draft model: {e}")))?;
-            Ok((Some(Drafter::new(Proposer::Model(session), max)), Vec::new()))
+            let drafter = Drafter::with_model(draft, &model.vocab_digest(), max).await.map_err(|e| match e {
+                EngineError::Input(_) => ClientError::Input(e.to_string()),
+                e => ClientError::Input(format!("the draft model: {e}")),
+            })?;
+            Ok((Some(drafter), Vec::new()))
         }
     }
 }

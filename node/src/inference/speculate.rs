@@ -16,7 +16,8 @@ use nak_protocol::pb;
 use pb::ErrorCode;
 
 use super::code_of;
-use crate::speculative::{DraftModel, Drafter, PromptLookup, Proposer};
+use crate::engine::EngineError;
+use crate::speculative::{DraftModel, Drafter};
 
 /// The drafter a session `open` asks for: none without `draft_max`; by prompt lookup;
 /// or, with `draft_vocab`, with this server's `draft_model`, which must exist and have
@@ -30,12 +31,14 @@ pub(super) async fn drafter_for(
         return Ok(None);
     }
     if open.draft_vocab.is_empty() {
-        return Ok(Some(Drafter::new(Proposer::Lookup(PromptLookup::default()), max)));
+        return Ok(Some(Drafter::lookup(max)));
     }
     let model = draft_model.ok_or((ErrorCode::BadInput, "this server has no draft model".to_string()))?;
-    model.check_vocab(&open.draft_vocab).map_err(|e| (ErrorCode::BadInput, e.to_string()))?;
-    let session = model.open().await.map_err(|e| (code_of(&e), format!("the draft model: {e}")))?;
-    Ok(Some(Drafter::new(Proposer::Model(session), max)))
+    let drafter = Drafter::with_model(model, &open.draft_vocab, max).await.map_err(|e| match e {
+        EngineError::Input(_) => (ErrorCode::BadInput, e.to_string()),
+        e => (code_of(&e), format!("the draft model: {e}")),
+    })?;
+    Ok(Some(drafter))
 }
 
 /// The first position from which a step at `at` of `rows` rows replaces the rows a hop

@@ -15,7 +15,8 @@ use tracing::{debug, warn};
 
 use super::length::DraftLength;
 use super::lookup::PromptLookup;
-use super::model::DraftSession;
+use super::model::{DraftModel, DraftSession};
+use crate::engine::EngineError;
 
 /// Most trips between two probes of a draft model that does not pay.
 const MODEL_PROBE_CEILING: u32 = 256;
@@ -47,6 +48,18 @@ pub struct Drafter {
 }
 
 impl Drafter {
+    /// Drafts by prompt lookup, at most `max` tokens a trip.
+    pub fn lookup(max: usize) -> Self {
+        Self::new(Proposer::Lookup(PromptLookup::default()), max)
+    }
+
+    /// Drafts with `model`, for a generation whose model has the vocabulary `digest`:
+    /// refused when it is not the draft model's ([`DraftModel::check_vocab`]).
+    pub async fn with_model(model: &DraftModel, digest: &[u8], max: usize) -> Result<Self, EngineError> {
+        model.check_vocab(digest)?;
+        Ok(Self::new(Proposer::Model(model.open().await?), max))
+    }
+
     /// Drafts from `proposer`, at most `max` tokens a trip.
     pub fn new(proposer: Proposer, max: usize) -> Self {
         let length = match proposer {
@@ -74,7 +87,6 @@ impl Drafter {
         let began = Instant::now();
         let drafts = match &mut self.proposer {
             Proposer::Lookup(lookup) => lookup.draft(context, last, max),
-            Proposer::Model(_) if max == 0 => Vec::new(),
             Proposer::Model(model) => model.draft(context, last, max).await.unwrap_or_else(|e| {
                 warn!("the draft model failed, drafting nothing this trip: {e}");
                 Vec::new()
@@ -129,7 +141,7 @@ mod tests {
 
     /// A prompt-lookup drafter past the trips without drafts a generation starts with.
     async fn lookup(max: usize) -> Drafter {
-        let mut drafter = Drafter::new(Proposer::Lookup(PromptLookup::default()), max);
+        let mut drafter = Drafter::lookup(max);
         for _ in 0..PLAIN_FIRST {
             assert!(drafter.next(&[1, 2, 1], 2, 8).await.is_empty(), "the first trips time the route");
             drafter.landed(0);
