@@ -18,6 +18,7 @@ use common::{
     log_tails, nak_command, nak_json as nak, smollm_path, test_engine_config, test_model, Swarm, PROMPTS, QWEN2,
 };
 use nak_node::engine::{SamplingParams, SessionConfig, SpanEngine, StepInput, StepOutput, StepRequest};
+use nak_node::speculative::{DraftModel, DraftSession};
 
 /// A prompt whose answer copies much of it.
 const REPEAT: &str = "Repeat this list exactly: apples, pears, plums, cherries, grapes, lemons, limes, figs, \
@@ -41,13 +42,16 @@ fn drafted_tokens_equal_plain_decoding_in_ring_and_client_mode() {
         _ => vec!["--speculative", "draft"],
     };
     for (prompt, sampling) in [(REPEAT, &[][..]), (PROMPTS[0], &[][..]), (REPEAT, &sampled[..])] {
+        // The draft model reads the prompt in the background before it drafts: on loopback,
+        // with no delay, that takes a loaded host some 30 trips.
+        let tokens = if prompt == REPEAT { "112" } else { "48" };
         for mode in ["ring", "client"] {
-            let plain = generate(&swarm, prompt, "48", &[&["--mode", mode], sampling].concat());
+            let plain = generate(&swarm, prompt, tokens, &[&["--mode", mode], sampling].concat());
             assert!(plain.get("speculation").is_none());
             let model_args = with_model(mode);
             let sources = [Some(&lookup[..]), (prompt == REPEAT).then_some(&model_args[..])];
             for source in sources.into_iter().flatten() {
-                let spec = generate(&swarm, prompt, "48", &[&["--mode", mode], source, sampling].concat());
+                let spec = generate(&swarm, prompt, tokens, &[&["--mode", mode], source, sampling].concat());
                 assert_eq!(
                     spec["tokens"],
                     plain["tokens"],
@@ -162,4 +166,48 @@ fn drafted_steps_sample_every_row_as_one_row_steps_would() {
             assert_eq!(got, want, "mixed drafts, {model:?}, {sampling:?}");
         }
     }
+}
+
+/// A draft model that reads the context ahead, in the background and in steps of any
+/// size, drafts what greedy decoding gives; positions of rejected drafts are dropped.
+#[test]
+fn a_draft_model_reading_ahead_drafts_the_greedy_tokens() {
+    let mut engine = SpanEngine::load(&smollm_path(), test_engine_config()).unwrap();
+    let prompt = engine.model().tokenize(PROMPTS[0], true).unwrap();
+    let want = one_row_tokens(&mut engine, SamplingParams::default(), &prompt, 24);
+    drop(engine);
+    let full: Vec<i32> = prompt.iter().chain(&want).copied().collect();
+    let p = prompt.len();
+    // Drafts after the newest of the first `n` tokens: the greedy tokens that follow.
+    let wanted = |n: usize, k: usize| full[n..n + k].to_vec();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let model = DraftModel::load(&smollm_path(), test_engine_config()).unwrap();
+        let mut session = model.open().await.unwrap();
+        let wait_read = |session: &mut DraftSession| {
+            let started = std::time::Instant::now();
+            while session.is_reading() {
+                assert!(started.elapsed() < std::time::Duration::from_secs(60), "the read never ends");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        // The prompt is read in the background; a follow while it reads queues nothing.
+        session.follow(&full[..p - 1]).await.unwrap();
+        session.follow(&full[..p + 2]).await.unwrap();
+        wait_read(&mut session);
+        // What the reads lacked is fed with the newest token.
+        assert_eq!(session.draft(&full[..p + 2], full[p + 2], 4).await.unwrap(), wanted(p + 3, 4));
+        // A context that differs from the cache (two drafts rejected for other tokens).
+        let mut other = full[..p + 4].to_vec();
+        other.extend([7, 8]);
+        session.follow(&other).await.unwrap();
+        wait_read(&mut session);
+        assert_eq!(session.draft(&full[..p + 5], full[p + 5], 3).await.unwrap(), wanted(p + 6, 3));
+        // Two of those drafts stood; drafting again right away, with no read between.
+        assert_eq!(session.draft(&full[..p + 7], full[p + 7], 5).await.unwrap(), wanted(p + 8, 5));
+        // Five tokens on, with no read ahead either; and no drafts asked for: none.
+        assert_eq!(session.draft(&full[..p + 12], full[p + 12], 2).await.unwrap(), wanted(p + 13, 2));
+        assert!(session.draft(&full[..p + 12], full[p + 12], 0).await.unwrap().is_empty());
+    });
 }

@@ -31,7 +31,7 @@ pub use fault::{Fault, FaultMode, FAULT_MODE_ENV, FAULT_RATE_ENV};
 pub use ffi::{init_backend, LoadedSpan, Model};
 use ffi::{Batch, Context, ContextParams};
 pub use sampling::{token_logprob, top_logprobs, Sampler, SamplingParams};
-pub use worker::{EngineWorker, WorkerStats};
+pub use worker::{EngineWorker, StepReceiver, WorkerStats};
 
 /// Errors of the span engine.
 #[derive(Debug, Clone, thiserror::Error)]

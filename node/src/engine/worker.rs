@@ -8,6 +8,7 @@
 //! joins the next one. A step's error goes to that step alone.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,7 +40,9 @@ pub struct WorkerStats {
 /// A cloneable handle to a compute thread.
 #[derive(Clone)]
 pub struct EngineWorker {
+    /// Declared before `_thread`: the last handle closes the queue, then joins.
     tx: mpsc::Sender<Job>,
+    _thread: Arc<WorkerThread>,
     span: LoadedSpan,
     n_embd: u32,
     max_sessions: u32,
@@ -47,13 +50,15 @@ pub struct EngineWorker {
 }
 
 impl EngineWorker {
-    /// Moves `compute` onto its own thread; the thread ends when every handle is dropped.
+    /// Moves `compute` onto its own thread. When every handle is dropped the thread runs
+    /// the jobs already queued and ends, and the last drop waits for that.
     pub fn spawn(compute: Box<dyn Compute>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (span, n_embd, max_sessions) = (compute.span(), compute.n_embd(), compute.max_sessions());
         let ctx_per_session = compute.ctx_per_session();
-        std::thread::Builder::new().name("nak-engine".into()).spawn(move || run(compute, rx))?;
-        Ok(Self { tx, span, n_embd, max_sessions, ctx_per_session })
+        let handle = std::thread::Builder::new().name("nak-engine".into()).spawn(move || run(compute, rx))?;
+        let thread = Arc::new(WorkerThread(Some(handle)));
+        Ok(Self { tx, _thread: thread, span, n_embd, max_sessions, ctx_per_session })
     }
 
     /// What the span holds.
@@ -97,6 +102,14 @@ impl EngineWorker {
         self.ask(|tx| Job::Step(request, tx)).await?
     }
 
+    /// Queues a step and returns at once with the receiver of its result: the step runs
+    /// in order with the jobs sent before and after it, while the caller goes on.
+    pub async fn queue_step(&self, request: StepRequest) -> Result<StepReceiver, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Job::Step(request, tx)).await.map_err(|_| EngineError::WorkerStopped)?;
+        Ok(rx)
+    }
+
     /// Closes a session.
     pub async fn close_session(&self, session: SessionId) -> Result<(), EngineError> {
         self.ask(|tx| Job::Close(session, tx)).await?
@@ -127,7 +140,24 @@ impl EngineWorker {
     }
 }
 
+/// The compute thread, joined when the last handle drops: a step still running when the
+/// process exits would compute on a backend that the exit is tearing down.
+struct WorkerThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            if handle.join().is_err() {
+                tracing::warn!("an engine thread panicked");
+            }
+        }
+    }
+}
+
 type StepReply = oneshot::Sender<Result<StepOutput, EngineError>>;
+
+/// The result of a step queued with [`EngineWorker::queue_step`].
+pub type StepReceiver = oneshot::Receiver<Result<StepOutput, EngineError>>;
 
 fn run(mut compute: Box<dyn Compute>, mut rx: mpsc::Receiver<Job>) {
     let mut stats = WorkerStats::default();

@@ -5,8 +5,9 @@
 //! [`DraftLength`] finds worth a trip, and notes when they went out; when the trip is
 //! back, [`Drafter::settle`] (the drafter judges the rows itself) or [`Drafter::landed`]
 //! (someone else judged them) records how many stood and how long the trip took. The
-//! clock starts before the drafting, so a draft model's time counts as the drafts' cost
-//! (but not its reading of the context since it last drafted, the prompt at first).
+//! clock starts before the drafting, so a draft model's time counts as the drafts' cost.
+//! A draft model reads the context in the background ahead of the trips that may draft
+//! ([`DraftSession::follow`]), and a trip drafts only once that read is done.
 
 use std::time::Instant;
 
@@ -20,6 +21,8 @@ use crate::engine::EngineError;
 
 /// Most trips between two probes of a draft model that does not pay.
 const MODEL_PROBE_CEILING: u32 = 256;
+/// Trips ahead of one that may draft that a draft model starts to read the context.
+const READ_AHEAD: u32 = 8;
 
 /// Where drafts come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -75,13 +78,19 @@ impl Drafter {
     /// `room`, none on the first trips (they time the route). A draft model that
     /// fails proposes none (the log says why); the generation goes on without.
     pub async fn next(&mut self, context: &[i32], last: i32, room: usize) -> Vec<i32> {
-        let max = self.length.choose().min(room);
-        if let (Proposer::Model(model), true) = (&mut self.proposer, max > 0) {
-            // Before the clock starts: the context since the last drafts (the prompt, at
-            // first) is the draft model's reading, not the drafts' cost. Only when drafting:
-            // following every token costs a decode of the draft model each.
-            if let Err(e) = model.catch_up(context).await {
-                warn!("the draft model could not take the context: {e}");
+        // A draft model still reading the context would make the trip wait: no drafts yet.
+        let reading = match &mut self.proposer {
+            Proposer::Model(model) => model.is_reading(),
+            Proposer::Lookup(_) => false,
+        };
+        let max = if reading { 0 } else { self.length.choose().min(room) };
+        if let (Proposer::Model(model), 0) = (&mut self.proposer, max) {
+            // It reads ahead of the trips that may draft soon, on its own thread; not on
+            // every trip, as each read costs the draft model a decode.
+            if self.length.may_draft_within(READ_AHEAD) {
+                if let Err(e) = model.follow(context).await {
+                    warn!("the draft model could not take the context: {e}");
+                }
             }
         }
         let began = Instant::now();

@@ -8,13 +8,16 @@
 //! as much as trips, bring the length down to none. Both `a` and the costs are moving
 //! averages of what trips measured; while speculation is off, every
 //! [`PROBE_EVERY`]th trip drafts one token to notice when the text turns predictable. A
-//! probe can be dear (a draft model reads the context it skipped before it drafts), so a
-//! controller may back off: with [`DraftLength::with_probe_ceiling`], each probe after
-//! which drafting still does not pay doubles the wait for the next, up to the ceiling.
+//! probe can be dear (a draft model's decode, and a row that costs a whole decode on
+//! every hop), so a controller may back off: with [`DraftLength::with_probe_ceiling`],
+//! each probe after which drafting still does not pay doubles the wait for the next, up
+//! to the ceiling, and a row found dearer than a whole trip (which no acceptance pays
+//! for) waits the ceiling at once. Until a row is priced, trips draft one token each.
 //!
 //! The price of a row is a drafted trip's time less a trip without drafts, so that base
 //! must be right: the first [`PLAIN_FIRST`] trips go without drafts (the first of them,
-//! slower than the rest as the route warms up, is not counted), and while drafting, every
+//! slower than the rest as the route warms up, is not counted, nor is the first drafted
+//! trip, for the same reason), and while drafting, every
 //! [`REFRESH_EVERY`]th trip goes without again, so the base follows the route's load.
 
 use std::time::Duration;
@@ -49,6 +52,9 @@ pub struct DraftLength {
     plain_trips: u32,
     /// Drafted trips since the last one without drafts.
     drafted_trips: u32,
+    /// Drafted trips recorded so far (the first, slower as the hops' drafted path warms
+    /// up, is not timed).
+    drafted_seen: u32,
     /// Trips between probes now, and at most.
     probe_every: u32,
     probe_ceiling: u32,
@@ -66,6 +72,7 @@ impl DraftLength {
             idle_trips: 0,
             plain_trips: 0,
             drafted_trips: 0,
+            drafted_seen: 0,
             probe_every: PROBE_EVERY,
             probe_ceiling: PROBE_EVERY,
         }
@@ -108,7 +115,9 @@ impl DraftLength {
         if best > 0 {
             self.idle_trips = 0;
             self.probe_every = PROBE_EVERY;
-            return best;
+            // Until a row is priced, one draft a trip, not the priors' many: a row may
+            // cost a draft model's decode and a whole decode on every hop.
+            return if self.row_s.is_none() { 1 } else { best };
         }
         self.idle_trips += 1;
         if self.idle_trips >= self.probe_every {
@@ -117,6 +126,12 @@ impl DraftLength {
             return 1;
         }
         0
+    }
+
+    /// Whether one of the next `trips` trips may draft: at the start, while drafting, or
+    /// when a probe is due within them.
+    pub fn may_draft_within(&self, trips: u32) -> bool {
+        self.max > 0 && (self.idle_trips == 0 || self.idle_trips.saturating_add(trips) >= self.probe_every)
     }
 
     /// What a trip measured: it drafted `drafted` tokens, `stood` of them stood, and it
@@ -132,13 +147,20 @@ impl DraftLength {
             return;
         }
         self.drafted_trips += 1;
+        self.drafted_seen = self.drafted_seen.saturating_add(1);
         let stood = stood.min(drafted);
         let tries = stood + usize::from(stood < drafted);
         self.stood = (1.0 - NEWEST) * self.stood + stood as f64;
         self.tries = (1.0 - NEWEST) * self.tries + tries as f64;
-        if let Some(base) = self.trip_s {
+        if let (Some(base), true) = (self.trip_s, self.drafted_seen > 1) {
             let per_row = ((secs - base) / drafted as f64).max(0.0);
-            self.row_s = Some(self.row_s.map_or(per_row, |r| r + NEWEST * (per_row - r)));
+            let row = self.row_s.map_or(per_row, |r| r + NEWEST * (per_row - r));
+            self.row_s = Some(row);
+            if row >= base {
+                // A row dearer than a trip never pays, however many drafts stand: the
+                // next probe waits the longest.
+                self.probe_every = self.probe_ceiling;
+            }
         }
     }
 }
@@ -241,6 +263,26 @@ mod tests {
         let gaps: Vec<usize> = drafting[first..].windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.len() >= 4 && gaps[..2] == [2 * every, 4 * every], "{drafting:?}");
         assert!(gaps[2..].iter().all(|&g| g == 4 * every), "held at the ceiling: {gaps:?}");
+    }
+
+    #[test]
+    fn one_draft_a_trip_until_a_row_is_priced_and_a_row_dearer_than_a_trip_waits_the_ceiling() {
+        let ceiling = 8 * PROBE_EVERY;
+        // Cheap rows: one draft a trip until a row is priced (the first drafted trip, slow
+        // as the route warms up, does not count), then the most.
+        let mut ctl = DraftLength::new(8).with_probe_ceiling(ceiling);
+        start(&mut ctl);
+        assert_eq!(ctl.choose(), 1);
+        ctl.record(1, 1, TRIP * 3);
+        let chosen = run(&mut ctl, 3, 1.0, Duration::from_millis(1));
+        assert_eq!(chosen, [1, 8, 8]);
+        // Rows dearer than a trip: one draft, then nothing until the ceiling.
+        let mut ctl = DraftLength::new(8).with_probe_ceiling(ceiling);
+        start(&mut ctl);
+        let chosen = run(&mut ctl, 2 * ceiling as usize, 1.0, TRIP * 2);
+        let drafting: Vec<usize> = chosen.iter().enumerate().filter(|(_, &k)| k > 0).map(|(i, _)| i).collect();
+        assert_eq!(drafting, [0, 1, 1 + ceiling as usize], "{chosen:?}");
+        assert!(chosen.iter().all(|&k| k <= 1));
     }
 
     #[test]
