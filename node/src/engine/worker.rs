@@ -81,10 +81,15 @@ impl EngineWorker {
         self.ctx_per_session
     }
 
-    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EngineError> {
+    /// Queues a job and returns the receiver of its reply.
+    async fn send<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<oneshot::Receiver<T>, EngineError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(job(tx)).await.map_err(|_| EngineError::WorkerStopped)?;
-        rx.await.map_err(|_| EngineError::WorkerStopped)
+        Ok(rx)
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EngineError> {
+        self.send(job).await?.await.map_err(|_| EngineError::WorkerStopped)
     }
 
     /// Opens a session.
@@ -105,9 +110,7 @@ impl EngineWorker {
     /// Queues a step and returns at once with the receiver of its result: the step runs
     /// in order with the jobs sent before and after it, while the caller goes on.
     pub async fn queue_step(&self, request: StepRequest) -> Result<StepReceiver, EngineError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Job::Step(request, tx)).await.map_err(|_| EngineError::WorkerStopped)?;
-        Ok(rx)
+        self.send(|tx| Job::Step(request, tx)).await
     }
 
     /// Closes a session.

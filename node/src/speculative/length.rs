@@ -52,9 +52,9 @@ pub struct DraftLength {
     plain_trips: u32,
     /// Drafted trips since the last one without drafts.
     drafted_trips: u32,
-    /// Drafted trips recorded so far (the first, slower as the hops' drafted path warms
+    /// A drafted trip was recorded (the first, slower as the hops' drafted path warms
     /// up, is not timed).
-    drafted_seen: u32,
+    drafted_before: bool,
     /// Trips between probes now, and at most.
     probe_every: u32,
     probe_ceiling: u32,
@@ -72,7 +72,7 @@ impl DraftLength {
             idle_trips: 0,
             plain_trips: 0,
             drafted_trips: 0,
-            drafted_seen: 0,
+            drafted_before: false,
             probe_every: PROBE_EVERY,
             probe_ceiling: PROBE_EVERY,
         }
@@ -147,12 +147,12 @@ impl DraftLength {
             return;
         }
         self.drafted_trips += 1;
-        self.drafted_seen = self.drafted_seen.saturating_add(1);
+        let timed = std::mem::replace(&mut self.drafted_before, true);
         let stood = stood.min(drafted);
         let tries = stood + usize::from(stood < drafted);
         self.stood = (1.0 - NEWEST) * self.stood + stood as f64;
         self.tries = (1.0 - NEWEST) * self.tries + tries as f64;
-        if let (Some(base), true) = (self.trip_s, self.drafted_seen > 1) {
+        if let (Some(base), true) = (self.trip_s, timed) {
             let per_row = ((secs - base) / drafted as f64).max(0.0);
             let row = self.row_s.map_or(per_row, |r| r + NEWEST * (per_row - r));
             self.row_s = Some(row);
