@@ -12,7 +12,7 @@
 //! connections close at once (a process that exits), or its bytes and dials vanish
 //! until the peers' timeouts notice (a machine that drops off the network). A
 //! partition does the latter between groups of nodes; [`SimNet::sever_in_flight`]
-//! breaks one pair's connections with bytes on their way.
+//! breaks one pair's connections with bytes on their way, [`SimNet::sever_idle`] with none.
 //!
 //! Why not libp2p's `MemoryTransport`: its hub is global and has no latency, and a dead
 //! port refuses at once, so lookups under failures would look too good.
@@ -111,6 +111,8 @@ struct State {
     /// Partition group of each node (absent: group 0).
     group: HashMap<usize, u32>,
     connections: u64,
+    /// Connections made between each pair of nodes (the lower index first).
+    between: HashMap<(usize, usize), u64>,
 }
 
 /// Connections a listener may have waiting to be accepted.
@@ -179,6 +181,17 @@ impl SimNet {
     /// their way at this moment, losing them: a middlebox dropping a connection (both
     /// ends see it close; either may dial again). True when it did.
     pub fn sever_in_flight(&self, a: usize, b: usize) -> bool {
+        self.sever_if(a, b, true)
+    }
+
+    /// Breaks every connection between `a` and `b` if they have one and no bytes from
+    /// `a` to `b` are on their way: the break shows only when `a` next writes. True
+    /// when it did.
+    pub fn sever_idle(&self, a: usize, b: usize) -> bool {
+        self.sever_if(a, b, false)
+    }
+
+    fn sever_if(&self, a: usize, b: usize, in_flight: bool) -> bool {
         let state = self.state();
         let between: Vec<Arc<Pipe>> = state
             .pipes
@@ -188,7 +201,8 @@ impl SimNet {
             .filter_map(Weak::upgrade)
             .filter(|p| (p.from, p.to) == (a, b) || (p.from, p.to) == (b, a))
             .collect();
-        if !between.iter().any(|p| p.from == a && !p.inner().queue.is_empty()) {
+        let busy = between.iter().any(|p| p.from == a && !p.inner().queue.is_empty());
+        if between.is_empty() || busy != in_flight {
             return false;
         }
         for pipe in between {
@@ -200,6 +214,11 @@ impl SimNet {
     /// Connections made so far.
     pub fn connections(&self) -> u64 {
         self.state().connections
+    }
+
+    /// Connections made so far between `a` and `b`, whichever dialled.
+    pub fn connections_between(&self, a: usize, b: usize) -> u64 {
+        self.state().between.get(&(a.min(b), a.max(b))).copied().unwrap_or(0)
     }
 
     /// Connections open now (each made of two pipes, listed under both its nodes).
@@ -230,6 +249,7 @@ impl SimNet {
     fn connect(self: &Arc<Self>, a: usize, b: usize) -> (SimStream, SimStream) {
         let mut state = self.state();
         state.connections += 1;
+        *state.between.entry((a.min(b), a.max(b))).or_default() += 1;
         let id = state.connections;
         let ab = Pipe::new(self, a, b, id * 2);
         let ba = Pipe::new(self, b, a, id * 2 + 1);

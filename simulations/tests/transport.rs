@@ -95,3 +95,21 @@ async fn a_severed_connection_loses_its_bytes_in_flight_and_both_may_dial_again(
     let (dialer, incoming) = tokio::join!(dial, next(&mut listener));
     assert!(dialer.is_ok() && matches!(incoming, TransportEvent::Incoming { .. }), "a new connection");
 }
+
+#[tokio::test]
+async fn an_idle_sever_needs_a_connection_with_nothing_on_its_way_and_shows_at_the_next_write() {
+    let net = SimNet::new(LatencyMatrix::new(2, 3, 1.0), LinkConfig { uplink: 0, loss: 0.0 }, 3);
+    assert!(!net.sever_idle(1, 0), "no connection to break");
+    let (mut listener, mut a, mut b) = connected(&net).await;
+    assert_eq!(net.connections_between(0, 1), 1);
+    a.write_all(b"on its way").await.unwrap();
+    assert!(!net.sever_idle(1, 0), "bytes are on their way");
+    let mut buf = [0u8; 16];
+    assert_eq!(b.read(&mut buf).await.unwrap(), 10);
+    assert!(net.sever_idle(1, 0));
+    assert!(a.write_all(b"x").await.is_err(), "the next write finds the break");
+    let dial = net.transport(1).dial(SimNet::addr(0), dial_opts()).unwrap();
+    let (dialer, _) = tokio::join!(dial, next(&mut listener));
+    assert!(dialer.is_ok());
+    assert_eq!(net.connections_between(1, 0), 2, "counted whichever way round");
+}

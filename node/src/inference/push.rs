@@ -4,8 +4,9 @@
 //! hello exchange of [`super::connect`]) and the session task writes each step to it
 //! directly. Error frames the next hop sends back on that stream go to the session's
 //! client, marked with the next hop's peer id so the client knows whom they are about.
-//! A write that fails, or that the next hop does not take within 10 s, drops the
-//! stream; the next push opens a new one.
+//! A write the stream breaks under is tried once more on a new stream; a second break,
+//! or a next hop that takes nothing within 10 s, fails the push and drops the stream
+//! (the next push opens a new one).
 
 use std::time::Duration;
 
@@ -72,7 +73,10 @@ impl Pusher {
         Ok(())
     }
 
-    /// Writes `step` to the next hop (as its session's step).
+    /// Writes `step` to the next hop (as its session's step). A write the stream breaks
+    /// under is tried once more on a new stream: a connection dropped between two live
+    /// hops must not cost the session its next hop, and the next hop ignores a step it
+    /// already has (a frame cut short by the break is dropped with its stream).
     pub(super) async fn push(
         &mut self,
         mut step: pb::Step,
@@ -81,20 +85,37 @@ impl Pusher {
     ) -> Result<(), String> {
         step.session_id = self.session_id;
         let frame = pb::InferenceFrame { kind: Some(Kind::Step(step)) };
-        if self.writer.is_none() {
-            self.connect(errors, our_id).await?;
+        match self.write(&frame, errors, our_id).await {
+            Err(Failed::Broke(e)) => {
+                tracing::debug!(session = our_id, target = %self.target, error = %e, "push stream broke; opening another");
+                self.write(&frame, errors, our_id).await.map_err(Failed::into_message)
+            }
+            written => written.map_err(Failed::into_message),
         }
-        let Some(writer) = &mut self.writer else { return Err("no stream to the next hop".into()) };
-        let written = tokio::time::timeout(dilate(PUSH_WAIT), write_frame(writer, &frame, MAX_INFERENCE_FRAME)).await;
+    }
+
+    async fn write(
+        &mut self,
+        frame: &pb::InferenceFrame,
+        errors: &mpsc::Sender<pb::InferenceFrame>,
+        our_id: u64,
+    ) -> Result<(), Failed> {
+        if self.writer.is_none() {
+            self.connect(errors, our_id).await.map_err(Failed::Unreachable)?;
+        }
+        let Some(writer) = &mut self.writer else {
+            return Err(Failed::Unreachable("no stream to the next hop".into()));
+        };
+        let written = tokio::time::timeout(dilate(PUSH_WAIT), write_frame(writer, frame, MAX_INFERENCE_FRAME)).await;
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 self.writer = None;
-                Err(format!("the stream broke: {e}"))
+                Err(Failed::Broke(e.to_string()))
             }
             Err(_) => {
                 self.writer = None;
-                Err(format!("it took no frame for {} s", PUSH_WAIT.as_secs()))
+                Err(Failed::Unreachable(format!("it took no frame for {} s", PUSH_WAIT.as_secs())))
             }
         }
     }
@@ -104,6 +125,23 @@ impl Pusher {
     pub(super) async fn close(&mut self) {
         if let Some(mut writer) = self.writer.take() {
             let _ = tokio::time::timeout(dilate(CLOSE_WAIT), futures::AsyncWriteExt::close(&mut writer)).await;
+        }
+    }
+}
+
+/// Why a write to the next hop failed.
+enum Failed {
+    /// The stream broke under the write: worth one more try on a new stream.
+    Broke(String),
+    /// No stream could be opened, or the hop took nothing for [`PUSH_WAIT`].
+    Unreachable(String),
+}
+
+impl Failed {
+    fn into_message(self) -> String {
+        match self {
+            Failed::Broke(e) => format!("the stream broke: {e}"),
+            Failed::Unreachable(e) => e,
         }
     }
 }
