@@ -67,20 +67,23 @@ impl Cluster {
     }
 
     fn start_model(model: &std::path::Path, spans: &[&str]) -> Cluster {
-        Self::start_with(model, spans, &[])
+        Self::start_with(model, spans, |_| vec![])
     }
 
-    /// Every server started with the arguments `extra` too.
-    fn start_with(model: &std::path::Path, spans: &[&str], extra: &[&str]) -> Cluster {
+    /// Server `i` started with the arguments `extra(i)` too.
+    fn start_with(model: &std::path::Path, spans: &[&str], extra: impl Fn(usize) -> Vec<String>) -> Cluster {
         assert!(model.exists(), "{} is missing: run the README's test command", model.display());
         let dir = tempfile::tempdir().unwrap();
         let peer_of = |line: &str| line.rsplit('/').next().unwrap().parse::<PeerId>().unwrap();
-        let first = run_node(&dir.path().join("n0"), model.to_str().unwrap(), spans[0], None, extra);
+        fn strs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let first = run_node(&dir.path().join("n0"), model.to_str().unwrap(), spans[0], None, &strs(&extra(0)));
         let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
         let id = first.line("serving ", Duration::from_secs(60)).split_whitespace().nth(1).unwrap().to_string();
         let mut nodes = vec![(peer_of(&addr), first)];
         for (i, span) in spans.iter().enumerate().skip(1) {
-            let node = run_node(&dir.path().join(format!("n{i}")), &id, span, Some(&addr), extra);
+            let node = run_node(&dir.path().join(format!("n{i}")), &id, span, Some(&addr), &strs(&extra(i)));
             let listening = node.line("listening ", Duration::from_secs(20));
             nodes.push((peer_of(&listening), node));
         }
@@ -200,11 +203,17 @@ fn one_kill(spans: &[&str], hop: usize, mode: DecodeMode) {
 
 /// [`one_kill`] with another model and options.
 fn one_kill_of(model: &std::path::Path, spans: &[&str], hop: usize, opts: SessionOptions) {
-    one_kill_with(model, spans, &[], hop, opts);
+    one_kill_with(model, spans, |_| vec![], hop, opts);
 }
 
-/// [`one_kill_of`] with servers started with the arguments `extra` too.
-fn one_kill_with(model: &std::path::Path, spans: &[&str], extra: &[&str], hop: usize, opts: SessionOptions) {
+/// [`one_kill_of`] with server `i` started with the arguments `extra(i)` too.
+fn one_kill_with(
+    model: &std::path::Path,
+    spans: &[&str],
+    extra: impl Fn(usize) -> Vec<String>,
+    hop: usize,
+    opts: SessionOptions,
+) {
     let mode = opts.mode;
     // A trip of drafts may bring several tokens past the kill before the failure shows.
     let slack = 2 + opts.speculation.as_ref().map_or(0, |s| s.draft_max as usize);
@@ -276,16 +285,18 @@ fn drafted_trips_survive_a_dead_hop_in_both_modes() {
         let opts = SessionOptions { speculation: Some(Speculation::default()), ..exact(mode) };
         one_kill_of(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], hop, opts);
     }
-    // With a draft model (SmolLM2 itself): the last hop dies; in ring mode its
-    // replacement drafts with its own draft model, from the context it was rebuilt with.
+    // With a draft model (SmolLM2 itself) on all but a third 15:30: the last hop dies; in
+    // ring mode its replacement is the other server with a draft model, and drafts with
+    // it from the context it was rebuilt with.
     let draft = smollm_path();
     let cfg = EngineConfig { threads: 1, max_sessions: 1, ..EngineConfig::default() };
     let model = Arc::new(DraftModel::load(&draft, cfg).expect("the draft model loads"));
     for (mode, draft_model) in [(DecodeMode::Ring, None), (DecodeMode::Client, Some(model))] {
         let speculation = Speculation { source: DraftSource::Draft, draft_model, ..Speculation::default() };
         let opts = SessionOptions { speculation: Some(speculation), ..exact(mode) };
-        let serve_draft = ["--draft-model", draft.to_str().unwrap()];
-        one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], &serve_draft, 1, opts);
+        let serve_draft =
+            |i: usize| if i < 4 { vec!["--draft-model".into(), draft.to_str().unwrap().into()] } else { vec![] };
+        one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30", "15:30"], serve_draft, 1, opts);
     }
 }
 

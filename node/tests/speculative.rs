@@ -1,5 +1,6 @@
-//! Speculative decoding through a swarm of separate processes: three `nak-node run`
-//! servers on loopback hold layers 0:10, 10:20 and 20:30 of SmolLM2-135M.
+//! Speculative decoding through a swarm of separate processes: four `nak-node run`
+//! servers on loopback hold layers 0:10, 10:20, 20:30 and 20:30 again of SmolLM2-135M,
+//! all but the last with a draft model.
 //!
 //! The engine first: a step of drafted rows, each row sampled in turn, gives the tokens
 //! one-row steps give, for greedy and seeded sampling with penalties, whichever drafts
@@ -8,7 +9,8 @@
 //! With `--speculative lookup` and with `--speculative draft` (a draft model: the last
 //! server's in ring mode, the client's in client-sampled mode), greedy and seeded
 //! sampling give the tokens they give without it, in ring mode (the last server drafts
-//! and verifies) and in client-sampled mode (the client drafts and judges); on a prompt
+//! and verifies; with a draft model, the route ends on a server that has one, which
+//! announces it) and in client-sampled mode (the client drafts and judges); on a prompt
 //! whose answer repeats its input the drafts stand and trips bring several tokens each. (Drafted trips across a failover:
 //! `failover.rs`.)
 
@@ -31,10 +33,26 @@ fn generate(swarm: &Swarm, prompt: &str, tokens: &str, extra: &[&str]) -> serde_
 
 #[test]
 fn drafted_tokens_equal_plain_decoding_in_ring_and_client_mode() {
-    // Each server can draft with a draft model (SmolLM2 itself: the same vocabulary).
+    // The first three servers can draft with a draft model (SmolLM2 itself: the same
+    // vocabulary); the fourth, a second 20:30, has none, so a ring drafting with a draft
+    // model must end on the third.
     let draft = smollm_path();
     let draft = draft.to_str().unwrap();
-    let swarm = Swarm::start_full(&smollm_path(), &["0:10", "10:20", "20:30"], &["--draft-model", draft], |_| vec![]);
+    let serve_draft = |i: usize| if i < 3 { vec!["--draft-model".to_string(), draft.to_string()] } else { vec![] };
+    let swarm = Swarm::start_full(&smollm_path(), &["0:10", "10:20", "20:30", "20:30"], serve_draft, |_| vec![]);
+    // Their announcements say which have one.
+    let mut drafting = Vec::new();
+    for _ in 0..10 {
+        let status = nak(&["status", "--bootstrap", &swarm.addr, "--model", &swarm.id, "--wait", "5", "--json"]);
+        let servers = status["models"][0]["server_list"].as_array().cloned().unwrap_or_default();
+        drafting = servers.iter().map(|s| (s["layers"][0].as_u64(), s["draft_model"].as_bool())).collect();
+        if drafting.len() == 4 {
+            break;
+        }
+    }
+    drafting.sort();
+    let want = [(0, true), (10, true), (20, false), (20, true)].map(|(l, d)| (Some(l), Some(d)));
+    assert_eq!(drafting, want, "(first layer, draft model) of each server, as announced");
     let sampled = ["--temperature", "0.8", "--seed", "7", "--top-k", "40", "--repeat-penalty", "1.1"];
     let lookup = ["--speculative", "lookup"];
     let with_model = |mode: &str| match mode {

@@ -108,6 +108,9 @@ pub fn verify(bytes: &[u8], now_ms: u64, max_age_ms: u64) -> Result<pb::ServerAn
     if !ann.block_throughput.is_finite() || ann.block_throughput < 0.0 {
         return Err(AnnounceError::Invalid("throughput is not a finite, non-negative number".into()));
     }
+    if !matches!(ann.draft_vocab.len(), 0 | 32) {
+        return Err(AnnounceError::Invalid("draft vocabulary digest is neither empty nor 32 bytes".into()));
+    }
     Ok(ann)
 }
 
@@ -131,6 +134,7 @@ mod tests {
             addrs: vec![],
             timestamp_ms: now,
             sequence: 1,
+            draft_vocab: vec![9; 32],
             ..Default::default()
         }
     }
@@ -154,7 +158,7 @@ mod tests {
         let k = key(1);
         let signed = sign(&k, &announcement(&k, NOW));
         let ann = verify(&signed.encode_to_vec(), NOW + 1000, 60_000).unwrap();
-        assert_eq!(ann.end_layer, 15);
+        assert_eq!((ann.end_layer, ann.draft_vocab.len()), (15, 32));
     }
 
     #[test]
@@ -181,6 +185,10 @@ mod tests {
         let mut empty = announcement(&k, NOW);
         empty.end_layer = 0;
         assert!(matches!(verify(&sign(&k, &empty).encode_to_vec(), NOW, 60_000), Err(AnnounceError::Invalid(_))));
+        let mut short_digest = announcement(&k, NOW);
+        short_digest.draft_vocab = vec![1; 31];
+        let signed = sign(&k, &short_digest).encode_to_vec();
+        assert!(matches!(verify(&signed, NOW, 60_000), Err(AnnounceError::Invalid(_))));
         // Oversized and garbage.
         assert!(matches!(verify(&vec![0u8; MAX_ANNOUNCEMENT_BYTES + 1], NOW, 60_000), Err(AnnounceError::TooLarge(_))));
         assert!(verify(&[0xff, 0x01, 0x02], NOW, 60_000).is_err());

@@ -222,7 +222,7 @@ async fn routing(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, report: &mut Report) 
 /// The route client `n` chooses now, costed under the god view (every live server, true
 /// round trips, announced speeds), over the best route that view allows.
 async fn route_cost(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, n: usize, model: &SwarmModel) -> Option<f64> {
-    let route = match model.route(Duration::from_secs(10), &HashSet::new()).await {
+    let route = match model.route(Duration::from_secs(10), &HashSet::new(), false).await {
         Ok(route) => route,
         Err(e) => {
             tracing::info!(error = %e, "a client found no route");
@@ -240,16 +240,17 @@ async fn route_cost(swarm: &Arc<SimSwarm>, cfg: &ChurnConfig, n: usize, model: &
             free_sessions: 1,
             // In wall time, as the client measures it and as the announced speeds are.
             rtt: Some(clock::dilate(swarm.net.latency().rtt(n, s.node))),
+            draft_vocab: Vec::new(),
         })
         .collect();
     let none = HashSet::new();
-    let (_, best) = best_route_between(&god, 0..cfg.swarm.n_layer, &none)?;
+    let (_, best) = best_route_between(&god, 0..cfg.swarm.n_layer, &none, None)?;
     // The chosen hops, each costed alone under the god view.
     let chosen: f64 = route
         .iter()
         .map(|hop| {
             let server: Vec<ServerInfo> = god.iter().filter(|s| s.peer == hop.peer).cloned().collect();
-            best_route_between(&server, hop.start..hop.end, &none).map(|(_, c)| c)
+            best_route_between(&server, hop.start..hop.end, &none, None).map(|(_, c)| c)
         })
         .sum::<Option<f64>>()?;
     Some(chosen / best)

@@ -120,7 +120,7 @@ pub async fn watch(auditor: Auditor, model: Arc<SwarmModel>, me: Range<u32>, rat
 /// One verified generation through servers other than this one, then audits of them.
 async fn probe_once(auditor: &Mutex<Auditor>, model: &SwarmModel, me: &Range<u32>) -> Result<()> {
     let avoid: HashSet<_> = [model.net().peer_id()].into();
-    let route = model.route(Duration::ZERO, &avoid).await?;
+    let route = model.route(Duration::ZERO, &avoid, false).await?;
     let opts = SessionOptions { verify: true, sampling: SamplingParams::default(), ..Default::default() };
     let mut session = RemoteSession::open(model, route, opts).await?;
     let words = ["river", "lamp", "orbit", "copper", "garden", "signal", "winter", "paper"];

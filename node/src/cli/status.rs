@@ -154,13 +154,14 @@ async fn listen_and_report(
         );
         for s in m["server_list"].as_array().map_or(&[][..], Vec::as_slice) {
             println!(
-                "  server {} layers {}:{}, {:.0} block-tokens/s, {}, reachability {}",
+                "  server {} layers {}:{}, {:.0} block-tokens/s, {}, reachability {}{}",
                 s["peer"].as_str().unwrap_or_default(),
                 s["layers"][0],
                 s["layers"][1],
                 s["throughput"].as_f64().unwrap_or_default(),
                 s["state"].as_str().unwrap_or_default(),
-                s["reachability"].as_str().unwrap_or_default()
+                s["reachability"].as_str().unwrap_or_default(),
+                if s["draft_model"].as_bool() == Some(true) { ", draft model" } else { "" }
             );
         }
         for (b, count) in blocks.iter().zip(&counts) {

@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 use crate::net::reachability_name;
 
 /// One model's coverage: `{model_id, servers, server_list: [{peer, layers, throughput,
-/// state, reachability, version, rtt_ms}], blocks: [{index, servers: [the same]}]}`, for
-/// `n_layer` blocks from `anns` (this model's announcements), with the ping round trips
-/// this node measured (`rtt_ms` null for a server it has no figure for).
+/// state, reachability, version, rtt_ms, draft_model}], blocks: [{index, servers: [the
+/// same]}]}`, for `n_layer` blocks from `anns` (this model's announcements), with the
+/// ping round trips this node measured (`rtt_ms` null for a server it has no figure
+/// for; `draft_model` true for a server that drafts with one).
 pub fn model_status(
     id: ModelId,
     n_layer: u32,
@@ -37,6 +38,7 @@ pub fn model_status(
             "reachability": reachability_name(a.reachability()),
             "version": a.version,
             "rtt_ms": rtt,
+            "draft_model": !a.draft_vocab.is_empty(),
         })
     };
     let blocks: Vec<Value> = (0..n_layer)

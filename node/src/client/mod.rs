@@ -255,6 +255,7 @@ impl SwarmModel {
                 block_throughput: a.block_throughput,
                 free_sessions: a.free_sessions,
                 rtt: rtts.get(&peer).copied(),
+                draft_vocab: a.draft_vocab,
             });
         }
         out.sort_by_key(|s| (s.layers.start, s.peer));
@@ -262,16 +263,26 @@ impl SwarmModel {
     }
 
     /// The best route now, avoiding banned peers and `avoid`, waiting up to `wait` for
-    /// the swarm's announcements.
-    pub async fn route(&self, wait: Duration, avoid: &HashSet<PeerId>) -> Result<Vec<RouteHop>, ClientError> {
-        let route = self.route_between(0..self.n_layer(), avoid, wait).await;
-        route.map_err(|held| ClientError::NoRoute(format!("{} layers; servers hold [{held}]", self.n_layer())))
+    /// the swarm's announcements; with `drafts`, one whose last hop drafts with a draft
+    /// model of this model's vocabulary.
+    pub async fn route(
+        &self,
+        wait: Duration,
+        avoid: &HashSet<PeerId>,
+        drafts: bool,
+    ) -> Result<Vec<RouteHop>, ClientError> {
+        let route = self.route_between(0..self.n_layer(), avoid, drafts, wait).await;
+        route.map_err(|held| {
+            let drafting = if drafts { ", the last one drafting with a draft model (serve --draft-model)" } else { "" };
+            ClientError::NoRoute(format!("{} layers{drafting}; servers hold [{held}]", self.n_layer()))
+        })
     }
 
     /// The best route through `layers` avoiding banned peers and `avoid`, waiting up to
     /// `wait` for a server that can take them to be announced (a client that has just
-    /// joined may not have heard every server yet); the error lists the spans of the
-    /// usable servers.
+    /// joined may not have heard every server yet); with `drafts`, its last hop must draft
+    /// with a draft model of this model's vocabulary. The error lists the spans of the
+    /// usable servers (a `+draft` after those that draft).
     ///
     /// Servers set aside as disconnected ([`NetworkHandle::disconnected_announcements`])
     /// are used only when no route avoids them, once the DHT has been asked or the wait
@@ -280,18 +291,21 @@ impl SwarmModel {
         &self,
         layers: Range<u32>,
         avoid: &HashSet<PeerId>,
+        drafts: bool,
         wait: Duration,
     ) -> Result<Vec<RouteHop>, String> {
         let deadline = tokio::time::Instant::now() + dilate(wait);
         let mut asked = false;
+        let digest = self.vocab_digest();
+        let last_drafts = drafts.then_some(&digest[..]);
         loop {
             let excluded: HashSet<PeerId> = self.banned().union(avoid).copied().collect();
             let mut servers = self.servers(false).await.map_err(|e| e.to_string())?;
-            let mut route = best_route_between(&servers, layers.clone(), &excluded);
+            let mut route = best_route_between(&servers, layers.clone(), &excluded, last_drafts);
             let over = tokio::time::Instant::now() >= deadline;
             if route.is_none() && (asked || over) {
                 servers.extend(self.servers(true).await.map_err(|e| e.to_string())?);
-                route = best_route_between(&servers, layers.clone(), &excluded);
+                route = best_route_between(&servers, layers.clone(), &excluded, last_drafts);
             }
             if let Some((route, _)) = route {
                 if layers == (0..self.n_layer()) {
@@ -363,12 +377,16 @@ pub async fn discover_servers(net: &NetworkHandle, model_id: &[u8; 32], n_layer:
     answered
 }
 
-/// The spans of the servers not in `excluded`, for messages.
+/// The spans of the servers not in `excluded`, for messages (`+draft` after those with a
+/// draft model).
 fn held(servers: &[ServerInfo], excluded: &HashSet<PeerId>) -> String {
     let spans: Vec<String> = servers
         .iter()
         .filter(|s| !excluded.contains(&s.peer))
-        .map(|s| format!("{}:{}", s.layers.start, s.layers.end))
+        .map(|s| {
+            let draft = if s.draft_vocab.is_empty() { "" } else { "+draft" };
+            format!("{}:{}{draft}", s.layers.start, s.layers.end)
+        })
         .collect();
     spans.join(", ")
 }

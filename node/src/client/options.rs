@@ -14,6 +14,7 @@ use super::verify::Verification;
 use super::RouteHop;
 use crate::chain::Generation;
 use crate::engine::SamplingParams;
+use crate::speculative::DraftSource;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -102,6 +103,14 @@ impl Default for SessionOptions {
             logprobs: None,
             speculation: None,
         }
+    }
+}
+
+impl SessionOptions {
+    /// Whether the route's last hop must draft with a draft model: ring mode under
+    /// [`DraftSource::Draft`].
+    pub(super) fn last_hop_drafts(&self) -> bool {
+        self.mode == DecodeMode::Ring && self.speculation.as_ref().is_some_and(|s| s.source == DraftSource::Draft)
     }
 }
 

@@ -32,7 +32,7 @@ use nak_protocol::pb;
 
 use super::hop::{hop_error, push_target, refused, Shape};
 use super::options::{Failover, ReplayPolicy};
-use super::{ClientError, RemoteSession, SwarmModel};
+use super::{ClientError, RemoteSession, RouteHop, SwarmModel};
 use crate::dilation::dilate;
 use crate::inference::{replay_runs, FAST_REPLAY_ROWS};
 
@@ -145,7 +145,8 @@ impl RemoteSession {
             let layers = self.hops[a].route.start..self.hops[b].route.end;
             let exclude: HashSet<PeerId> =
                 avoid.iter().copied().chain(self.hops.iter().map(|h| h.route.peer)).collect();
-            let new_route = model.route_between(layers.clone(), &exclude, BACKUP_WAIT).await.map_err(|held| {
+            let drafts = self.ring() && !self.draft_vocab.is_empty() && b + 1 == self.hops.len();
+            let new_route = self.backup_route(model, layers.clone(), &exclude, drafts).await.map_err(|held| {
                 ClientError::NoBackup {
                     start: layers.start,
                     end: layers.end,
@@ -186,6 +187,28 @@ impl RemoteSession {
             }
         }
         Err(ClientError::Protocol(format!("the route could not be repaired in {MAX_REPAIRS} tries")))
+    }
+
+    /// A route through `layers` to replace failed hops. With `drafts` (they include a
+    /// ring's last hop, drafting with a draft model), one that ends on a server drafting
+    /// too, if the client knows one; else any, and the new last hop drafts by prompt
+    /// lookup for the rest of the session: the tokens are the same either way, and a
+    /// generation that goes on beats one that stops.
+    async fn backup_route(
+        &mut self,
+        model: &SwarmModel,
+        layers: std::ops::Range<u32>,
+        exclude: &HashSet<PeerId>,
+        drafts: bool,
+    ) -> Result<Vec<RouteHop>, String> {
+        if drafts {
+            if let Ok(route) = model.route_between(layers.clone(), exclude, true, Duration::ZERO).await {
+                return Ok(route);
+            }
+            tracing::warn!(?layers, "no backup drafts with a draft model; drafting by prompt lookup from here");
+            self.draft_vocab.clear();
+        }
+        model.route_between(layers, exclude, false, BACKUP_WAIT).await
     }
 
     /// Joins the new hops at `a..=last_new` to the survivors around them and has them

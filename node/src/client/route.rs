@@ -8,7 +8,9 @@
 //! to it (the link into that hop; the median of the known ones for a server not yet
 //! pinged) and a fixed per-hop overhead, so fewer hops win a tie. The route is the
 //! cheapest path from `0` to `n` (Dijkstra). Backups are found the same way without the
-//! servers of the routes before them, so they are disjoint.
+//! servers of the routes before them, so they are disjoint. A ring that drafts with a
+//! draft model takes the edges into `n` only from servers that announce one of the
+//! model's vocabulary (`draft_vocab`): its last hop drafts.
 
 use std::collections::{BinaryHeap, HashSet};
 use std::ops::Range;
@@ -37,6 +39,9 @@ pub struct ServerInfo {
     pub free_sessions: u32,
     /// Ping round trip, when known.
     pub rtt: Option<Duration>,
+    /// BLAKE3 of the vocabulary of the draft model it drafts with as a ring's last hop
+    /// (empty: none).
+    pub draft_vocab: Vec<u8>,
 }
 
 /// One hop of a route: a server and the layers it runs for this session.
@@ -78,14 +83,17 @@ fn assumed_rtt(servers: &[ServerInfo]) -> Duration {
 /// The cheapest route through all `n_layer` layers, avoiding `excluded` peers, and its
 /// expected seconds per token; `None` when some layer has no usable server.
 pub fn best_route(servers: &[ServerInfo], n_layer: u32, excluded: &HashSet<PeerId>) -> Option<(Vec<RouteHop>, f64)> {
-    best_route_between(servers, 0..n_layer, excluded)
+    best_route_between(servers, 0..n_layer, excluded, None)
 }
 
 /// The cheapest route through `layers` only (a replacement for some hops of a route).
+/// With `last_drafts`, the hop that ends it must be a server drafting with a draft model
+/// of that vocabulary digest (a ring's last hop under `--speculative draft`).
 pub fn best_route_between(
     servers: &[ServerInfo],
     layers: Range<u32>,
     excluded: &HashSet<PeerId>,
+    last_drafts: Option<&[u8]>,
 ) -> Option<(Vec<RouteHop>, f64)> {
     let (from, n) = (layers.start as usize, layers.end as usize);
     if from >= n {
@@ -107,7 +115,11 @@ pub fn best_route_between(
             if excluded.contains(&s.peer) || !(start..end).contains(&at) {
                 continue;
             }
+            let may_end = last_drafts.is_none_or(|digest| s.draft_vocab == digest);
             for b in at + 1..=end {
+                if b == n && !may_end {
+                    continue;
+                }
                 let c = cost + edge_cost(s, (b - at) as u32, rtt);
                 if c < dist[b] {
                     dist[b] = c;
@@ -178,6 +190,7 @@ mod tests {
             block_throughput: throughput,
             free_sessions: 4,
             rtt: Some(Duration::from_millis(1)),
+            draft_vocab: Vec::new(),
         }
     }
 
@@ -233,12 +246,40 @@ mod tests {
     fn a_replacement_covers_only_the_layers_asked_for() {
         let s = vec![server(0..15, 1000.0), server(15..30, 1000.0), server(10..30, 500.0), server(0..30, 100.0)];
         let avoid: HashSet<PeerId> = [s[1].peer].into();
-        let (route, _) = best_route_between(&s, 15..30, &avoid).unwrap();
+        let (route, _) = best_route_between(&s, 15..30, &avoid, None).unwrap();
         assert_eq!(spans(&route), vec![(15, 30)]);
         assert_eq!(route[0].peer, s[2].peer, "entered mid-span, the failed server avoided");
-        assert!(best_route_between(&s, 15..15, &avoid).is_none());
+        assert!(best_route_between(&s, 15..15, &avoid, None).is_none());
         let all: HashSet<PeerId> = s.iter().map(|x| x.peer).collect();
-        assert!(best_route_between(&s, 15..30, &all).is_none());
+        assert!(best_route_between(&s, 15..30, &all, None).is_none());
+    }
+
+    #[test]
+    fn a_drafting_route_ends_on_a_server_drafting_with_the_vocabulary_asked_for() {
+        let drafting =
+            |layers, throughput, digest: u8| ServerInfo { draft_vocab: vec![digest; 32], ..server(layers, throughput) };
+        let s = vec![
+            server(0..15, 1000.0),
+            server(15..30, 1000.0),
+            drafting(15..30, 500.0, 7),
+            drafting(10..30, 2000.0, 8),
+        ];
+        let none = HashSet::new();
+        let last = |route: Option<(Vec<RouteHop>, f64)>| route.map(|(r, _)| (r[r.len() - 1].peer, spans(&r)));
+        assert_eq!(last(best_route_between(&s, 0..30, &none, None)), Some((s[3].peer, vec![(0, 10), (10, 30)])));
+        // The fast server keeps what it can; the last layer goes to the slower one that drafts.
+        let want = Some((s[2].peer, vec![(0, 10), (10, 29), (29, 30)]));
+        assert_eq!(last(best_route_between(&s, 0..30, &none, Some(&[7; 32]))), want);
+        let want = Some((s[2].peer, vec![(15, 29), (29, 30)]));
+        assert_eq!(last(best_route_between(&s, 15..30, &none, Some(&[7; 32]))), want);
+        assert_eq!(
+            last(best_route_between(&s, 0..30, &none, Some(&[5; 32]))),
+            None,
+            "no draft model of that vocabulary"
+        );
+        // The hop that ends the layers asked for is held to it, the others are not.
+        assert!(best_route_between(&s, 0..15, &none, Some(&[7; 32])).is_none());
+        assert_eq!(last(best_route_between(&s, 0..20, &none, Some(&[8; 32]))).map(|l| l.0), Some(s[3].peer));
     }
 
     #[test]

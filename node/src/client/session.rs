@@ -98,7 +98,7 @@ pub struct RemoteSession {
     /// Client-sampled speculation: the drafting.
     drafter: Option<Drafter>,
     /// Ring speculation with a draft model: the vocabulary digest the last hop's must have.
-    draft_vocab: Vec<u8>,
+    pub(super) draft_vocab: Vec<u8>,
     /// What speculation did in this generation.
     spec: SpeculationReport,
 }
@@ -112,7 +112,7 @@ impl RemoteSession {
         let mut last = None;
         for attempt in 0..OPEN_ATTEMPTS {
             let asked = Instant::now();
-            let route = model.route(wait, &avoid).await?;
+            let route = model.route(wait, &avoid, opts.last_hop_drafts()).await?;
             let routed = asked.elapsed();
             let opened = Self::open(model, route, opts.clone()).await;
             tracing::debug!(attempt, ?routed, took = ?asked.elapsed(), ok = opened.is_ok(), "a try at opening a session");

@@ -280,35 +280,42 @@ async fn provide_span(
     Ok(())
 }
 
-/// Signs and publishes one announcement.
-#[allow(clippy::too_many_arguments)]
-async fn publish_announcement(
-    net: &NetworkHandle,
-    signer: &ed25519_dalek::SigningKey,
-    model: &ModelId,
-    layers: &Range<u32>,
+/// What a server offers in one announcement: its span, speed and state, for how long.
+struct Offer<'a> {
+    layers: &'a Range<u32>,
     throughput: f64,
     free_sessions: u32,
     sequence: u64,
     valid_for: Duration,
     state: pb::ServerState,
+}
+
+/// Signs and publishes `offer` for `model`, as this node, with the vocabulary digest of
+/// the draft model it drafts with, if any.
+async fn publish_announcement(
+    net: &NetworkHandle,
+    signer: &ed25519_dalek::SigningKey,
+    model: &ModelId,
+    cfg: &ServerConfig,
+    offer: Offer<'_>,
 ) {
     let addrs = net.listen_addrs().await.unwrap_or_default();
     let mut ann = pb::ServerAnnouncement {
         peer_id: net.peer_id().to_bytes(),
         model_id: model.0.to_vec(),
-        first_layer: layers.start,
-        end_layer: layers.end,
-        block_throughput: throughput,
-        free_sessions,
+        first_layer: offer.layers.start,
+        end_layer: offer.layers.end,
+        block_throughput: offer.throughput,
+        free_sessions: offer.free_sessions,
         version: env!("CARGO_PKG_VERSION").to_string(),
         addrs: addrs.iter().map(|a| a.to_vec()).collect(),
         timestamp_ms: announce::now_ms(),
-        sequence,
-        valid_for_ms: valid_for.as_millis() as u64,
+        sequence: offer.sequence,
+        valid_for_ms: offer.valid_for.as_millis() as u64,
+        draft_vocab: cfg.service.draft_model.as_ref().map(|d| d.vocab_digest().to_vec()).unwrap_or_default(),
         ..Default::default()
     };
-    ann.set_state(state);
+    ann.set_state(offer.state);
     ann.set_reachability(net.reachability().await.unwrap_or_default());
     let signed = announce::sign(signer, &ann).encode_to_vec();
     if let Err(e) = net.set_announcement(ann).await {
@@ -394,9 +401,15 @@ impl Server {
                 let layers = placer.best(&others(&net, &id).await, probe_throughput);
                 events(ServerEvent::Chose { layers: layers.clone(), probe_throughput });
                 sequence += 1;
-                let joining = pb::ServerState::Joining;
-                let valid = cfg.announce_every * 3;
-                publish_announcement(&net, &signer, &id, &layers, probe_throughput, 0, sequence, valid, joining).await;
+                let offer = Offer {
+                    layers: &layers,
+                    throughput: probe_throughput,
+                    free_sessions: 0,
+                    sequence,
+                    valid_for: cfg.announce_every * 3,
+                    state: pb::ServerState::Joining,
+                };
+                publish_announcement(&net, &signer, &id, &cfg, offer).await;
                 layers
             }
             (None, ServeLayers::Range(r)) if r.end <= n && r.start < r.end => r.clone(),
@@ -457,9 +470,15 @@ impl Server {
             }
             _ => 0,
         };
-        let valid = period * 3;
-        let (net, signer, id) = (&self.net, &self.signer, self.manifest.model_id());
-        publish_announcement(net, signer, &id, &s.layers, s.throughput, free, self.sequence, valid, state).await;
+        let offer = Offer {
+            layers: &s.layers,
+            throughput: s.throughput,
+            free_sessions: free,
+            sequence: self.sequence,
+            valid_for: period * 3,
+            state,
+        };
+        publish_announcement(&self.net, &self.signer, &self.manifest.model_id(), &self.cfg, offer).await;
     }
 
     /// The time between announcements for the swarm as this server sees it now.

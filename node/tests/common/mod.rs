@@ -259,22 +259,23 @@ impl Swarm {
 
     /// The same, server `i` started with the environment `env(i)`.
     pub fn start_with(model: &Path, spans: &[&str], env: impl Fn(usize) -> Vec<(&'static str, String)>) -> Swarm {
-        Self::start_full(model, spans, &[], env)
+        Self::start_full(model, spans, |_| vec![], env)
     }
 
-    /// The same, every server started with the arguments `extra` too.
+    /// The same, server `i` started with the arguments `extra(i)` too.
     pub fn start_full(
         model: &Path,
         spans: &[&str],
-        extra: &[&str],
+        extra: impl Fn(usize) -> Vec<String>,
         env: impl Fn(usize) -> Vec<(&'static str, String)>,
     ) -> Swarm {
         assert!(model.exists(), "{} is missing: run the README's test command", model.display());
         let dir = tempfile::tempdir().expect("temp dir");
         let run = |i: usize, model: &str, bootstrap: Option<&str>| {
-            let env = env(i);
+            let (env, extra) = (env(i), extra(i));
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            run_node_env(&dir.path().join(format!("n{i}")), model, spans[i], bootstrap, extra, &env)
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            run_node_env(&dir.path().join(format!("n{i}")), model, spans[i], bootstrap, &extra, &env)
         };
         let first = run(0, model.to_str().expect("utf-8 path"), None);
         let addr = first.line("listening ", Duration::from_secs(20))["listening ".len()..].to_string();
