@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use common::{log_tails, run_node, smollm_path, test_model, Node, GEMMA3};
 use libp2p::PeerId;
 use nak_node::client::{
-    DecodeMode, DraftSource, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, Speculation, SwarmModel,
+    DecodeMode, DraftSource, RemoteGeneration, RemoteSession, ReplayPolicy, SessionOptions, Speculation,
+    SpeculationReport, SwarmModel,
 };
 use nak_node::engine::EngineConfig;
 use nak_node::net::{identity, Network, NetworkConfig};
@@ -206,14 +207,15 @@ fn one_kill_of(model: &std::path::Path, spans: &[&str], hop: usize, opts: Sessio
     one_kill_with(model, spans, |_| vec![], hop, opts);
 }
 
-/// [`one_kill_of`] with server `i` started with the arguments `extra(i)` too.
+/// [`one_kill_of`] with server `i` started with the arguments `extra(i)` too; returns
+/// what speculation did.
 fn one_kill_with(
     model: &std::path::Path,
     spans: &[&str],
     extra: impl Fn(usize) -> Vec<String>,
     hop: usize,
     opts: SessionOptions,
-) {
+) -> Option<SpeculationReport> {
     let mode = opts.mode;
     // A trip of drafts may bring several tokens past the kill before the failure shows.
     let slack = 2 + opts.speculation.as_ref().map_or(0, |s| s.draft_max as usize);
@@ -241,7 +243,7 @@ fn one_kill_with(
         steps[0]
     );
     assert!(f.recovery_ms.is_some(), "a token came after the repair");
-    if let Some(spec) = out.speculation {
+    if let Some(spec) = out.speculation.filter(|s| !s.fell_back) {
         assert!(spec.accepted > 0, "drafts stood: {spec:?}\n{}", cluster.logs());
         eprintln!("{mode:?} mode, drafted: {spec:?}");
     }
@@ -254,6 +256,7 @@ fn one_kill_with(
         f.positions,
         f.recovery_ms.unwrap_or(f64::NAN)
     );
+    out.speculation
 }
 
 #[test]
@@ -298,6 +301,15 @@ fn drafted_trips_survive_a_dead_hop_in_both_modes() {
             |i: usize| if i < 4 { vec!["--draft-model".into(), draft.to_str().unwrap().into()] } else { vec![] };
         one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30", "15:30"], serve_draft, 1, opts);
     }
+    // Only one 15:30 has a draft model: when it dies, the other takes its place and drafts
+    // by prompt lookup, and the report says so.
+    let speculation = Speculation { source: DraftSource::Draft, ..Speculation::default() };
+    let opts = SessionOptions { speculation: Some(speculation), ..exact(DecodeMode::Ring) };
+    let only_one =
+        |i: usize| if i == 1 { vec!["--draft-model".into(), draft.to_str().unwrap().into()] } else { vec![] };
+    let report = one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], only_one, 1, opts);
+    let report = report.expect("a speculation report");
+    assert!(report.fell_back && report.source == Some(DraftSource::Lookup), "{report:?}");
 }
 
 #[test]

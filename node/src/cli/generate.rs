@@ -331,12 +331,13 @@ async fn open(model: &SwarmModel, args: &RemoteArgs) -> Result<RemoteSession> {
 fn report_repairs(out: &RemoteGeneration) {
     if let Some(s) = &out.speculation {
         eprintln!(
-            "[speculative: {} trips, {} drafted, {} stood ({:.0} %), {:.2} tokens per trip]",
+            "[speculative: {} trips, {} drafted, {} stood ({:.0} %), {:.2} tokens per trip{}]",
             s.trips,
             s.drafted,
             s.accepted,
             100.0 * s.acceptance,
-            s.tokens_per_trip
+            s.tokens_per_trip,
+            if s.fell_back { "; no backup had a draft model, prompt lookup since the failover" } else { "" }
         );
     }
     if let Some(v) = &out.verification {

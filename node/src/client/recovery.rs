@@ -32,7 +32,7 @@ use nak_protocol::pb;
 
 use super::hop::{hop_error, push_target, refused, Shape};
 use super::options::{Failover, ReplayPolicy};
-use super::{ClientError, RemoteSession, RouteHop, SwarmModel};
+use super::{ClientError, DraftSource, RemoteSession, RouteHop, SwarmModel};
 use crate::dilation::dilate;
 use crate::inference::{replay_runs, FAST_REPLAY_ROWS};
 
@@ -207,6 +207,7 @@ impl RemoteSession {
             }
             tracing::warn!(?layers, "no backup drafts with a draft model; drafting by prompt lookup from here");
             self.draft_vocab.clear();
+            (self.spec.source, self.spec.fell_back) = (Some(DraftSource::Lookup), true);
         }
         model.route_between(layers, exclude, false, BACKUP_WAIT).await
     }

@@ -100,7 +100,7 @@ pub struct RemoteSession {
     /// Ring speculation with a draft model: the vocabulary digest the last hop's must have.
     pub(super) draft_vocab: Vec<u8>,
     /// What speculation did in this generation.
-    spec: SpeculationReport,
+    pub(super) spec: SpeculationReport,
 }
 
 impl RemoteSession {

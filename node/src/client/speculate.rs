@@ -85,6 +85,9 @@ pub struct SpeculationReport {
     pub tokens_per_trip: f64,
     /// Share of drafted tokens that stood.
     pub acceptance: f64,
+    /// A ring's drafting last hop failed and no backup had a draft model: its replacement
+    /// drafted by prompt lookup from then on (`source` says lookup).
+    pub fell_back: bool,
 }
 
 impl SpeculationReport {
