@@ -273,7 +273,7 @@ impl SwarmModel {
     ) -> Result<Vec<RouteHop>, ClientError> {
         let route = self.route_between(0..self.n_layer(), avoid, drafts, wait).await;
         route.map_err(|held| {
-            let drafting = if drafts { ", the last one drafting with a draft model (serve --draft-model)" } else { "" };
+            let drafting = if drafts { ", ending on a server with a draft model (serve --draft-model)" } else { "" };
             ClientError::NoRoute(format!("{} layers{drafting}; servers hold [{held}]", self.n_layer()))
         })
     }
