@@ -138,9 +138,12 @@ enum Fault {
     Stop,
 }
 
+/// A route index that stands for the route's last hop, however many it has.
+const LAST: usize = usize::MAX;
+
 /// Runs a 200-token generation on a route of `cluster`, doing each `(route index,
-/// fault)` in turn, at random steps; returns the output, the faulted nodes (alive if
-/// stopped) and the steps.
+/// fault)` in turn, at random steps ([`LAST`]: the last hop); returns the output, the
+/// faulted nodes (alive if stopped) and the steps.
 async fn generate_with_faults(
     cluster: &mut Cluster,
     opts: SessionOptions,
@@ -163,7 +166,8 @@ async fn generate_with_faults(
     if steps.len() == 2 && steps[1] - steps[0] < 20 {
         steps[1] = steps[0] + 20; // let the first repair finish before the second fault
     }
-    let mut victims: Vec<(Node, Fault)> = faults.into_iter().map(|(i, f)| (cluster.take(route[i].peer), f)).collect();
+    let peer = |i: usize| route[i.min(route.len() - 1)].peer;
+    let mut victims: Vec<(Node, Fault)> = faults.into_iter().map(|(i, f)| (cluster.take(peer(i)), f)).collect();
     let tokens = model.vocab().tokenize(prompt, true).unwrap();
     let (mut count, mut next) = (0, 0);
     let mut gaps = Vec::new();
@@ -217,6 +221,7 @@ fn one_kill_with(
     opts: SessionOptions,
 ) -> Option<SpeculationReport> {
     let mode = opts.mode;
+    let which = if hop == LAST { "the last hop".to_string() } else { format!("hop {hop}") };
     // A trip of drafts may bring several tokens past the kill before the failure shows.
     let slack = 2 + opts.speculation.as_ref().map_or(0, |s| s.draft_max as usize);
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -228,7 +233,7 @@ fn one_kill_with(
     assert_eq!(
         got,
         want,
-        "hop {hop} killed after {steps:?} tokens; failovers {:?}, error {:?}\n{}",
+        "{which} killed after {steps:?} tokens; failovers {:?}, error {:?}\n{}",
         out.failovers,
         out.error,
         cluster.logs()
@@ -251,7 +256,7 @@ fn one_kill_with(
     let route: Vec<(u32, u32)> = out.route.iter().map(|h| (h.start, h.end)).collect();
     assert!(replaced.iter().all(|r| route.contains(r)), "the replacement is in the final route");
     eprintln!(
-        "{mode:?} mode, hop {hop} of {spans:?} killed after {} tokens: {} positions replayed exactly, next token {:.0} ms after detection",
+        "{mode:?} mode, {which} of {spans:?} killed after {} tokens: {} positions replayed exactly, next token {:.0} ms after detection",
         steps[0],
         f.positions,
         f.recovery_ms.unwrap_or(f64::NAN)
@@ -288,9 +293,10 @@ fn drafted_trips_survive_a_dead_hop_in_both_modes() {
         let opts = SessionOptions { speculation: Some(Speculation::default()), ..exact(mode) };
         one_kill_of(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], hop, opts);
     }
-    // With a draft model (SmolLM2 itself) on all but a third 15:30: the last hop dies; in
-    // ring mode its replacement is the other server with a draft model, and drafts with
-    // it from the context it was rebuilt with.
+    // With a draft model (SmolLM2 itself) on all but a third 15:30: the last hop dies (a
+    // drafting route may hand a slower drafting server only the last layers, after a hop
+    // on the other); in ring mode its replacement is the other server with a draft model,
+    // and drafts with it from the context it was rebuilt with.
     let draft = smollm_path();
     let cfg = EngineConfig { threads: 1, max_sessions: 1, ..EngineConfig::default() };
     let model = Arc::new(DraftModel::load(&draft, cfg).expect("the draft model loads"));
@@ -299,15 +305,16 @@ fn drafted_trips_survive_a_dead_hop_in_both_modes() {
         let opts = SessionOptions { speculation: Some(speculation), ..exact(mode) };
         let serve_draft =
             |i: usize| if i < 4 { vec!["--draft-model".into(), draft.to_str().unwrap().into()] } else { vec![] };
-        one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30", "15:30"], serve_draft, 1, opts);
+        one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30", "15:30"], serve_draft, LAST, opts);
     }
-    // Only one 15:30 has a draft model: when it dies, the other takes its place and drafts
-    // by prompt lookup, and the report says so.
+    // Only one of three 15:30s has a draft model: when it dies, another takes its place
+    // (one not in the route already) and drafts by prompt lookup, and the report says so.
     let speculation = Speculation { source: DraftSource::Draft, ..Speculation::default() };
     let opts = SessionOptions { speculation: Some(speculation), ..exact(DecodeMode::Ring) };
     let only_one =
         |i: usize| if i == 1 { vec!["--draft-model".into(), draft.to_str().unwrap().into()] } else { vec![] };
-    let report = one_kill_with(&smollm_path(), &["0:15", "15:30", "0:15", "15:30"], only_one, 1, opts);
+    let spans = ["0:15", "15:30", "0:15", "15:30", "15:30"];
+    let report = one_kill_with(&smollm_path(), &spans, only_one, LAST, opts);
     let report = report.expect("a speculation report");
     assert!(report.fell_back && report.source == Some(DraftSource::Lookup), "{report:?}");
 }
